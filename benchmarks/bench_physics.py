@@ -56,6 +56,9 @@ def main() -> None:
             print(f"scikit-image N={n}: radon {t_r:.1f} ms/slice, iradon (FBP) {t_i:.1f} ms/slice")
     hu = torch.rand(16, 1, 256, 256) * 3000 - 1000
     t_mu = timed(lambda: hu_to_mu(hu, 117.0, "bilinear")) * 1e3
+    t0 = time.perf_counter()
+    ParallelProjector(160, 160)
+    print(f"system matrix build for N=160, 160 views (once per process): {time.perf_counter() - t0:.1f} s")
     print(f"hu_to_mu bilinear, 16 x 256 x 256 at 117 kVp: {t_mu:.1f} ms")
 
 

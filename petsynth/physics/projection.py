@@ -5,8 +5,10 @@ diffusion. No maintained projector installs here without a GPU toolchain (parall
 library; torch-radon is unmaintained), and scikit-image's ``radon`` is numpy-only with no matched
 adjoint, so this is a small torch projector: each view rotates the image with bilinear sampling
 (``grid_sample``) and sums along the rays; the back projection is the exact adjoint of that linear
-map (obtained from ``grid_sample``'s gradient), which MLEM needs. scikit-image's ``radon`` is the
-reference it is tested against.
+map, which MLEM needs. For small geometries (up to about 160 x 160 with as many views) the same
+bilinear weights are built once per process into a sparse system matrix (and its transpose), which
+is 3-10x faster than sampling; larger ones sample on the fly and take the adjoint from
+``grid_sample``'s gradient. scikit-image's ``radon`` is the reference it is tested against.
 
 Geometry: square images (B, N, N) indexed [row=y, col=x] with unit pixels; the object must lie inside
 the inscribed circle (the transaxial field of view). View angles theta_k = k * pi / A, k = 0..A-1; the
@@ -17,7 +19,9 @@ multiply by the pixel size in cm to get physical line integrals of mu.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -26,6 +30,8 @@ import torch.nn.functional as F
 FilterName = Literal["ramp", "shepp-logan", "hann"]
 #: Largest number of sampled points held at once by one grid_sample call (bounds memory, ~256 MB fp32).
 _MAX_SAMPLES_PER_CALL = 64 * 1024 * 1024
+#: Largest system matrix (4 A N^2 stored weights) kept in memory; ~200 MB with its transpose at the limit.
+_MAX_MATRIX_ENTRIES = 2**24
 
 
 class ParallelProjector:
@@ -35,10 +41,11 @@ class ParallelProjector:
         size: N, the image side and the number of detector bins.
         num_angles: number of views A (default N).
         device, dtype: where the sampling grid lives (float32 default).
+        use_matrix: use a cached sparse system matrix (default: when it has at most 2^24 entries).
     """
 
     def __init__(self, size: int, num_angles: int | None = None, device=None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, use_matrix: bool | None = None):
         if size < 2:
             raise ValueError(f"image size must be at least 2, got {size}")
         self.size = int(size)
@@ -49,6 +56,9 @@ class ParallelProjector:
         self.dtype = dtype
         self.angles = torch.arange(self.num_angles, dtype=torch.float64) * math.pi / self.num_angles
         self._grid = self._sampling_grid().to(device=self.device, dtype=dtype)
+        if use_matrix is None:
+            use_matrix = 4 * self.num_angles * self.size**2 <= _MAX_MATRIX_ENTRIES
+        self._matrices = _system_matrices(self.size, self.num_angles, str(self.device)) if use_matrix else None
 
     def _sampling_grid(self) -> torch.Tensor:
         """Normalised sample positions, (A, N_ray, N_bin, 2) with [..., 0] = x and [..., 1] = y."""
@@ -80,7 +90,10 @@ class ParallelProjector:
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """Line integrals in pixel lengths: img (B, N, N) -> sinogram (B, A, N)."""
-        img = self._check(img, (self.size, self.size), "image")[:, None]
+        img = self._check(img, (self.size, self.size), "image")
+        if self._matrices is not None:
+            return _apply(self._matrices[0], img, (self.num_angles, self.size))
+        img = img[:, None]
         step = self._angle_chunks(img.shape[0])
         views = [self._sample(img, self._grid[a:a + step]).sum(dim=2)
                  for a in range(0, self.num_angles, step)]
@@ -91,6 +104,8 @@ class ParallelProjector:
     def back(self, sino: torch.Tensor) -> torch.Tensor:
         """Exact adjoint of :meth:`forward`: sinogram (B, A, N) -> image (B, N, N)."""
         sino = self._check(sino, (self.num_angles, self.size), "sinogram")
+        if self._matrices is not None:
+            return _apply(self._matrices[1], sino, (self.size, self.size))
         b, n = sino.shape[0], self.size
         step = self._angle_chunks(b)
         out = torch.zeros(b, 1, n, n, device=self.device, dtype=self.dtype)
@@ -107,6 +122,44 @@ class ParallelProjector:
         """Boolean (N, N) mask of the inscribed circle, where reconstructions are valid."""
         c = torch.arange(self.size, device=self.device, dtype=torch.float64) - (self.size - 1) / 2
         return (c[None, :] ** 2 + c[:, None] ** 2) <= (self.size / 2) ** 2
+
+
+def _apply(matrix: torch.Tensor, x: torch.Tensor, out_shape: tuple[int, int]) -> torch.Tensor:
+    """Sparse (M, K) matrix times a batch (B, ...) flattened to (B, K) -> (B, *out_shape)."""
+    flat = x.reshape(x.shape[0], -1).t().to(matrix.dtype)
+    return (matrix @ flat).t().reshape(x.shape[0], *out_shape).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _system_matrices(size: int, num_angles: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bilinear ray-sampling weights of :class:`ParallelProjector` as sparse CSR matrices.
+
+    Returns (A, A^T) with A of shape (num_angles * size, size * size): row (view, bin), column
+    (row * size + col). Entries are the same weights ``grid_sample`` uses, so both paths agree.
+    """
+    n = size
+    grid = ParallelProjector(n, num_angles, use_matrix=False, dtype=torch.float64)._grid
+    px = (grid[..., 0] + 1) * n / 2 - 0.5  # pixel coordinates, (A, N_ray, N_bin)
+    py = (grid[..., 1] + 1) * n / 2 - 0.5
+    x0, y0 = px.floor(), py.floor()
+    fx, fy = px - x0, py - y0
+    cols, vals = [], []
+    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xi, yi = x0 + dx, y0 + dy
+        inside = (xi >= 0) & (xi < n) & (yi >= 0) & (yi < n)
+        cols.append(torch.where(inside, yi * n + xi, 0).long())
+        vals.append(torch.where(inside, w, 0).float())
+    # rows are (view, bin); each row gathers N_ray samples x 4 neighbours
+    col = torch.stack(cols, -1).permute(0, 2, 1, 3).reshape(num_angles * n, 4 * n)
+    val = torch.stack(vals, -1).permute(0, 2, 1, 3).reshape(num_angles * n, 4 * n)
+    keep = val > 0
+    crow = torch.zeros(num_angles * n + 1, dtype=torch.long)
+    crow[1:] = keep.sum(1).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        forward = torch.sparse_csr_tensor(crow, col[keep], val[keep], (num_angles * n, n * n))
+        adjoint = forward.t().to_sparse_csr()
+    return forward.to(device), adjoint.to(device)
 
 
 def _ramp_kernel(n_pad: int, window: FilterName, dtype, device) -> torch.Tensor:
