@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from petsynth.data.intensity import CPDM_PET_MAX_STORED
+
 __all__ = [
     "CPDM_PET_SCALE",
     "MS_SSIM_MIN_SIZE",
@@ -69,7 +71,8 @@ VIF_SCALES: int = 4
 # --- CPDM paper mode.
 #: CPDM's public code divides stored PET values (16-bit signed DICOM pixel values, max 2**15 - 1)
 #: by 2**15 - 1 before evaluation, and evaluates SSIM with data range 1 (DESIGN.md, "paper mode").
-CPDM_PET_SCALE: int = 2**15 - 1
+#: Defined once, with the intensity transforms.
+CPDM_PET_SCALE: int = CPDM_PET_MAX_STORED
 
 SSIMConvention = Literal["gaussian", "cpdm"]
 
