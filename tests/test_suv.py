@@ -128,3 +128,28 @@ def test_rescale_is_applied_per_instance():
     changed = copy.deepcopy(raw[0])
     changed.RescaleSlope = float(raw[0].RescaleSlope) * 2
     np.testing.assert_allclose(rescaled_pixels(changed), 2 * rescaled_pixels(raw[0]), rtol=1e-6)
+
+
+def test_phantom_dicom_study_is_found_and_its_suv_matches_the_truth(tmp_path):
+    from petsynth.data.dicom_index import scan_dicom
+    from petsynth.data.phantom import write_studies
+    from petsynth.io.nifti import read_nifti
+
+    (study_dir,) = write_studies(tmp_path, task="ct2pet", studies=1, seed=3, fmt="dicom", preset="tiny")
+    (tmp_path / "README.txt").write_text("junk beside the study")
+    studies, skipped = scan_dicom([tmp_path])
+    assert len(studies) == 1
+    assert {s.reason for s in skipped} == {"not a DICOM file"}  # README, index and truth files
+    assert "README.txt" in {s.path.name for s in skipped} and not any(s.path.suffix == ".dcm" for s in skipped)
+    (pet,) = studies[0].of_modality("PT")
+    (ct,) = studies[0].of_modality("CT")
+    assert pet.attenuation_corrected and pet.frame_of_reference_uid == ct.frame_of_reference_uid
+    headers = sorted((pydicom.dcmread(f) for f in pet.files), key=lambda d: float(d.ImagePositionPatient[2]))
+    scale = suv_scale(headers)
+    suv = np.stack([suv_image(d, scale) for d in headers])
+    truth, _ = read_nifti(study_dir / "truth" / "suv_truth_blurred.nii.gz")
+    labels, _ = read_nifti(study_dir / "truth" / "labels.nii.gz")
+    body = labels > 0
+    # the reconstructed PET is noisy; over the whole body the mean SUV agrees with the truth
+    assert suv.shape == truth.shape
+    assert suv[body].mean() == pytest.approx(truth[body].mean(), rel=0.05)

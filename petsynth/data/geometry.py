@@ -1,0 +1,230 @@
+"""Voxel grids in DICOM patient coordinates (LPS, millimetres), and world-space resampling.
+
+Shared by the phantom simulator, dataset preparation and the writers.
+
+Conventions used throughout petsynth:
+
+- A volume is a numpy array indexed ``[k, j, i]`` = (slice, row, column), shape ``(nz, ny, nx)``.
+- Its 4x4 ``affine`` maps the voxel index vector ``(i, j, k, 1)`` (column, row, slice) to LPS millimetres:
+  +x towards the patient's left, +y posterior, +z superior (head). This is exactly what DICOM encodes:
+  ImageOrientationPatient = the unit directions of ``i`` (along a row) and ``j`` (down a column),
+  PixelSpacing = (row spacing = |j step|, column spacing = |i step|), ImagePositionPatient of slice k =
+  ``affine @ (0, 0, k, 1)``.
+- NIfTI stores RAS; :mod:`petsynth.io.nifti` converts explicitly (x and y change sign).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A regular voxel grid.
+
+    Attributes:
+        shape: (nz, ny, nx).
+        spacing: (dz, dy, dx) in mm, all positive (the slice spacing along ``direction[:, 2]``).
+        origin: LPS position in mm (x, y, z) of the centre of voxel [0, 0, 0].
+        direction: 3x3, row-major flattened; its columns are the LPS unit vectors of the i, j, k axes.
+            The identity is an axial grid with k increasing towards the head.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...] = field(default=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+    def __post_init__(self):
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ValueError(f"shape must be three positive sizes, got {self.shape}")
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be three positive lengths, got {self.spacing}")
+        d = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-6):
+            raise ValueError("direction must be orthonormal")
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        object.__setattr__(self, "origin", tuple(float(s) for s in self.origin))
+        object.__setattr__(self, "direction", tuple(float(v) for v in d.ravel()))
+
+    @classmethod
+    def axial(cls, size: tuple[int, int], pixel_mm: tuple[float, float], z_positions_mm,
+              center_xy_mm: tuple[float, float] = (0.0, 0.0)) -> "Geometry":
+        """Axial grid of ``size`` = (ny, nx) pixels of ``pixel_mm`` = (dy, dx), centred on ``center_xy_mm``,
+        with slices at the (evenly spaced, ascending) ``z_positions_mm``."""
+        z = np.asarray(z_positions_mm, dtype=np.float64)
+        if z.ndim != 1 or z.size < 1:
+            raise ValueError("z_positions_mm must be a non-empty 1-D sequence")
+        dz = float(z[1] - z[0]) if z.size > 1 else 1.0
+        if z.size > 1 and (dz <= 0 or not np.allclose(np.diff(z), dz, atol=1e-6 * max(1.0, abs(dz)))):
+            raise ValueError("z positions must be ascending and evenly spaced")
+        ny, nx = size
+        dy, dx = pixel_mm
+        ox = center_xy_mm[0] - (nx - 1) / 2 * dx
+        oy = center_xy_mm[1] - (ny - 1) / 2 * dy
+        return cls((z.size, ny, nx), (dz, dy, dx), (ox, oy, float(z[0])))
+
+    # --- derived quantities ---------------------------------------------------------------------------
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 map from (i, j, k, 1) to LPS mm."""
+        a = np.eye(4)
+        dz, dy, dx = self.spacing
+        a[:3, :3] = self.direction_matrix * np.array([dx, dy, dz])[None, :]
+        a[:3, 3] = self.origin
+        return a
+
+    @property
+    def is_axis_aligned(self) -> bool:
+        return bool(np.allclose(self.direction_matrix, np.eye(3)))
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World coordinates (x of each column, y of each row, z of each slice) for an identity direction."""
+        if not self.is_axis_aligned:
+            raise ValueError("axes() needs an axis-aligned grid (identity direction)")
+        nz, ny, nx = self.shape
+        dz, dy, dx = self.spacing
+        ox, oy, oz = self.origin
+        return ox + dx * np.arange(nx), oy + dy * np.arange(ny), oz + dz * np.arange(nz)
+
+    def z_positions(self) -> np.ndarray:
+        """LPS z of each slice centre (k order)."""
+        pts = self.affine @ np.stack([np.zeros(self.shape[0]), np.zeros(self.shape[0]),
+                                      np.arange(self.shape[0]), np.ones(self.shape[0])])
+        return pts[2]
+
+    def world_to_index(self, points_mm: np.ndarray) -> np.ndarray:
+        """(..., 3) LPS points -> (..., 3) continuous (i, j, k) indices."""
+        inv = np.linalg.inv(self.affine)
+        p = np.asarray(points_mm, dtype=np.float64)
+        return p @ inv[:3, :3].T + inv[:3, 3]
+
+    def index_to_world(self, ijk: np.ndarray) -> np.ndarray:
+        a = self.affine
+        q = np.asarray(ijk, dtype=np.float64)
+        return q @ a[:3, :3].T + a[:3, 3]
+
+    def center(self) -> np.ndarray:
+        nz, ny, nx = self.shape
+        return self.index_to_world(np.array([(nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2]))
+
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def refined(self, factors: tuple[int, int, int]) -> "Geometry":
+        """The same field of view with each voxel split into fz x fy x fx sub-voxels."""
+        fz, fy, fx = (int(f) for f in factors)
+        nz, ny, nx = self.shape
+        dz, dy, dx = self.spacing
+        d = self.direction_matrix
+        # voxel [0,0,0] of the fine grid sits at -(f-1)/(2f) coarse voxels from the coarse centre
+        shift = np.array([-(fx - 1) / (2 * fx), -(fy - 1) / (2 * fy), -(fz - 1) / (2 * fz)])
+        origin = self.index_to_world(shift)
+        return Geometry((nz * fz, ny * fy, nx * fx), (dz / fz, dy / fy, dx / fx), tuple(origin),
+                        tuple(d.ravel()))
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "spacing_mm": list(self.spacing), "origin_mm": list(self.origin),
+                "direction": list(self.direction), "affine_lps": self.affine.round(6).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Geometry":
+        return cls(tuple(d["shape"]), tuple(d["spacing_mm"]), tuple(d["origin_mm"]), tuple(d["direction"]))
+
+
+def block_mean(volume: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Average non-overlapping fz x fy x fx blocks (the inverse of :meth:`Geometry.refined`)."""
+    fz, fy, fx = factors
+    nz, ny, nx = volume.shape
+    if nz % fz or ny % fy or nx % fx:
+        raise ValueError(f"shape {volume.shape} is not divisible by {factors}")
+    v = np.asarray(volume, dtype=np.float32)
+    if fx > 1:
+        v = v.reshape(nz, ny, nx // fx, fx).sum(axis=3, dtype=np.float32)
+    if fy > 1:
+        v = v.reshape(nz, ny // fy, fy, -1).sum(axis=2, dtype=np.float32)
+    if fz > 1:
+        v = v.reshape(nz // fz, fz, *v.shape[1:]).sum(axis=1, dtype=np.float32)
+    return (v / np.float32(fz * fy * fx)).astype(np.float32, copy=False)
+
+
+def gaussian_blur(volume: np.ndarray, fwhm_mm: float | tuple[float, float, float],
+                  spacing: tuple[float, float, float]) -> np.ndarray:
+    """Separable Gaussian blur of a (nz, ny, nx) float volume; FWHM in mm per axis (z, y, x); zero padding
+    is avoided by reflecting at the borders. Returns float32."""
+    from scipy.ndimage import gaussian_filter
+
+    f = (fwhm_mm,) * 3 if np.isscalar(fwhm_mm) else tuple(fwhm_mm)
+    sigma = [fw / (2 * math.sqrt(2 * math.log(2))) / sp if fw > 0 else 0.0 for fw, sp in zip(f, spacing)]
+    return gaussian_filter(np.asarray(volume, dtype=np.float32), sigma=sigma, mode="nearest",
+                           truncate=3.0).astype(np.float32)
+
+
+def resample(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str = "bilinear",
+             fill: float = 0.0, chunk_slices: int = 32) -> np.ndarray:
+    """Sample ``volume`` (on ``src``) at the voxel centres of ``dst``, in world coordinates.
+
+    ``mode``: "bilinear" (trilinear) or "nearest" (labels). Points outside ``src`` get ``fill``.
+    Works for any pair of orientations; done in slabs of ``chunk_slices`` destination slices.
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if (src.is_axis_aligned and dst.is_axis_aligned and src.shape[0] == dst.shape[0]
+            and np.allclose(src.z_positions(), dst.z_positions(), atol=1e-4)):
+        return _resample_inplane(volume, src, dst, mode=mode, fill=fill)
+    src_t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    nz, ny, nx = dst.shape
+    # dst index -> src index, as one affine
+    m = np.linalg.inv(src.affine) @ dst.affine
+    sz, sy, sx = src.shape
+    out = np.empty(dst.shape, dtype=np.float32)
+    ii, jj = np.meshgrid(np.arange(nx, dtype=np.float64), np.arange(ny, dtype=np.float64), indexing="xy")
+    for k0 in range(0, nz, chunk_slices):
+        k1 = min(nz, k0 + chunk_slices)
+        kk = np.arange(k0, k1, dtype=np.float64)[:, None, None]
+        idx = [m[r, 0] * ii[None] + m[r, 1] * jj[None] + m[r, 2] * kk + m[r, 3] for r in range(3)]
+        # normalised coordinates for align_corners=True: -1 at index 0, +1 at index n-1
+        norm = [2 * idx[0] / max(sx - 1, 1) - 1, 2 * idx[1] / max(sy - 1, 1) - 1, 2 * idx[2] / max(sz - 1, 1) - 1]
+        if sx == 1:
+            norm[0] = np.where(np.abs(idx[0]) <= 0.5, 0.0, 2.0)
+        if sy == 1:
+            norm[1] = np.where(np.abs(idx[1]) <= 0.5, 0.0, 2.0)
+        if sz == 1:
+            norm[2] = np.where(np.abs(idx[2]) <= 0.5, 0.0, 2.0)
+        grid = torch.from_numpy(np.stack(norm, axis=-1).astype(np.float32))[None]
+        vals = F.grid_sample(src_t - fill, grid, mode=mode, padding_mode="zeros", align_corners=True) + fill
+        out[k0:k1] = vals[0, 0].numpy()
+    return out
+
+
+def _resample_inplane(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str, fill: float,
+                      chunk_slices: int = 64) -> np.ndarray:
+    """:func:`resample` when both grids are axial with the same slices: 2-D sampling per slice."""
+    xs, ys, _ = dst.axes()
+    sx0, sy0, _ = src.origin
+    _, sdy, sdx = src.spacing
+    _, sny, snx = src.shape
+    ii = (xs - sx0) / sdx  # continuous source column of each destination column
+    jj = (ys - sy0) / sdy
+    gx = torch.from_numpy((2 * ii / max(snx - 1, 1) - 1).astype(np.float32))
+    gy = torch.from_numpy((2 * jj / max(sny - 1, 1) - 1).astype(np.float32))
+    grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]  # (1, ny, nx, 2)
+    out = np.empty(dst.shape, dtype=np.float32)
+    nz = dst.shape[0]
+    for k0 in range(0, nz, chunk_slices):
+        k1 = min(nz, k0 + chunk_slices)
+        src_t = torch.from_numpy(np.ascontiguousarray(volume[k0:k1], dtype=np.float32))[:, None] - fill
+        vals = F.grid_sample(src_t, grid.expand(k1 - k0, -1, -1, -1), mode=mode, padding_mode="zeros",
+                             align_corners=True) + fill
+        out[k0:k1] = vals[:, 0].numpy()
+    return out

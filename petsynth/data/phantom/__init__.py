@@ -1,0 +1,41 @@
+"""Digital phantoms: paired PET/CT, PET/MR and low-dose/standard-dose PET studies with ground truth.
+
+Every study starts from an organ label volume built from analytic shapes (:mod:`.anatomy`, :mod:`.torso`,
+:mod:`.brain`; label table in :mod:`.tissues`). CT (HU, :mod:`.ct`), T1w MRI and PET (SUVbw, through an
+emission simulation with attenuation, Poisson counts and reconstruction, :mod:`.pet`) are derived from the
+labels. Studies are written as DICOM series or NIfTI volumes with their truth (:mod:`.writer`).
+
+Public API::
+
+    write_studies(out_dir, task="ct2pet", studies=1, seed=0, fmt="dicom", preset="default", ...)
+        -> list of study folders
+    make_torso(seed, index=0, task="ct2pet"|"lpet2spet", preset=..., dose_fractions=...) -> PhantomStudy
+    make_brain(seed, index=0, preset=...) -> PhantomStudy
+    make_study(task, seed, index, ...) -> PhantomStudy;  write_study(study, out_dir, fmt=...) -> Path
+
+Same (seed, index) -> identical arrays and UIDs; presets ``default`` (clinical grids), ``small``, ``tiny``
+(64x64 PET, 128x128 CT, 16 slices: for tests).
+"""
+
+from petsynth.data.phantom.brain import make_brain
+from petsynth.data.geometry import Geometry
+from petsynth.data.phantom.pet import PETSimConfig
+from petsynth.data.phantom.presets import FLAVOURS, PRESETS, Flavour, Preset
+from petsynth.data.phantom.study import Acquisition, Image, PhantomStudy
+from petsynth.data.phantom.tissues import LESION_BASE, TISSUES, label_table
+from petsynth.data.phantom.torso import make_torso
+from petsynth.data.phantom.writer import (
+    DEFAULT_DOSE_FRACTIONS,
+    FORMATS,
+    TASKS,
+    make_study,
+    parse_dose_fractions,
+    write_studies,
+    write_study,
+)
+
+__all__ = [
+    "Acquisition", "DEFAULT_DOSE_FRACTIONS", "FLAVOURS", "FORMATS", "Flavour", "Geometry", "Image",
+    "LESION_BASE", "PETSimConfig", "PRESETS", "PhantomStudy", "Preset", "TASKS", "TISSUES", "label_table",
+    "make_brain", "make_study", "make_torso", "parse_dose_fractions", "write_studies", "write_study",
+]

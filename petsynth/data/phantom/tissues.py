@@ -1,0 +1,103 @@
+"""The phantom label table: every tissue, its label id, and the ranges its CT number, FDG uptake and T1w MR
+signal are drawn from. All the phantom's tissue constants live here, in the open.
+
+Label volumes are integers (uint8): ``0`` is air outside the body; ids below :data:`LESION_BASE` are the tissues
+of :data:`TISSUES`; lesion ``n`` (0-based, as listed in truth.json) has label ``LESION_BASE + n``.
+
+Per subject, one value per tissue is drawn uniformly from each range (seeded), so subjects differ.
+
+FDG uptake, SUVbw about 60 min after injection (adult, fasting). Ranges are typical normal values, chosen to
+sit inside what these publications report (they are not one table of any of them):
+  - Wang Y, Chiu E, Rosenberg J, Gambhir SS (2007). Standardized uptake value atlas: characterization of
+    physiological 2-deoxy-2-[18F]fluoro-D-glucose uptake in normal tissues. Mol Imaging Biol 9:83-90.
+  - Zincirkeser S, Sahin E, Halac M, Sager S (2007). Standardized uptake values of normal organs on
+    18F-fluorodeoxyglucose positron emission tomography and computed tomography imaging.
+    J Int Med Res 35:231-236.
+  - Ramos CD, Erdi YE, Gonen M, et al. (2001). FDG-PET standardized uptake values in normal anatomical
+    structures using iterative reconstruction segmented attenuation correction and filtered
+    back-projection. Eur J Nucl Med 28:155-164.
+  - Reference regions (liver, blood pool in the descending aorta): Boellaard R et al. (2015). FDG PET/CT:
+    EANM procedure guidelines for tumour imaging, version 2.0. Eur J Nucl Med Mol Imaging 42:328-354;
+    Wahl RL, Jacene H, Kasamon Y, Lodge MA (2009). From RECIST to PERCIST. J Nucl Med 50 Suppl 1:122S-150S.
+  Myocardium is deliberately wide (2-10): its uptake depends on the fasting state. Bladder and renal pelvis
+  hold excreted tracer (urine) and are high and variable. Lesions: 3-15 covers typical FDG-avid tumours and
+  nodes.
+  Brain phantom: grey-matter SUV 7-10 with a grey/white ratio of 2.8-4.0 (the 3-4:1 usually seen in FDG
+  brain PET; e.g. the grey/white contrast assumed by brain PET phantoms such as Hoffman's, 4:1).
+
+CT numbers (HU) on unenhanced CT at 120 kVp, typical textbook ranges (e.g. fat -120..-80, muscle 40-55,
+liver 50-65, lung parenchyma about -850; cf. Lamba R et al. (2014) CT Hounsfield numbers of soft tissues on
+unenhanced abdominal CT scans. AJR 203:1013-1020). Cortical bone 700-1500 and red marrow/cancellous bone
+200-400 are given at 120 kVp and moved with kVp in :mod:`petsynth.data.phantom.ct` (bone numbers rise as
+the tube voltage falls).
+
+T1-weighted MR signal (MPRAGE-like), relative to white matter = 1: WM > GM > CSF; fat (scalp, diploic
+marrow) bright; cortical bone and air dark. These are contrast assumptions of the phantom, not
+measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Lesion n has label LESION_BASE + n.
+LESION_BASE: int = 100
+
+
+@dataclass(frozen=True)
+class Tissue:
+    """One row of the label table. Ranges are (low, high); a value is drawn uniformly per subject."""
+
+    label: int
+    name: str
+    hu: tuple[float, float]          # CT number at 120 kVp
+    suv: tuple[float, float]         # FDG SUVbw
+    t1w: tuple[float, float] = (0.0, 0.0)  # T1w signal relative to white matter
+    bone: bool = False               # CT number depends on kVp (see ct.py)
+
+
+AIR = Tissue(0, "air", (-1000, -1000), (0.0, 0.0), (0.0, 0.0))
+FAT = Tissue(1, "fat", (-120, -80), (0.2, 0.4), (1.1, 1.3))
+MUSCLE = Tissue(2, "muscle", (40, 55), (0.5, 1.0), (0.40, 0.50))
+LUNG = Tissue(3, "lung", (-880, -820), (0.4, 0.7), (0.02, 0.05))
+MYOCARDIUM = Tissue(4, "myocardium", (35, 50), (2.0, 10.0), (0.45, 0.55))
+BLOOD = Tissue(5, "blood_pool", (35, 50), (1.5, 2.0), (0.25, 0.35))
+LIVER = Tissue(6, "liver", (50, 65), (2.0, 3.0), (0.60, 0.70))
+SPLEEN = Tissue(7, "spleen", (40, 50), (1.5, 2.5), (0.50, 0.60))
+KIDNEY = Tissue(8, "kidney", (25, 35), (2.0, 4.0), (0.45, 0.55))
+RENAL_PELVIS = Tissue(9, "renal_pelvis", (0, 10), (5.0, 20.0), (0.10, 0.15))
+BLADDER = Tissue(10, "bladder", (0, 10), (5.0, 30.0), (0.10, 0.15))
+BRAIN = Tissue(11, "brain", (30, 40), (6.0, 10.0), (0.75, 0.85))
+CORTICAL_BONE = Tissue(12, "cortical_bone", (700, 1500), (0.3, 0.6), (0.02, 0.06), bone=True)
+MARROW = Tissue(13, "bone_marrow", (200, 400), (1.5, 2.0), (0.80, 0.95), bone=True)
+BOWEL = Tissue(14, "bowel", (20, 40), (1.0, 2.0), (0.45, 0.60))
+CSF = Tissue(15, "csf", (5, 15), (0.2, 0.4), (0.12, 0.18))
+TABLE = Tissue(16, "table_shell", (300, 500), (0.0, 0.0), (0.0, 0.0))
+TABLE_CORE = Tissue(17, "table_core", (-900, -850), (0.0, 0.0), (0.0, 0.0))
+GREY_MATTER = Tissue(18, "grey_matter", (35, 45), (7.0, 10.0), (0.58, 0.66))
+WHITE_MATTER = Tissue(19, "white_matter", (20, 30), (2.0, 3.0), (1.0, 1.0))  # SUV set from the GM/WM ratio
+GM_HYPOMETABOLIC = Tissue(20, "grey_matter_hypometabolic", (35, 45), (3.5, 8.0), (0.58, 0.66))
+DEEP_GREY = Tissue(21, "deep_grey_matter", (35, 45), (6.0, 9.0), (0.68, 0.76))
+SOFT_TISSUE = Tissue(22, "soft_tissue", (20, 40), (0.8, 1.2), (0.50, 0.60))
+
+#: Every tissue by label id.
+TISSUES: dict[int, Tissue] = {t.label: t for t in (
+    AIR, FAT, MUSCLE, LUNG, MYOCARDIUM, BLOOD, LIVER, SPLEEN, KIDNEY, RENAL_PELVIS, BLADDER, BRAIN,
+    CORTICAL_BONE, MARROW, BOWEL, CSF, TABLE, TABLE_CORE, GREY_MATTER, WHITE_MATTER, GM_HYPOMETABOLIC,
+    DEEP_GREY, SOFT_TISSUE)}
+
+#: Lesion uptake (SUVbw) and CT number ranges.
+LESION_SUV: tuple[float, float] = (3.0, 15.0)
+LESION_HU: tuple[float, float] = (30.0, 50.0)
+#: Lesion radius range in mm (diameters 8-40 mm).
+LESION_RADIUS_MM: tuple[float, float] = (4.0, 20.0)
+#: FDG grey/white matter uptake ratio in the brain phantom.
+GM_WM_RATIO: tuple[float, float] = (2.8, 4.0)
+#: Fraction of normal grey-matter uptake kept in a hypometabolic region.
+HYPOMETABOLISM_FRACTION: tuple[float, float] = (0.5, 0.8)
+
+
+def label_table() -> list[dict]:
+    """The table as plain dicts (for truth.json and the docs)."""
+    return [{"label": t.label, "name": t.name, "hu_range_120kvp": list(t.hu), "suv_range": list(t.suv),
+             "t1w_range": list(t.t1w), "bone": t.bone} for t in TISSUES.values()]
