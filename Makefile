@@ -21,6 +21,8 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_physics.py
+	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_phantom.py --task ct2pet --preset default --studies 2
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

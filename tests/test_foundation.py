@@ -120,8 +120,8 @@ def test_cli_version_and_help():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and petsynth.__version__ in result.output
     result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0 and "phantom" in result.output
-    for command in ("phantom",):
+    assert result.exit_code == 0 and "phantom" in result.output and "demo" in result.output
+    for command in ("phantom", "demo"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, result.output
 
