@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
@@ -290,9 +289,3 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def read_volume_pixels(ds: pydicom.Dataset) -> np.ndarray:
-    """Physical values of one instance: stored * RescaleSlope + RescaleIntercept (float64)."""
-    arr = ds.pixel_array.astype(np.float64)
-    return arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
