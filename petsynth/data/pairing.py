@@ -1,0 +1,97 @@
+"""Pair a target series (PET) with a source series (CT, MR, low-dose PET) slice by slice, in world space.
+
+A pair is one target slice position. The source is resampled in world coordinates onto that slice's own
+grid (the autoPET "CTres" convention), outside the source's field filled with ``fill`` (air for CT);
+target slices whose centre lies outside the source's slice coverage are dropped. Both then go to the
+output size in-plane (bilinear, area-preserving for downsampling), and the pixel spacing is updated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from petsynth.data.dicom_series import SeriesVolume
+from petsynth.data.geometry import Geometry, resample
+
+
+@dataclass
+class PairedSlices:
+    """Paired slices of one study, in slice order.
+
+    Attributes:
+        source, target: (n, size, size) float32 in physical units.
+        target_index: (n,) index of each pair's slice in the target series.
+        z_mm: (n,) position of each slice along the target's slice normal, mm.
+        spacing_mm: (row, column) pixel spacing after resizing, mm.
+    """
+
+    source: np.ndarray
+    target: np.ndarray
+    target_index: np.ndarray
+    z_mm: np.ndarray
+    spacing_mm: tuple[float, float]
+
+
+def slice_geometry(series: SeriesVolume, k: int) -> Geometry:
+    """The one-slice grid of slice ``k`` of a series (its exact position, even when steps are irregular)."""
+    g = series.geometry
+    normal = g.direction_matrix[:, 2]
+    origin = np.asarray(g.origin) + (series.positions_mm[k] - series.positions_mm[0]) * normal
+    return Geometry(shape=(1, *g.shape[1:]), spacing=g.spacing, origin=tuple(origin), direction=g.direction)
+
+
+def covered(source: SeriesVolume, points_mm: np.ndarray) -> np.ndarray:
+    """Whether each world point (N, 3) lies within the source's slice coverage (half a step beyond the ends)."""
+    normal = source.geometry.direction_matrix[:, 2]
+    along = points_mm @ normal
+    first = float(np.dot(source.geometry.origin, normal))
+    lo = first - 0.5 * source.geometry.spacing[0]
+    hi = first + (source.positions_mm[-1] - source.positions_mm[0]) + 0.5 * source.geometry.spacing[0]
+    return (along >= lo) & (along <= hi)
+
+
+def resize_inplane(stack: np.ndarray, size: int) -> np.ndarray:
+    """(n, ny, nx) -> (n, size, size): bilinear when enlarging, area averaging when shrinking."""
+    if stack.shape[1:] == (size, size):
+        return stack.astype(np.float32, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    shrinking = size < max(stack.shape[1:])
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
+    return out[:, 0].numpy()
+
+
+def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size: int | None = None
+                ) -> PairedSlices:
+    """Resample ``source`` onto every ``target`` slice it covers and resize both to ``size`` (default: keep).
+
+    Args:
+        target: the series whose slice positions define the pairs (PET).
+        source: the series resampled onto them (CT in HU, MR, low-dose PET).
+        fill: value outside the source's field (-1000 HU for CT, 0 for PET/MR).
+        size: output side in pixels; the target grid must be square to resize.
+    """
+    if source.irregular:
+        raise ValueError("the source series has irregular slice steps; resampling it needs a regular grid")
+    keep, sources = [], []
+    for k in range(target.array.shape[0]):
+        grid = slice_geometry(target, k)
+        if not covered(source, grid.center()[None])[0]:
+            continue
+        keep.append(k)
+        sources.append(resample(source.array, source.geometry, grid, fill=fill)[0])
+    keep_idx = np.asarray(keep, dtype=np.int64)
+    src = np.stack(sources) if sources else np.zeros((0, *target.array.shape[1:]), np.float32)
+    tgt = target.array[keep_idx]
+    dy, dx = target.geometry.spacing[1:]
+    if size is not None:
+        ny, nx = target.array.shape[1:]
+        if ny != nx:
+            raise ValueError(f"target grid is {ny}x{nx}; resizing to {size}x{size} needs a square grid")
+        src, tgt = resize_inplane(src, size), resize_inplane(tgt, size)
+        dy, dx = dy * ny / size, dx * nx / size
+    return PairedSlices(source=src.astype(np.float32), target=tgt.astype(np.float32), target_index=keep_idx,
+                        z_mm=target.positions_mm[keep_idx], spacing_mm=(dy, dx))

@@ -1,0 +1,53 @@
+"""Pairing in world coordinates: exact on a linear field, drops uncovered slices, fills with air."""
+
+import numpy as np
+import pytest
+
+from petsynth.data.dicom_series import SeriesVolume
+from petsynth.data.geometry import Geometry
+from petsynth.data.pairing import pair_slices, resize_inplane
+
+
+def _series(array, geometry, positions=None):
+    if positions is None:
+        positions = np.arange(array.shape[0]) * geometry.spacing[0] + geometry.origin[2]
+    return SeriesVolume(modality="CT", array=array.astype(np.float32), geometry=geometry,
+                        positions_mm=np.asarray(positions, float), irregular=False, files=[])
+
+
+def _linear_field(g: Geometry) -> np.ndarray:
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in g.shape), indexing="ij")
+    pts = g.index_to_world(np.stack([i, j, k], -1).reshape(-1, 3)).reshape(*g.shape, 3)
+    return 2.0 * pts[..., 0] - 3.0 * pts[..., 1] + 5.0 * pts[..., 2] + 7.0
+
+
+def test_linear_ct_is_resampled_exactly_onto_pet_slices_and_uncovered_slices_drop():
+    ct_geom = Geometry(shape=(40, 96, 96), spacing=(2.5, 2.0, 2.0), origin=(-95.0, -95.0, -50.0))
+    pet_geom = Geometry(shape=(30, 40, 40), spacing=(4.0, 4.4, 4.4), origin=(-85.8, -85.8, -70.0))
+    ct = _series(_linear_field(ct_geom), ct_geom)
+    pet = _series(np.arange(30, dtype=np.float32)[:, None, None] * np.ones((30, 40, 40)), pet_geom)
+    pairs = pair_slices(pet, ct, fill=-1000.0)
+    # CT covers z -50 .. 47.5 (+-1.25 mm): PET slices at -70 + 4 k inside that
+    z = -70.0 + 4.0 * np.arange(30)
+    expected = np.nonzero((z >= -51.25) & (z <= 48.75))[0]
+    assert pairs.target_index.tolist() == expected.tolist()
+    assert np.allclose(pairs.z_mm, z[expected])
+    assert np.allclose(pairs.target[:, 0, 0], expected)  # the target slices themselves, in order
+    truth = _linear_field(pet_geom)[expected]
+    np.testing.assert_allclose(pairs.source, truth, atol=1e-2)
+
+
+def test_outside_the_ct_field_is_air():
+    ct_geom = Geometry(shape=(10, 20, 20), spacing=(3.0, 2.0, 2.0), origin=(-19.0, -19.0, 0.0))
+    ct = _series(np.full((10, 20, 20), 40.0), ct_geom)
+    pet_geom = Geometry(shape=(5, 32, 32), spacing=(3.0, 4.0, 4.0), origin=(-62.0, -62.0, 3.0))
+    pet = _series(np.ones((5, 32, 32)), pet_geom)
+    pairs = pair_slices(pet, ct, fill=-1000.0, size=64)
+    assert pairs.source.shape == (5, 64, 64) and pairs.spacing_mm == (2.0, 2.0)
+    assert pairs.source[:, 0, 0].tolist() == [-1000.0] * 5 and np.isclose(pairs.source[:, 32, 32], 40.0).all()
+
+
+def test_resize_keeps_a_constant_and_the_mean():
+    x = np.random.default_rng(0).random((2, 128, 128)).astype(np.float32)
+    assert np.allclose(resize_inplane(np.full((1, 50, 50), 3.0), 256), 3.0)
+    assert resize_inplane(x, 64).mean() == pytest.approx(x.mean(), rel=1e-3)
