@@ -1,0 +1,200 @@
+"""The prepared-dataset store: one zarr group per study, written atomically, read lazily.
+
+Layout::
+
+    DATASET/
+      dataset.yaml                 task, slice size, store version, arrays present, petsynth version
+      splits.json                  study -> split (train/val/test), written when preparation finishes
+      studies/<study>/             one zarr v3 group per study (built under a temporary name, then renamed)
+        source, target[, guidance, truth, labels]   (n, H, W) arrays, one compressed chunk per slice
+        attrs: per-slice metadata (z_mm, ...), study metadata
+
+Values are physical (CT in HU, PET in SUVbw, MR as read); nothing is rescaled. A study folder exists only
+when complete, so a killed preparation resumes by skipping the studies present. Nothing is loaded into
+memory until an item is read; each DataLoader worker opens its own handles.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+import zarr
+
+import petsynth
+from petsynth.utils.files import atomic_directory, atomic_write_text
+
+STORE_VERSION = 1
+DATASET_FILE = "dataset.yaml"
+SPLITS_FILE = "splits.json"
+STUDIES_DIR = "studies"
+SPLITS = ("train", "val", "test")
+#: Array names a study may hold; "source" and "target" are always present.
+ARRAY_NAMES = ("source", "target", "guidance", "truth", "labels")
+#: Per-slice metadata keys stored for every study (lists of length n).
+SLICE_KEYS = ("index", "z_mm")
+#: Per-study metadata keys copied into every item.
+STUDY_KEYS = ("spacing_mm", "kvp", "vendor", "units", "dose_fraction")
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, incompatible or damaged; the message names the path and the problem."""
+
+
+def create_dataset(root: str | Path, task: str, size: int, *, resume: bool = False) -> Path:
+    """Create ``root`` for ``task`` at ``size`` x ``size`` slices, or check it matches when resuming."""
+    root = Path(root)
+    info = {"task": task, "size": int(size), "store_version": STORE_VERSION,
+            "petsynth_version": petsynth.__version__}
+    meta = root / DATASET_FILE
+    if meta.exists():
+        if not resume:
+            raise DatasetError(f"{root} already holds a dataset; pass resume to continue it or choose a new folder")
+        found = yaml.safe_load(meta.read_text())
+        for key in ("task", "size", "store_version"):
+            if found.get(key) != info[key]:
+                raise DatasetError(f"{root} was prepared with {key}={found.get(key)!r}, not {info[key]!r}: "
+                                   "resume with the same settings or choose a new folder")
+        return root
+    (root / STUDIES_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta, yaml.safe_dump(info, sort_keys=False))
+    return root
+
+
+def finished_studies(root: str | Path) -> list[str]:
+    """Names of the complete studies in a dataset (hidden temporary folders are not studies)."""
+    folder = Path(root) / STUDIES_DIR
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if folder.exists() else []
+
+
+def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
+                slice_meta: Mapping[str, Sequence[Any]], study_meta: Mapping[str, Any],
+                overwrite: bool = False) -> Path:
+    """Write one study atomically.
+
+    Args:
+        study: pseudonymous study id (never a patient identifier).
+        arrays: "source" and "target" (and optionally "guidance", "truth", "labels"), each (n, H, W).
+        slice_meta: per-slice lists of length n (at least ``SLICE_KEYS``).
+        study_meta: JSON-safe study facts (``STUDY_KEYS`` and any others).
+    """
+    unknown = set(arrays) - set(ARRAY_NAMES)
+    if unknown or not {"source", "target"} <= set(arrays):
+        raise ValueError(f"arrays must include source and target and only {ARRAY_NAMES}; got {sorted(arrays)}")
+    n = arrays["target"].shape[0]
+    for name, a in arrays.items():
+        if a.ndim != 3 or a.shape != arrays["target"].shape:
+            raise ValueError(f"array {name!r} has shape {a.shape}, expected {arrays['target'].shape}")
+    for key in SLICE_KEYS:
+        if len(slice_meta.get(key, ())) != n:
+            raise ValueError(f"slice metadata {key!r} must have {n} entries")
+    with atomic_directory(Path(root) / STUDIES_DIR / study, overwrite=overwrite) as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        for name, a in arrays.items():
+            dtype = "uint8" if name == "labels" else "float32"
+            z = group.create_array(name, shape=a.shape, chunks=(1, *a.shape[1:]), dtype=dtype)
+            z[:] = a.astype(dtype)
+        group.attrs.update({"study": study, "slices": int(n),
+                            "slice_meta": {k: [_plain(v) for v in vs] for k, vs in slice_meta.items()},
+                            "study_meta": {k: _plain(v) for k, v in study_meta.items()}})
+    return Path(root) / STUDIES_DIR / study
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (tuple, list, np.ndarray)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def write_splits(root: str | Path, splits: Mapping[str, str]) -> None:
+    """Record the split of every study (atomically)."""
+    bad = {s for s in splits.values() if s not in SPLITS}
+    if bad:
+        raise ValueError(f"unknown split names {sorted(bad)}; use {SPLITS}")
+    atomic_write_text(Path(root) / SPLITS_FILE, json.dumps(dict(sorted(splits.items())), indent=1))
+
+
+class PreparedDataset(torch.utils.data.Dataset):
+    """Slices of a prepared dataset; items are dicts of float32 arrays in physical units and metadata.
+
+    Keys: "source", "target" (and "guidance", "truth", "labels" where stored), each (H, W); "study",
+    "split", "index" (slice index within the study), "z_mm", "spacing_mm", "kvp", "vendor", "units",
+    "dose_fraction".
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None):
+        self.root = Path(root)
+        meta = self.root / DATASET_FILE
+        if not meta.is_file():
+            raise DatasetError(f"{self.root} is not a petsynth dataset: no {DATASET_FILE}")
+        self.info = yaml.safe_load(meta.read_text())
+        if self.info.get("store_version", 0) > STORE_VERSION:
+            raise DatasetError(f"{self.root} uses store version {self.info['store_version']}: upgrade petsynth")
+        splits_path = self.root / SPLITS_FILE
+        self.splits: dict[str, str] = json.loads(splits_path.read_text()) if splits_path.exists() else {}
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        studies = finished_studies(self.root)
+        if split is not None:
+            studies = [s for s in studies if self.splits.get(s) == split]
+        self.split_name = split
+        self.studies = studies
+        self._attrs = {s: dict(zarr.open_group(self.root / STUDIES_DIR / s, mode="r").attrs) for s in studies}
+        counts = np.array([self._attrs[s]["slices"] for s in studies], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self._groups: dict[str, zarr.Group] = {}
+
+    @property
+    def task(self) -> str:
+        return self.info["task"]
+
+    def split(self, name: str) -> "PreparedDataset":
+        """The studies of one split ("train", "val" or "test")."""
+        return PreparedDataset(self.root, split=name)
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getstate__(self):  # DataLoader workers open their own zarr handles
+        state = dict(self.__dict__)
+        state["_groups"] = {}
+        return state
+
+    def _group(self, study: str) -> zarr.Group:
+        g = self._groups.get(study)
+        if g is None:
+            g = self._groups[study] = zarr.open_group(self.root / STUDIES_DIR / study, mode="r")
+        return g
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"slice {i} out of range for a dataset of {n} slices")
+        i %= n
+        s = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        study, k = self.studies[s], int(i - self._offsets[s])
+        group, attrs = self._group(study), self._attrs[study]
+        item: dict[str, Any] = {}
+        for name in ARRAY_NAMES:
+            if name in group:
+                item[name] = np.asarray(group[name][k])
+        item["study"] = study
+        item["split"] = self.splits.get(study, "")
+        for key, values in attrs["slice_meta"].items():
+            item[key] = values[k]
+        for key in STUDY_KEYS:
+            item[key] = attrs["study_meta"].get(key)
+        return item
+
+
+def open_dataset(path: str | Path, split: str | None = None) -> PreparedDataset:
+    """Open a prepared dataset (all studies, or one split)."""
+    return PreparedDataset(path, split=split)
