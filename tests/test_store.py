@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from petsynth.data.store import (DatasetError, create_dataset, finished_studies, open_dataset, write_splits,
+from petsynth.data import open_dataset
+from petsynth.data.store import (DatasetError, create_dataset, finished_studies, write_splits,
                                  write_study)
 
 
