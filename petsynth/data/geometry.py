@@ -138,6 +138,16 @@ class Geometry:
                 "direction": list(self.direction), "affine_lps": self.affine.round(6).tolist()}
 
     @classmethod
+    def from_affine(cls, shape: tuple[int, int, int], affine_lps: np.ndarray) -> "Geometry":
+        """Grid of ``shape`` (nz, ny, nx) whose 4x4 LPS affine maps (i, j, k, 1) to mm (as read from NIfTI)."""
+        a = np.asarray(affine_lps, dtype=np.float64)
+        cols = a[:3, :3]
+        steps = np.linalg.norm(cols, axis=0)  # |i|, |j|, |k| steps
+        if (steps <= 0).any():
+            raise ValueError("affine has a zero-length axis")
+        return cls(tuple(shape), (steps[2], steps[1], steps[0]), tuple(a[:3, 3]), tuple((cols / steps).ravel()))
+
+    @classmethod
     def from_dict(cls, d: dict) -> "Geometry":
         return cls(tuple(d["shape"]), tuple(d["spacing_mm"]), tuple(d["origin_mm"]), tuple(d["direction"]))
 

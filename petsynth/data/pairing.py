@@ -54,18 +54,22 @@ def covered(source: SeriesVolume, points_mm: np.ndarray) -> np.ndarray:
     return (along >= lo) & (along <= hi)
 
 
-def resize_inplane(stack: np.ndarray, size: int) -> np.ndarray:
-    """(n, ny, nx) -> (n, size, size): bilinear when enlarging, area averaging when shrinking."""
+def resize_inplane(stack: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
+    """(n, ny, nx) -> (n, size, size): bilinear when enlarging, antialiased when shrinking; or
+    ``mode="nearest"`` (labels)."""
     if stack.shape[1:] == (size, size):
         return stack.astype(np.float32, copy=False)
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
-    shrinking = size < max(stack.shape[1:])
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
+    if mode == "nearest":
+        out = F.interpolate(t, size=(size, size), mode="nearest-exact")
+    else:
+        shrinking = size < max(stack.shape[1:])
+        out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
     return out[:, 0].numpy()
 
 
-def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size: int | None = None
-                ) -> PairedSlices:
+def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size: int | None = None,
+                mode: str = "bilinear") -> PairedSlices:
     """Resample ``source`` onto every ``target`` slice it covers and resize both to ``size`` (default: keep).
 
     Args:
@@ -73,6 +77,7 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
         source: the series resampled onto them (CT in HU, MR, low-dose PET).
         fill: value outside the source's field (-1000 HU for CT, 0 for PET/MR).
         size: output side in pixels; the target grid must be square to resize.
+        mode: "bilinear", or "nearest" for label sources.
     """
     if source.irregular:
         raise ValueError("the source series has irregular slice steps; resampling it needs a regular grid")
@@ -82,7 +87,7 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
         if not covered(source, grid.center()[None])[0]:
             continue
         keep.append(k)
-        sources.append(resample(source.array, source.geometry, grid, fill=fill)[0])
+        sources.append(resample(source.array, source.geometry, grid, fill=fill, mode=mode)[0])
     keep_idx = np.asarray(keep, dtype=np.int64)
     src = np.stack(sources) if sources else np.zeros((0, *target.array.shape[1:]), np.float32)
     tgt = target.array[keep_idx]
@@ -91,7 +96,7 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
         ny, nx = target.array.shape[1:]
         if ny != nx:
             raise ValueError(f"target grid is {ny}x{nx}; resizing to {size}x{size} needs a square grid")
-        src, tgt = resize_inplane(src, size), resize_inplane(tgt, size)
+        src, tgt = resize_inplane(src, size, mode=mode), resize_inplane(tgt, size)
         dy, dx = dy * ny / size, dx * nx / size
     return PairedSlices(source=src.astype(np.float32), target=tgt.astype(np.float32), target_index=keep_idx,
                         z_mm=target.positions_mm[keep_idx], spacing_mm=(dy, dx))

@@ -114,6 +114,11 @@ def _plain(v):
     return v
 
 
+def study_attrs(root: str | Path, study: str) -> dict[str, Any]:
+    """The stored attributes (per-slice and study metadata) of one study."""
+    return dict(zarr.open_group(Path(root) / STUDIES_DIR / study, mode="r").attrs)
+
+
 def write_splits(root: str | Path, splits: Mapping[str, str]) -> None:
     """Record the split of every study (atomically)."""
     bad = {s for s in splits.values() if s not in SPLITS}
@@ -147,7 +152,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             studies = [s for s in studies if self.splits.get(s) == split]
         self.split_name = split
         self.studies = studies
-        self._attrs = {s: dict(zarr.open_group(self.root / STUDIES_DIR / s, mode="r").attrs) for s in studies}
+        self._attrs = {s: study_attrs(self.root, s) for s in studies}
         counts = np.array([self._attrs[s]["slices"] for s in studies], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         self._groups: dict[str, zarr.Group] = {}

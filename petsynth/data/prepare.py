@@ -1,0 +1,309 @@
+"""``petsynth prepare``: raw DICOM studies -> a paired, split dataset in physical units.
+
+One study at a time (each independent, so studies can run in parallel or on a cluster):
+choose the series for the task, load them in physical units, pair every target slice with the source
+resampled onto it in world space, resize, and write the study atomically under a keyed pseudonym.
+Phantom studies (a ``truth/`` folder beside the series) also carry the noise-free SUV and organ labels.
+
+Tasks: ``ct2pet`` (source CT in HU, target PET in SUV), ``mr2pet`` (MR -> PET), ``lpet2spet`` (source the
+lowest-count attenuation-corrected PET, target the standard PET, guidance the CT).
+No patient identifier is written anywhere: study names are HMAC-SHA256 pseudonyms under a secret key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import multiprocessing
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from petsynth.data import store
+from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
+from petsynth.data.dicom_series import SeriesVolume, load_series
+from petsynth.data.geometry import Geometry
+from petsynth.data.pairing import pair_slices
+from petsynth.data.suv import SUVError
+from petsynth.io.nifti import read_nifti
+from petsynth.physics.constants import HU_AIR
+from petsynth.utils.files import atomic_write_text
+
+TASKS = ("ct2pet", "mr2pet", "lpet2spet")
+SOURCE_MODALITY = {"ct2pet": "CT", "mr2pet": "MR", "lpet2spet": "PT"}
+#: Default split fractions (train, val, test), by patient.
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+#: Where the pseudonym key lives unless the user names one; never inside a dataset.
+DEFAULT_KEY_FILE = Path.home() / ".petsynth" / "pseudonym.key"
+REPORT_FILE = "prepare_report.json"
+
+
+class StudyError(ValueError):
+    """One study cannot be prepared; the message says why (the batch goes on)."""
+
+
+def load_key(path: str | Path | None = None) -> bytes:
+    """The secret pseudonym key: read from ``path`` (default ~/.petsynth/pseudonym.key), created if absent."""
+    path = Path(path) if path is not None else DEFAULT_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def pseudonym(key: bytes, value: str, prefix: str = "s") -> str:
+    """Keyed, irreversible short name for an identifier (HMAC-SHA256, 12 hex digits)."""
+    return prefix + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+@dataclass
+class StudyPlan:
+    """The series chosen for one study (in memory only: may hold identifiers, never written)."""
+
+    study_uid: str
+    patient_id: str
+    target: SeriesInfo
+    source: SeriesInfo
+    guidance: SeriesInfo | None = None
+    dose_fraction: float | None = None
+
+
+@dataclass
+class StudyResult:
+    """Outcome of one study (no identifiers)."""
+
+    study: str
+    patient: str
+    status: str  # "ok", "failed", "skipped"
+    slices: int = 0
+    reason: str = ""
+
+
+def _largest(series: list[SeriesInfo]) -> SeriesInfo:
+    return max(series, key=lambda s: (s.num_files, s.rows * s.columns, s.series_uid))
+
+
+def _frame_duration_ms(info: SeriesInfo) -> float:
+    ds = pydicom.dcmread(info.files[0], stop_before_pixels=True, specific_tags=["ActualFrameDuration"])
+    return float(ds.get("ActualFrameDuration", 0) or 0)
+
+
+def plan_study(study: StudyInfo, task: str) -> StudyPlan:
+    """Choose target, source (and guidance) series of a study for ``task``; StudyError if impossible."""
+    pets = [s for s in study.of_modality("PT") if s.attenuation_corrected]
+    if not pets:
+        found = ", ".join(sorted({s.modality for s in study.series})) or "none"
+        raise StudyError(f"no attenuation-corrected PET series (CorrectedImage with ATTN); series found: {found}")
+    first = pydicom.dcmread(pets[0].files[0], stop_before_pixels=True, specific_tags=["PatientID"])
+    patient_id = str(first.get("PatientID", "")) or study.study_uid
+    if task == "lpet2spet":
+        if len(pets) < 2:
+            raise StudyError("lpet2spet needs two attenuation-corrected PET series (standard and low dose)")
+        by_duration = sorted(pets, key=lambda s: (_frame_duration_ms(s), s.series_uid))
+        target, source = by_duration[-1], by_duration[0]
+        cts = study.of_modality("CT")
+        if not cts:
+            raise StudyError("lpet2spet keeps the CT as guidance, but the study has no CT series")
+        guidance = _largest(cts)
+        long_ms, short_ms = _frame_duration_ms(target), _frame_duration_ms(source)
+        fraction = short_ms / long_ms if long_ms > 0 else None
+        plan = StudyPlan(study.study_uid, patient_id, target, source, guidance, fraction)
+    else:
+        modality = SOURCE_MODALITY[task]
+        sources = study.of_modality(modality)
+        if not sources:
+            raise StudyError(f"{task} needs a {modality} series, but the study has none")
+        # standard dose: the PET series with the longest frames
+        target = max(pets, key=lambda s: (_frame_duration_ms(s), s.num_files, s.series_uid))
+        plan = StudyPlan(study.study_uid, patient_id, target, _largest(sources))
+    for other in (plan.source, plan.guidance):
+        if other is not None and other.frame_of_reference_uid != plan.target.frame_of_reference_uid:
+            raise StudyError(f"{other.modality} and PET series have different FrameOfReferenceUIDs: "
+                             "not registered, cannot pair in world coordinates")
+    return plan
+
+
+def _truth_series(pet: SeriesVolume) -> dict[str, SeriesVolume]:
+    """Phantom truth beside the PET series folder (``../truth``), as series on their own grids."""
+    folder = pet.files[0].parent.parent / "truth"
+    out = {}
+    for name, fname in (("truth", "suv_truth_blurred.nii.gz"), ("labels", "labels.nii.gz")):
+        path = folder / fname
+        if (folder / "truth.json").is_file() and path.is_file():
+            vol, affine = read_nifti(path)
+            geom = Geometry.from_affine(vol.shape, affine)
+            normal = geom.direction_matrix[:, 2]
+            positions = np.array([geom.index_to_world(np.array([0.0, 0.0, k])) @ normal
+                                  for k in range(vol.shape[0])])
+            out[name] = SeriesVolume(modality=name, array=vol.astype(np.float32), geometry=geom,
+                                     positions_mm=positions, irregular=False, files=[path])
+    return out
+
+
+def _scrub(text: str, plan: StudyPlan) -> str:
+    """Replace the folders of the study's series (which may be named after the patient) by the modality."""
+    for info in (plan.target, plan.source, plan.guidance):
+        if info is not None:
+            for folder in {str(f.parent) for f in info.files}:
+                text = text.replace(folder, f"<{info.modality} series>")
+    return text
+
+
+def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
+                  slices_per_study: tuple[int, int] | None = None, seed: int = 0) -> StudyResult:
+    """Load, pair and write one study; returns its result (failures are results, not exceptions)."""
+    name, patient = pseudonym(key, plan.study_uid), pseudonym(key, plan.patient_id, prefix="p")
+    try:
+        pet = load_series(plan.target, "PT")
+        source = load_series(plan.source)
+        fill = HU_AIR if plan.source.modality == "CT" else 0.0
+        pairs = pair_slices(pet, source, fill=fill, size=size)
+        if len(pairs.target_index) == 0:
+            raise StudyError("no PET slice lies within the source series' coverage")
+        keep = np.arange(len(pairs.target_index))
+        if slices_per_study is not None:
+            rng = np.random.default_rng([seed, int(hmac.new(key, plan.study_uid.encode(), "sha256")
+                                                   .hexdigest()[:8], 16)])
+            lo, hi = slices_per_study
+            n = min(len(keep), int(rng.integers(lo, hi + 1)))
+            start = int(rng.integers(0, len(keep) - n + 1))
+            keep = keep[start:start + n]  # contiguous slices, in order, as in the CPDM experiment
+        arrays = {"source": pairs.source[keep], "target": pairs.target[keep]}
+        kvp = source.kvp
+        if plan.guidance is not None:
+            ct = load_series(plan.guidance, "CT")
+            arrays["guidance"] = pair_slices(pet, ct, fill=HU_AIR, size=size).source[keep]
+            kvp = ct.kvp
+        for tname, tvol in _truth_series(pet).items():
+            mode = "nearest" if tname == "labels" else "bilinear"
+            arrays[tname] = pair_slices(pet, tvol, fill=0.0, size=size, mode=mode).source[keep]
+        store.write_study(root, name, arrays,
+                          {"index": [int(i) for i in pairs.target_index[keep]],
+                           "z_mm": [float(z) for z in pairs.z_mm[keep]]},
+                          {"spacing_mm": list(pairs.spacing_mm), "kvp": kvp, "vendor": pet.manufacturer,
+                           "units": pet.units, "dose_fraction": plan.dose_fraction, "task": task,
+                           "patient": patient})
+        return StudyResult(name, patient, "ok", slices=len(keep))
+    except (StudyError, SUVError, ValueError, OSError) as err:
+        return StudyResult(name, patient, "failed", reason=_scrub(f"{type(err).__name__}: {err}", plan))
+
+
+def assign_splits(patients: dict[str, str], fractions: Sequence[float], key: bytes, seed: int) -> dict[str, str]:
+    """Study -> split, by patient: patients ordered by a keyed hash, then cut by the fractions."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    ordered = sorted(set(patients.values()), key=lambda p: hmac.new(key, f"{seed}:{p}".encode(), "sha256").digest())
+    n = len(ordered)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    if n >= 3:  # keep every requested split non-empty when there are enough patients
+        n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+        n_train = min(n_train, n - n_val - (1 if fractions[2] > 0 else 0))
+    split_of = {p: ("train" if i < n_train else "val" if i < n_train + n_val else "test")
+                for i, p in enumerate(ordered)}
+    return {study: split_of[p] for study, p in patients.items()}
+
+
+@dataclass
+class PrepareReport:
+    """Outcome of a preparation run (no identifiers)."""
+
+    results: list[StudyResult] = field(default_factory=list)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[StudyResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+def _count_reasons(skipped: Sequence[tuple[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, reason in skipped:
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker process
+
+
+def _relative(path: Path, inputs: Sequence[str | Path]) -> str:
+    """A file's path relative to the input folder holding it (reports never name folders above the input)."""
+    for root in map(Path, inputs):
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            continue
+    return path.name
+
+
+def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *, size: int = 256,
+                    workers: int = 1, resume: bool = False, key: bytes | None = None,
+                    key_file: str | Path | None = None, split: Sequence[float] = DEFAULT_SPLIT,
+                    seed: int = 0, slices_per_study: tuple[int, int] | None = None,
+                    progress: Callable[[int, int, str], None] | None = None) -> PrepareReport:
+    """Prepare every study found under ``inputs`` into the dataset ``out``; see the module docstring.
+
+    ``progress(done, total, status)`` is called after each study. Studies already in the dataset are
+    skipped when ``resume``. Returns the report (also written as ``out/prepare_report.json``).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    key = key if key is not None else load_key(key_file)
+    root = store.create_dataset(out, task, size, resume=resume)
+    studies, skipped = scan_dicom(inputs)
+    report = PrepareReport(skipped_files=[(_relative(s.path, inputs), s.reason) for s in skipped])
+    done = set(store.finished_studies(root))
+    jobs: list[StudyPlan] = []
+    for study in studies:
+        try:
+            plan = plan_study(study, task)
+        except StudyError as err:
+            report.results.append(StudyResult(pseudonym(key, study.study_uid), "", "failed", reason=str(err)))
+            continue
+        if pseudonym(key, plan.study_uid) in done:
+            report.results.append(StudyResult(pseudonym(key, plan.study_uid),
+                                              pseudonym(key, plan.patient_id, prefix="p"), "skipped",
+                                              reason="already in the dataset (resume)"))
+            continue
+        jobs.append(plan)
+    total = len(jobs)
+    args = (root, task, size, key, slices_per_study, seed)
+    if workers <= 1:
+        for n, plan in enumerate(jobs, 1):
+            result = prepare_study(plan, *args)
+            report.results.append(result)
+            if progress:
+                progress(n, total, result.status)
+    else:
+        # spawn, not fork: a forked child of a process that already ran torch's thread pools can deadlock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            futures = [pool.submit(prepare_study, plan, *args) for plan in jobs]
+            for n, fut in enumerate(as_completed(futures), 1):
+                result = fut.result()
+                report.results.append(result)
+                if progress:
+                    progress(n, total, result.status)
+    patients = {}
+    for study_name in store.finished_studies(root):
+        attrs = store.study_attrs(root, study_name)
+        patients[study_name] = attrs["study_meta"].get("patient", study_name)
+    store.write_splits(root, assign_splits(patients, split, key, seed))
+    atomic_write_text(root / REPORT_FILE, json.dumps({
+        "task": task, "size": size,
+        "studies": [r.__dict__ for r in sorted(report.results, key=lambda r: r.study)],
+        # counts only: file paths can carry patient names, so they are shown on the terminal, never stored
+        "skipped_files_by_reason": _count_reasons(report.skipped_files)}, indent=1))
+    return report

@@ -1,0 +1,83 @@
+"""prepare: phantom DICOM studies -> dataset with HU/SUV pairs, truth, splits, no PHI, resume, failures."""
+
+import json
+import shutil
+
+import pydicom
+import pytest
+
+from petsynth.data import open_dataset
+from petsynth.data.phantom import write_studies
+from petsynth.data.prepare import assign_splits, prepare_dataset
+
+KEY = b"test-key"
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    write_studies(root, task="ct2pet", studies=3, seed=11, fmt="dicom", preset="tiny")
+    (root / "junk.txt").write_text("not dicom")
+    return root
+
+
+def test_prepare_phantom_studies(phantoms, tmp_path):
+    report = prepare_dataset([phantoms], tmp_path / "ds", "ct2pet", size=64, key=KEY)
+    assert [r.status for r in report.results] == ["ok"] * 3 and not report.failed
+    ds = open_dataset(tmp_path / "ds")
+    assert len(ds) == sum(r.slices for r in report.results) and len(ds.studies) == 3
+    assert {ds.splits[s] for s in ds.studies} <= {"train", "val", "test"} and len(set(ds.splits.values())) == 3
+    item = ds[len(ds) // 2]
+    assert item["source"].shape == (64, 64) and item["target"].shape == (64, 64)
+    assert item["source"].min() >= -1100 and item["source"].max() > 200  # CT in HU (air, bone)
+    assert 80 <= item["kvp"] <= 140 and item["units"] == "BQML" and item["vendor"]
+    # PET in SUV: over the body it matches the phantom's noise-free truth on the same grid
+    body = item["labels"] > 0
+    assert body.sum() > 100
+    assert item["target"][body].mean() == pytest.approx(item["truth"][body].mean(), rel=0.1)
+    zs = [ds[i]["z_mm"] for i in range(len(ds)) if ds[i]["study"] == item["study"]]
+    assert zs == sorted(zs)  # slices of a study in order
+
+
+def test_no_identifiers_written(phantoms, tmp_path):
+    report = prepare_dataset([phantoms], tmp_path / "ds", "ct2pet", size=32, key=KEY, workers=2)
+    assert [r.status for r in report.results] == ["ok"] * 3  # through the process pool
+    first = pydicom.dcmread(next(phantoms.rglob("PT/*.dcm")))
+    secrets = [str(first.PatientName), str(first.PatientID), str(first.StudyInstanceUID)]
+    for f in (tmp_path / "ds").rglob("*"):
+        if f.is_file():
+            blob = f.read_bytes()
+            for s in secrets:
+                assert s.encode() not in blob, f"{s} found in {f}"
+
+
+def test_failed_study_is_reported_others_kept_and_resume_skips(phantoms, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(phantoms, raw)
+    broken = sorted(p for p in raw.iterdir() if p.is_dir())[0]
+    for f in (broken / "PT").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        del ds.PatientWeight
+        ds.save_as(f)
+    report = prepare_dataset([raw], tmp_path / "ds", "ct2pet", size=32, key=KEY)
+    assert sorted(r.status for r in report.results) == ["failed", "ok", "ok"]
+    assert "PatientWeight (0010,1030)" in report.failed[0].reason
+    saved = json.loads((tmp_path / "ds" / "prepare_report.json").read_text())
+    assert ("junk.txt", "not a DICOM file") in report.skipped_files
+    assert saved["skipped_files_by_reason"]["not a DICOM file"] >= 1 and "junk.txt" not in json.dumps(saved)
+    assert str(broken) not in report.failed[0].reason
+    again = prepare_dataset([raw], tmp_path / "ds", "ct2pet", size=32, key=KEY, resume=True)
+    assert sorted(r.status for r in again.results) == ["failed", "skipped", "skipped"]
+    assert len(open_dataset(tmp_path / "ds").studies) == 2
+
+
+def test_splits_by_patient():
+    patients = {f"s{i}": f"p{i // 2}" for i in range(20)}  # two studies per patient
+    splits = assign_splits(patients, (0.8, 0.1, 0.1), KEY, seed=0)
+    for i in range(0, 20, 2):
+        assert splits[f"s{i}"] == splits[f"s{i + 1}"]
+    counts = {s: list(splits.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"train": 16, "val": 2, "test": 2}
+    assert assign_splits(patients, (0.8, 0.1, 0.1), KEY, seed=1) != splits
+    with pytest.raises(ValueError):
+        assign_splits(patients, (0.5, 0.1, 0.1), KEY, seed=0)
