@@ -86,6 +86,81 @@ def phantom(
                   f"to {out} (truth in each study's truth/ folder; index in {out / 'phantoms.json'})")
 
 
+def _parse_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    lo_i, hi_i = int(lo), int(hi or lo)
+    if not 0 < lo_i <= hi_i:
+        raise ValueError
+    return lo_i, hi_i
+
+
+@app.command()
+def prepare(
+    inputs: list[Path] = typer.Argument(..., help="Folders (searched recursively) or files with DICOM studies."),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (or continue with --resume)."),
+    task: str = typer.Option("ct2pet", "--task", help="ct2pet, mr2pet or lpet2spet."),
+    size: int = typer.Option(256, "--size", min=8, help="Output slice size in pixels (square)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Studies prepared in parallel (processes)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a dataset: skip the studies it already has."),
+    split: str = typer.Option("0.8,0.1,0.1", "--split", help="Train,val,test fractions, by patient."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and of slice sampling."),
+    slices_per_study: Optional[str] = typer.Option(None, "--slices-per-study", help="Keep a contiguous run "
+                                                   "of N slices per study, N drawn from a range like 25-30 "
+                                                   "(the CPDM experiment); default: all slices."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key for study pseudonyms "
+                                            "(default ~/.petsynth/pseudonym.key, created on first use; "
+                                            "keep it outside the dataset)."),
+) -> None:
+    """Prepare raw DICOM studies into a paired, split dataset in physical units (HU, SUV).
+
+    Exits with 1 when any study failed; the good ones are kept. The per-study report is
+    DATASET/prepare_report.json (pseudonyms only)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from petsynth.data.prepare import TASKS, prepare_dataset
+    from petsynth.data.store import DatasetError
+
+    if task not in TASKS:
+        raise typer.BadParameter(f"{task!r}; choose one of {', '.join(TASKS)}", param_hint="--task")
+    try:
+        fractions = tuple(float(v) for v in split.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{split!r} is not three comma-separated numbers", param_hint="--split") from None
+    per_study = None
+    if slices_per_study is not None:
+        try:
+            per_study = _parse_range(slices_per_study)
+        except ValueError:
+            raise typer.BadParameter(f"{slices_per_study!r}; use N or LO-HI", param_hint="--slices-per-study") \
+                from None
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        job = bar.add_task("scanning", total=None)
+
+        def advance(done: int, total: int, status: str) -> None:
+            bar.update(job, completed=done, total=total, description=f"preparing ({status})")
+
+        try:
+            report = prepare_dataset(inputs, out, task, size=size, workers=workers, resume=resume,
+                                     key_file=key_file, split=fractions, seed=seed, slices_per_study=per_study,
+                                     progress=advance)
+        except (DatasetError, FileNotFoundError, ValueError) as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(code=1) from None
+    counts = {k: sum(r.status == k for r in report.results) for k in ("ok", "skipped", "failed")}
+    slices = sum(r.slices for r in report.results)
+    console.print(f"{counts['ok']} studies prepared ({slices} slice pairs), {counts['skipped']} already present, "
+                  f"{counts['failed']} failed; {len(report.skipped_files)} files ignored. Dataset: {out}")
+    for r in report.failed:
+        console.print(f"[red]failed[/red] {r.study}: {r.reason}")
+    for path, reason in report.skipped_files[:20]:
+        console.print(f"[dim]ignored {path}: {reason}[/dim]")
+    if len(report.skipped_files) > 20:
+        console.print(f"[dim]... and {len(report.skipped_files) - 20} more ignored files[/dim]")
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder to write into (replaced files "

@@ -121,7 +121,7 @@ def test_cli_version_and_help():
     assert result.exit_code == 0 and petsynth.__version__ in result.output
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "phantom" in result.output and "demo" in result.output
-    for command in ("phantom", "demo"):
+    for command in ("phantom", "prepare", "demo"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, result.output
 

@@ -81,3 +81,27 @@ def test_splits_by_patient():
     assert assign_splits(patients, (0.8, 0.1, 0.1), KEY, seed=1) != splits
     with pytest.raises(ValueError):
         assign_splits(patients, (0.5, 0.1, 0.1), KEY, seed=0)
+
+
+def test_cli_prepare_exit_codes(phantoms, tmp_path):
+    from typer.testing import CliRunner
+
+    from petsynth.cli import app
+
+    key = tmp_path / "key"
+    args = ["prepare", str(phantoms), "--out", str(tmp_path / "ds"), "--size", "32", "--key-file", str(key)]
+    def run(*extra):
+        result = CliRunner().invoke(app, args + list(extra))
+        result.text = " ".join(result.output.split())  # rich wraps lines
+        return result
+
+    result = run()
+    assert result.exit_code == 0, result.output
+    assert "3 studies prepared" in result.text and key.exists() and (key.stat().st_mode & 0o777) == 0o600
+    result = run()  # exists, no --resume
+    assert result.exit_code == 1 and "already holds a dataset" in result.text and "--resume" in result.text
+    result = run("--resume")
+    assert result.exit_code == 0 and "3 already present" in result.text
+    result = run("--resume", "--split", "0.5,0.1")
+    assert result.exit_code == 1 and "summing to 1" in result.text
+    assert run("--task", "xx").exit_code == 2

@@ -54,7 +54,7 @@ def create_dataset(root: str | Path, task: str, size: int, *, resume: bool = Fal
     meta = root / DATASET_FILE
     if meta.exists():
         if not resume:
-            raise DatasetError(f"{root} already holds a dataset; pass resume to continue it or choose a new folder")
+            raise DatasetError(f"{root} already holds a dataset; pass resume=True (CLI: --resume) to continue it, or choose a new folder")
         found = yaml.safe_load(meta.read_text())
         for key in ("task", "size", "store_version"):
             if found.get(key) != info[key]:
