@@ -105,3 +105,24 @@ def test_cli_prepare_exit_codes(phantoms, tmp_path):
     result = run("--resume", "--split", "0.5,0.1")
     assert result.exit_code == 1 and "summing to 1" in result.text
     assert run("--task", "xx").exit_code == 2
+
+
+@pytest.mark.parametrize("task", ["mr2pet", "lpet2spet"])
+def test_other_tasks_on_phantoms(task, tmp_path):
+    write_studies(tmp_path / "raw", task=task, studies=1, seed=2, fmt="dicom", preset="tiny",
+                  dose_fractions=[0.1, 0.25])
+    report = prepare_dataset([tmp_path / "raw"], tmp_path / "ds", task, size=32, key=KEY,
+                             slices_per_study=(4, 6))
+    assert [r.status for r in report.results] == ["ok"], report.results
+    ds = open_dataset(tmp_path / "ds")
+    assert 4 <= len(ds) <= 6
+    indices = [ds[i]["index"] for i in range(len(ds))]
+    assert indices == list(range(indices[0], indices[0] + len(ds)))  # one contiguous run, in order
+    item = ds[0]
+    if task == "lpet2spet":
+        assert item["dose_fraction"] == pytest.approx(0.1)  # the lowest-count series is the source
+        assert item["guidance"].min() < -900  # CT in HU as guidance
+        body = item["labels"] > 0
+        assert item["source"][body].mean() == pytest.approx(item["target"][body].mean(), rel=0.2)
+    else:
+        assert "guidance" not in item and item["source"].max() > 0
