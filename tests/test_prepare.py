@@ -126,3 +126,35 @@ def test_other_tasks_on_phantoms(task, tmp_path):
         assert item["source"][body].mean() == pytest.approx(item["target"][body].mean(), rel=0.2)
     else:
         assert "guidance" not in item and item["source"].max() > 0
+
+
+def test_nifti_layouts_give_the_same_pairs_as_dicom(tmp_path):
+    from petsynth.data.nifti_layouts import find_nifti_studies
+
+    write_studies(tmp_path / "dcm", task="ct2pet", studies=1, seed=4, fmt="dicom", preset="tiny")
+    (plain,) = write_studies(tmp_path / "plain", task="ct2pet", studies=1, seed=4, fmt="nifti", preset="tiny")
+    auto = tmp_path / "autopet" / "patient_a"
+    shutil.copytree(plain, auto)
+    (auto / "ct.nii.gz").rename(auto / "CTres.nii.gz")
+    (auto / "pet.nii.gz").rename(auto / "SUV.nii.gz")
+    heck = tmp_path / "hecktor"
+    heck.mkdir()
+    shutil.copy(plain / "ct.nii.gz", heck / "CHUP-001__CT.nii.gz")
+    shutil.copy(plain / "pet.nii.gz", heck / "CHUP-001__PT.nii.gz")
+    assert [s.layout for s in find_nifti_studies([tmp_path / "autopet", heck, tmp_path / "plain"])] == \
+        ["autopet", "hecktor", "plain"]
+    items = {}
+    for name in ("dcm", "plain", "autopet", "hecktor"):
+        report = prepare_dataset([tmp_path / name], tmp_path / f"ds_{name}", "ct2pet", size=32, key=KEY)
+        assert [r.status for r in report.results] == ["ok"], (name, report.results)
+        ds = open_dataset(tmp_path / f"ds_{name}")
+        items[name] = [ds[i] for i in range(len(ds))]
+    reference = items["dcm"]
+    for name in ("plain", "autopet", "hecktor"):
+        assert len(items[name]) == len(reference)
+        for a, b in zip(items[name], reference):
+            assert a["z_mm"] == pytest.approx(b["z_mm"], abs=1e-3)
+            # DICOM stores CT as int16 and PET with one int16 slope per slice
+            assert abs(a["source"] - b["source"]).max() <= 1.0
+            assert abs(a["target"] - b["target"]).max() <= 1e-3 * max(1.0, abs(b["target"]).max())
+    assert "truth" in items["plain"][0] and "truth" not in items["hecktor"][0]

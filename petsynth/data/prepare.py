@@ -1,4 +1,4 @@
-"""``petsynth prepare``: raw DICOM studies -> a paired, split dataset in physical units.
+"""``petsynth prepare``: raw DICOM (or NIfTI) studies -> a paired, split dataset in physical units.
 
 One study at a time (each independent, so studies can run in parallel or on a cluster):
 choose the series for the task, load them in physical units, pair every target slice with the source
@@ -29,10 +29,9 @@ import pydicom
 from petsynth.data import store
 from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
 from petsynth.data.dicom_series import SeriesVolume, load_series
-from petsynth.data.geometry import Geometry
+from petsynth.data.nifti_layouts import NiftiStudy, find_nifti_studies, load_nifti_volume
 from petsynth.data.pairing import pair_slices
 from petsynth.data.suv import SUVError
-from petsynth.io.nifti import read_nifti
 from petsynth.physics.constants import HU_AIR
 from petsynth.utils.files import atomic_write_text
 
@@ -65,16 +64,49 @@ def pseudonym(key: bytes, value: str, prefix: str = "s") -> str:
     return prefix + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:12]
 
 
+Input = SeriesInfo | Path  # a DICOM series, or a NIfTI file
+
+
 @dataclass
 class StudyPlan:
     """The series chosen for one study (in memory only: may hold identifiers, never written)."""
 
     study_uid: str
     patient_id: str
-    target: SeriesInfo
-    source: SeriesInfo
-    guidance: SeriesInfo | None = None
+    target: Input
+    source: Input
+    guidance: Input | None = None
     dose_fraction: float | None = None
+    source_modality: str = ""
+
+    def __post_init__(self):
+        if not self.source_modality:
+            self.source_modality = getattr(self.source, "modality", "")
+
+
+def _load(item: Input, modality: str) -> SeriesVolume:
+    return load_nifti_volume(item, modality) if isinstance(item, Path) else load_series(item, modality)
+
+
+def _folders(item: Input | None) -> set[str]:
+    if item is None:
+        return set()
+    return {str(item.parent)} if isinstance(item, Path) else {str(f.parent) for f in item.files}
+
+
+def plan_nifti_study(study: NiftiStudy, task: str) -> StudyPlan:
+    """Choose the files of a NIfTI study for ``task``; StudyError if impossible."""
+    need = {"ct2pet": "CT", "mr2pet": "MR", "lpet2spet": "PT_low"}[task]
+    if need not in study.sources:
+        raise StudyError(f"{study.layout} NIfTI study has no {need} volume for {task}")
+    guidance = None
+    if task == "lpet2spet":
+        if "CT" not in study.sources:
+            raise StudyError("lpet2spet keeps the CT as guidance, but the study has no ct.nii.gz")
+        guidance = study.sources["CT"]
+    return StudyPlan(study.study_id, study.study_id, study.target, study.sources[need], guidance,
+                     study.dose_fraction if task == "lpet2spet" else None,
+                     source_modality="PT" if need == "PT_low" else need)
 
 
 @dataclass
@@ -133,28 +165,20 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
 
 
 def _truth_series(pet: SeriesVolume) -> dict[str, SeriesVolume]:
-    """Phantom truth beside the PET series folder (``../truth``), as series on their own grids."""
-    folder = pet.files[0].parent.parent / "truth"
-    out = {}
-    for name, fname in (("truth", "suv_truth_blurred.nii.gz"), ("labels", "labels.nii.gz")):
-        path = folder / fname
-        if (folder / "truth.json").is_file() and path.is_file():
-            vol, affine = read_nifti(path)
-            geom = Geometry.from_affine(vol.shape, affine)
-            normal = geom.direction_matrix[:, 2]
-            positions = np.array([geom.index_to_world(np.array([0.0, 0.0, k])) @ normal
-                                  for k in range(vol.shape[0])])
-            out[name] = SeriesVolume(modality=name, array=vol.astype(np.float32), geometry=geom,
-                                     positions_mm=positions, irregular=False, files=[path])
-    return out
+    """Phantom truth (a ``truth/`` folder with truth.json beside the PET file or its series folder)."""
+    for folder in (pet.files[0].parent / "truth", pet.files[0].parent.parent / "truth"):
+        if (folder / "truth.json").is_file():
+            return {name: load_nifti_volume(folder / fname, name)
+                    for name, fname in (("truth", "suv_truth_blurred.nii.gz"), ("labels", "labels.nii.gz"))
+                    if (folder / fname).is_file()}
+    return {}
 
 
 def _scrub(text: str, plan: StudyPlan) -> str:
     """Replace the folders of the study's series (which may be named after the patient) by the modality."""
-    for info in (plan.target, plan.source, plan.guidance):
-        if info is not None:
-            for folder in {str(f.parent) for f in info.files}:
-                text = text.replace(folder, f"<{info.modality} series>")
+    for role, item in (("target", plan.target), ("source", plan.source), ("guidance", plan.guidance)):
+        for folder in _folders(item):
+            text = text.replace(folder, f"<{role} folder>")
     return text
 
 
@@ -163,9 +187,9 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
     """Load, pair and write one study; returns its result (failures are results, not exceptions)."""
     name, patient = pseudonym(key, plan.study_uid), pseudonym(key, plan.patient_id, prefix="p")
     try:
-        pet = load_series(plan.target, "PT")
-        source = load_series(plan.source)
-        fill = HU_AIR if plan.source.modality == "CT" else 0.0
+        pet = _load(plan.target, "PT")
+        source = _load(plan.source, plan.source_modality)
+        fill = HU_AIR if plan.source_modality == "CT" else 0.0
         pairs = pair_slices(pet, source, fill=fill, size=size)
         if len(pairs.target_index) == 0:
             raise StudyError("no PET slice lies within the source series' coverage")
@@ -180,7 +204,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         arrays = {"source": pairs.source[keep], "target": pairs.target[keep]}
         kvp = source.kvp
         if plan.guidance is not None:
-            ct = load_series(plan.guidance, "CT")
+            ct = _load(plan.guidance, "CT")
             arrays["guidance"] = pair_slices(pet, ct, fill=HU_AIR, size=size).source[keep]
             kvp = ct.kvp
         for tname, tvol in _truth_series(pet).items():
@@ -225,6 +249,10 @@ class PrepareReport:
         return [r for r in self.results if r.status == "failed"]
 
 
+def _is_phantom_truth(path: Path) -> bool:
+    return path.parent.name == "truth" and (path.parent / "truth.json").is_file()
+
+
 def _count_reasons(skipped: Sequence[tuple[str, str]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for _, reason in skipped:
@@ -263,14 +291,19 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     key = key if key is not None else load_key(key_file)
     root = store.create_dataset(out, task, size, resume=resume)
     studies, skipped = scan_dicom(inputs)
+    nifti = find_nifti_studies(list(inputs))
+    nifti_files = {f for st in nifti for f in (st.target, *st.sources.values())}
+    skipped = [s for s in skipped if s.path not in nifti_files and not _is_phantom_truth(s.path)]
     report = PrepareReport(skipped_files=[(_relative(s.path, inputs), s.reason) for s in skipped])
     done = set(store.finished_studies(root))
     jobs: list[StudyPlan] = []
-    for study in studies:
+    candidates = [(st.study_uid, lambda st=st: plan_study(st, task)) for st in studies]
+    candidates += [(st.study_id, lambda st=st: plan_nifti_study(st, task)) for st in nifti]
+    for ident, make_plan in candidates:
         try:
-            plan = plan_study(study, task)
+            plan = make_plan()
         except StudyError as err:
-            report.results.append(StudyResult(pseudonym(key, study.study_uid), "", "failed", reason=str(err)))
+            report.results.append(StudyResult(pseudonym(key, ident), "", "failed", reason=str(err)))
             continue
         if pseudonym(key, plan.study_uid) in done:
             report.results.append(StudyResult(pseudonym(key, plan.study_uid),
