@@ -8,11 +8,11 @@ from petsynth.data.geometry import Geometry
 from petsynth.data.pairing import pair_slices, resize_inplane
 
 
-def _series(array, geometry, positions=None):
+def _series(array, geometry, positions=None, irregular=False):
     if positions is None:
         positions = np.arange(array.shape[0]) * geometry.spacing[0] + geometry.origin[2]
     return SeriesVolume(modality="CT", array=array.astype(np.float32), geometry=geometry,
-                        positions_mm=np.asarray(positions, float), irregular=False, files=[])
+                        positions_mm=np.asarray(positions, float), irregular=irregular, files=[])
 
 
 def _linear_field(g: Geometry) -> np.ndarray:
@@ -21,11 +21,13 @@ def _linear_field(g: Geometry) -> np.ndarray:
     return 2.0 * pts[..., 0] - 3.0 * pts[..., 1] + 5.0 * pts[..., 2] + 7.0
 
 
-def test_linear_ct_is_resampled_exactly_onto_pet_slices_and_uncovered_slices_drop():
+@pytest.mark.parametrize("irregular", [False, True])
+def test_linear_ct_is_resampled_exactly_onto_pet_slices_and_uncovered_slices_drop(irregular):
     ct_geom = Geometry(shape=(40, 96, 96), spacing=(2.5, 2.0, 2.0), origin=(-95.0, -95.0, -50.0))
     pet_geom = Geometry(shape=(30, 40, 40), spacing=(4.0, 4.4, 4.4), origin=(-85.8, -85.8, -70.0))
     ct = _series(_linear_field(ct_geom), ct_geom)
-    pet = _series(np.arange(30, dtype=np.float32)[:, None, None] * np.ones((30, 40, 40)), pet_geom)
+    pet = _series(np.arange(30, dtype=np.float32)[:, None, None] * np.ones((30, 40, 40)), pet_geom,
+                  irregular=irregular)  # same positions, taken slice by slice when flagged irregular
     pairs = pair_slices(pet, ct, fill=-1000.0)
     # CT covers z -50 .. 47.5 (+-1.25 mm): PET slices at -70 + 4 k inside that
     z = -70.0 + 4.0 * np.arange(30)

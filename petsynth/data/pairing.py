@@ -81,15 +81,15 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
     """
     if source.irregular:
         raise ValueError("the source series has irregular slice steps; resampling it needs a regular grid")
-    keep, sources = [], []
-    for k in range(target.array.shape[0]):
-        grid = slice_geometry(target, k)
-        if not covered(source, grid.center()[None])[0]:
-            continue
-        keep.append(k)
-        sources.append(resample(source.array, source.geometry, grid, fill=fill, mode=mode)[0])
-    keep_idx = np.asarray(keep, dtype=np.int64)
-    src = np.stack(sources) if sources else np.zeros((0, *target.array.shape[1:]), np.float32)
+    centres = [slice_geometry(target, k).center() for k in range(target.array.shape[0])]
+    keep_idx = np.nonzero(covered(source, np.asarray(centres).reshape(-1, 3)))[0].astype(np.int64)
+    if not target.irregular:  # one pass over the source for all slices
+        src = resample(source.array, source.geometry, target.geometry, fill=fill, mode=mode)[keep_idx]
+    elif len(keep_idx):  # exact per-slice grids (e.g. bed joins)
+        src = np.stack([resample(source.array, source.geometry, slice_geometry(target, int(k)),
+                                 fill=fill, mode=mode)[0] for k in keep_idx])
+    else:
+        src = np.zeros((0, *target.array.shape[1:]), np.float32)
     tgt = target.array[keep_idx]
     dy, dx = target.geometry.spacing[1:]
     if size is not None:
