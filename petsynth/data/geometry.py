@@ -198,6 +198,7 @@ def resample(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str = "b
     m = np.linalg.inv(src.affine) @ dst.affine
     sz, sy, sx = src.shape
     out = np.empty(dst.shape, dtype=np.float32)
+    shifted = src_t - fill if fill != 0 else src_t  # once, not per slab: outside the source reads as fill
     ii, jj = np.meshgrid(np.arange(nx, dtype=np.float64), np.arange(ny, dtype=np.float64), indexing="xy")
     for k0 in range(0, nz, chunk_slices):
         k1 = min(nz, k0 + chunk_slices)
@@ -212,7 +213,7 @@ def resample(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str = "b
         if sz == 1:
             norm[2] = np.where(np.abs(idx[2]) <= 0.5, 0.0, 2.0)
         grid = torch.from_numpy(np.stack(norm, axis=-1).astype(np.float32))[None]
-        vals = F.grid_sample(src_t - fill, grid, mode=mode, padding_mode="zeros", align_corners=True) + fill
+        vals = F.grid_sample(shifted, grid, mode=mode, padding_mode="zeros", align_corners=True) + fill
         out[k0:k1] = vals[0, 0].numpy()
     return out
 

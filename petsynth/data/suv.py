@@ -162,7 +162,12 @@ def rescaled_pixels(ds: Dataset) -> np.ndarray:
     """Pixel data times this instance's RescaleSlope plus RescaleIntercept, float32 (rows, cols)."""
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return (ds.pixel_array.astype(np.float64) * slope + intercept).astype(np.float32)
+    pixels = ds.pixel_array.astype(np.float32)
+    if slope != 1.0:
+        pixels *= np.float32(slope)
+    if intercept != 0.0:
+        pixels += np.float32(intercept)
+    return pixels
 
 
 def suv_image(ds: Dataset, scale: SUVScale) -> np.ndarray:
