@@ -36,7 +36,7 @@ IGNORED_SOP_PREFIXES: dict[str, str] = {
 _HEADER_TAGS = ["SOPClassUID", "Modality", "ImageType", "StudyInstanceUID", "SeriesInstanceUID",
                 "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
                 "CorrectedImage", "SeriesDescription", "Manufacturer", "Units", "Rows", "Columns",
-                "NumberOfFrames", "SeriesNumber", "SeriesDate", "SeriesTime", "KVP"]
+                "NumberOfFrames", "SeriesNumber", "SeriesDate", "SeriesTime", "KVP", "ActualFrameDuration"]
 
 
 @dataclass
@@ -62,6 +62,7 @@ class SeriesInfo:
     attenuation_corrected: bool = False
     rows: int = 0
     columns: int = 0
+    frame_duration_ms: float = 0.0  # ActualFrameDuration (0018,1242); shorter for low-count PET series
 
     @property
     def num_files(self) -> int:
@@ -170,7 +171,8 @@ def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None]
                         description=str(ds.get("SeriesDescription", "")),
                         manufacturer=str(ds.get("Manufacturer", "")), units=str(ds.get("Units", "")),
                         attenuation_corrected="ATTN" in corrected,
-                        rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0))
+                        rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
+                        frame_duration_ms=float(ds.get("ActualFrameDuration", 0) or 0))
                 info.files.append(path)
         if progress is not None:
             progress(n, len(files))

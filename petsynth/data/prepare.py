@@ -124,11 +124,6 @@ def _largest(series: list[SeriesInfo]) -> SeriesInfo:
     return max(series, key=lambda s: (s.num_files, s.rows * s.columns, s.series_uid))
 
 
-def _frame_duration_ms(info: SeriesInfo) -> float:
-    ds = pydicom.dcmread(info.files[0], stop_before_pixels=True, specific_tags=["ActualFrameDuration"])
-    return float(ds.get("ActualFrameDuration", 0) or 0)
-
-
 def plan_study(study: StudyInfo, task: str) -> StudyPlan:
     """Choose target, source (and guidance) series of a study for ``task``; StudyError if impossible."""
     pets = [s for s in study.of_modality("PT") if s.attenuation_corrected]
@@ -140,13 +135,13 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
     if task == "lpet2spet":
         if len(pets) < 2:
             raise StudyError("lpet2spet needs two attenuation-corrected PET series (standard and low dose)")
-        by_duration = sorted(pets, key=lambda s: (_frame_duration_ms(s), s.series_uid))
+        by_duration = sorted(pets, key=lambda s: (s.frame_duration_ms, s.series_uid))
         target, source = by_duration[-1], by_duration[0]
         cts = study.of_modality("CT")
         if not cts:
             raise StudyError("lpet2spet keeps the CT as guidance, but the study has no CT series")
         guidance = _largest(cts)
-        long_ms, short_ms = _frame_duration_ms(target), _frame_duration_ms(source)
+        long_ms, short_ms = target.frame_duration_ms, source.frame_duration_ms
         fraction = short_ms / long_ms if long_ms > 0 else None
         plan = StudyPlan(study.study_uid, patient_id, target, source, guidance, fraction)
     else:
@@ -155,7 +150,7 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
         if not sources:
             raise StudyError(f"{task} needs a {modality} series, but the study has none")
         # standard dose: the PET series with the longest frames
-        target = max(pets, key=lambda s: (_frame_duration_ms(s), s.num_files, s.series_uid))
+        target = max(pets, key=lambda s: (s.frame_duration_ms, s.num_files, s.series_uid))
         plan = StudyPlan(study.study_uid, patient_id, target, _largest(sources))
     for other in (plan.source, plan.guidance):
         if other is not None and other.frame_of_reference_uid != plan.target.frame_of_reference_uid:
@@ -195,8 +190,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
             raise StudyError("no PET slice lies within the source series' coverage")
         keep = np.arange(len(pairs.target_index))
         if slices_per_study is not None:
-            rng = np.random.default_rng([seed, int(hmac.new(key, plan.study_uid.encode(), "sha256")
-                                                   .hexdigest()[:8], 16)])
+            rng = np.random.default_rng([seed, int(name[1:], 16)])  # per study, from its keyed pseudonym
             lo, hi = slices_per_study
             n = min(len(keep), int(rng.integers(lo, hi + 1)))
             start = int(rng.integers(0, len(keep) - n + 1))
