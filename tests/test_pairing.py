@@ -53,3 +53,32 @@ def test_resize_keeps_a_constant_and_the_mean():
     x = np.random.default_rng(0).random((2, 128, 128)).astype(np.float32)
     assert np.allclose(resize_inplane(np.full((1, 50, 50), 3.0), 256), 3.0)
     assert resize_inplane(x, 64).mean() == pytest.approx(x.mean(), rel=1e-3)
+
+
+@pytest.mark.parametrize("single_slice", [False, True])
+def test_resample_matches_scipy_map_coordinates_on_an_oblique_grid(single_slice):
+    from scipy.ndimage import map_coordinates
+    from scipy.spatial.transform import Rotation
+
+    from petsynth.data.geometry import resample
+
+    rng = np.random.default_rng(3)
+    src = Geometry((1 if single_slice else 9, 20, 24), (2.5, 1.5, 1.2), (-14.0, -12.0, 3.0))
+    volume = rng.normal(size=src.shape).astype(np.float32)
+    rot = Rotation.from_euler("xyz", [4, -3, 7] if not single_slice else [0, 0, 9], degrees=True).as_matrix()
+    dst = Geometry((5 if not single_slice else 1, 17, 19), (1.7, 1.3, 1.4), (-11.0, -9.0, 5.0 if not single_slice else 3.2),
+                   direction=tuple(rot.ravel()))
+    got = resample(volume, src, dst, fill=-1000.0, chunk_slices=2)
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in dst.shape), indexing="ij")
+    pts = dst.index_to_world(np.stack([i, j, k], -1).reshape(-1, 3))
+    idx = (np.linalg.inv(src.affine) @ np.c_[pts, np.ones(len(pts))].T)[:3]  # (x, y, z) source indices
+    inside = np.all([(idx[a] >= -1e-6) & (idx[a] <= n - 1 + 1e-6) for a, n in zip(range(3), src.shape[::-1])], axis=0)
+    if single_slice:
+        inside = np.all([(idx[a] >= -1e-6) & (idx[a] <= n - 1 + 1e-6) for a, n in zip(range(2), src.shape[:0:-1])],
+                        axis=0) & (np.abs(idx[2]) <= 0.5)
+        idx[2] = 0.0
+    want = map_coordinates(volume, idx[::-1], order=1, mode="nearest").reshape(dst.shape)
+    inside = inside.reshape(dst.shape)
+    assert inside.any() and (~inside).any()
+    np.testing.assert_allclose(got[inside], want[inside], atol=5e-4)  # float32 grid coordinates
+    np.testing.assert_allclose(got[~inside & (np.abs(got + 1000) < 1e-3)], -1000.0)

@@ -93,8 +93,9 @@ def load_series(series: SeriesInfo | list[str | Path], modality: str | None = No
     irregular = bool(steps.size and np.abs(steps - step).max() > IRREGULAR_STEP_TOLERANCE * step)
 
     suv = suv_scale(datasets) if modality == "PT" else None
-    slices = [rescaled_pixels(ds) for ds in datasets]
-    array = np.stack(slices).astype(np.float32)
+    array = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
+    for k, ds in enumerate(datasets):
+        rescaled_pixels(ds, out=array[k])
     if suv is not None:
         array *= np.float32(suv.factor)
     first = datasets[0]

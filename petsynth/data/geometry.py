@@ -194,26 +194,35 @@ def resample(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str = "b
         return _resample_inplane(volume, src, dst, mode=mode, fill=fill)
     src_t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
     nz, ny, nx = dst.shape
-    # dst index -> src index, as one affine
-    m = np.linalg.inv(src.affine) @ dst.affine
     sz, sy, sx = src.shape
+    # dst index (i, j, k, 1) -> src index (x, y, z) -> grid_sample's normalised coordinates (align_corners=True:
+    # -1 at index 0, +1 at index n-1), folded into one affine so each slab is a single float32 matmul
+    to_norm = np.diag([2.0 / max(sx - 1, 1), 2.0 / max(sy - 1, 1), 2.0 / max(sz - 1, 1), 1.0])
+    to_norm[:3, 3] = -1.0
+    m = to_norm @ np.linalg.inv(src.affine) @ dst.affine
+    # a source axis of one voxel: inside within half a voxel of its centre, else outside (2 is off the grid)
+    single = [n == 1 for n in (sx, sy, sz)]
+    m_index = np.linalg.inv(src.affine) @ dst.affine
+    ij = torch.stack(torch.meshgrid(torch.arange(ny, dtype=torch.float64), torch.arange(nx, dtype=torch.float64),
+                                    indexing="ij")[::-1], dim=-1)  # (ny, nx, 2): (i, j)
+    base = (ij @ torch.from_numpy(m[:3, :2].T) + torch.from_numpy(m[:3, 3])).float()  # (ny, nx, 3)
+    base_index = (ij @ torch.from_numpy(m_index[:3, :2].T) + torch.from_numpy(m_index[:3, 3])).float() \
+        if any(single) else None
     out = np.empty(dst.shape, dtype=np.float32)
     shifted = src_t - fill if fill != 0 else src_t  # once, not per slab: outside the source reads as fill
-    ii, jj = np.meshgrid(np.arange(nx, dtype=np.float64), np.arange(ny, dtype=np.float64), indexing="xy")
+    step = torch.from_numpy(m[:3, 2]).float()
     for k0 in range(0, nz, chunk_slices):
         k1 = min(nz, k0 + chunk_slices)
-        kk = np.arange(k0, k1, dtype=np.float64)[:, None, None]
-        idx = [m[r, 0] * ii[None] + m[r, 1] * jj[None] + m[r, 2] * kk + m[r, 3] for r in range(3)]
-        # normalised coordinates for align_corners=True: -1 at index 0, +1 at index n-1
-        norm = [2 * idx[0] / max(sx - 1, 1) - 1, 2 * idx[1] / max(sy - 1, 1) - 1, 2 * idx[2] / max(sz - 1, 1) - 1]
-        if sx == 1:
-            norm[0] = np.where(np.abs(idx[0]) <= 0.5, 0.0, 2.0)
-        if sy == 1:
-            norm[1] = np.where(np.abs(idx[1]) <= 0.5, 0.0, 2.0)
-        if sz == 1:
-            norm[2] = np.where(np.abs(idx[2]) <= 0.5, 0.0, 2.0)
-        grid = torch.from_numpy(np.stack(norm, axis=-1).astype(np.float32))[None]
-        vals = F.grid_sample(shifted, grid, mode=mode, padding_mode="zeros", align_corners=True) + fill
+        kk = torch.arange(k0, k1, dtype=torch.float32)[:, None, None, None]
+        grid = base[None] + kk * step  # (k, ny, nx, 3)
+        if base_index is not None:
+            index = base_index[None] + kk * torch.from_numpy(m_index[:3, 2]).float()
+            for axis, is_single in enumerate(single):
+                if is_single:
+                    grid[..., axis] = torch.where(index[..., axis].abs() <= 0.5, 0.0, 2.0)
+        vals = F.grid_sample(shifted, grid[None], mode=mode, padding_mode="zeros", align_corners=True)
+        if fill != 0:
+            vals += fill
         out[k0:k1] = vals[0, 0].numpy()
     return out
 

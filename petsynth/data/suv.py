@@ -158,11 +158,18 @@ def suv_scale(instances: Dataset | Sequence[Dataset]) -> SUVScale:
                     weight_kg=weight, dose_bq=dose, half_life_s=half_life)
 
 
-def rescaled_pixels(ds: Dataset) -> np.ndarray:
-    """Pixel data times this instance's RescaleSlope plus RescaleIntercept, float32 (rows, cols)."""
+def rescaled_pixels(ds: Dataset, out: np.ndarray | None = None) -> np.ndarray:
+    """Pixel data times this instance's RescaleSlope plus RescaleIntercept, float32 (rows, cols).
+
+    ``out``: an optional float32 (rows, cols) array to fill (saves a copy when stacking a series).
+    """
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    pixels = ds.pixel_array.astype(np.float32)
+    if out is None:
+        pixels = ds.pixel_array.astype(np.float32)
+    else:
+        pixels = out
+        pixels[...] = ds.pixel_array
     if slope != 1.0:
         pixels *= np.float32(slope)
     if intercept != 0.0:
