@@ -110,6 +110,9 @@ def prepare(
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key for study pseudonyms "
                                             "(default ~/.petsynth/pseudonym.key, created on first use; "
                                             "keep it outside the dataset)."),
+    pseudonym_map: Optional[Path] = typer.Option(None, "--pseudonym-map", help="Also write a CSV linking each "
+                                                 "study pseudonym to its StudyInstanceUID and patient id (it "
+                                                 "identifies patients: must lie outside the dataset)."),
 ) -> None:
     """Prepare raw DICOM studies into a paired, split dataset in physical units (HU, SUV).
 
@@ -143,7 +146,7 @@ def prepare(
         try:
             report = prepare_dataset(inputs, out, task, size=size, workers=workers, resume=resume,
                                      key_file=key_file, split=fractions, seed=seed, slices_per_study=per_study,
-                                     progress=advance)
+                                     mapping_file=pseudonym_map, progress=advance)
         except (DatasetError, FileNotFoundError, ValueError) as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(code=1) from None

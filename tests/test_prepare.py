@@ -158,3 +158,53 @@ def test_nifti_layouts_give_the_same_pairs_as_dicom(tmp_path):
             assert abs(a["source"] - b["source"]).max() <= 1.0
             assert abs(a["target"] - b["target"]).max() <= 1e-3 * max(1.0, abs(b["target"]).max())
     assert "truth" in items["plain"][0] and "truth" not in items["hecktor"][0]
+
+
+def test_pseudonym_mapping_only_on_request_and_outside_the_dataset(phantoms, tmp_path):
+    import csv
+
+    mapping = tmp_path / "private" / "mapping.csv"
+    mapping.parent.mkdir()
+    with pytest.raises(ValueError, match="outside the dataset"):
+        prepare_dataset([phantoms], tmp_path / "ds0", "ct2pet", size=32, key=KEY, mapping_file=tmp_path / "ds0" / "m.csv")
+    report = prepare_dataset([phantoms], tmp_path / "ds", "ct2pet", size=32, key=KEY, mapping_file=mapping)
+    rows = list(csv.DictReader(mapping.open()))
+    uids = {str(pydicom.dcmread(next(d.rglob("PT/*.dcm"))).StudyInstanceUID): d for d in phantoms.iterdir() if d.is_dir()}
+    assert {r["study_identifier"] for r in rows} == set(uids)
+    assert {r["study_pseudonym"] for r in rows} == {r.study for r in report.results}
+    for r in rows:
+        assert r["patient_id"] == str(pydicom.dcmread(next(uids[r["study_identifier"]].rglob("CT/*.dcm"))).PatientID)
+    assert not any("mapping" in f.name for f in (tmp_path / "ds").rglob("*"))
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_dataset(phantoms, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    code = ("import sys; from petsynth.data.prepare import prepare_dataset; "
+            f"prepare_dataset([sys.argv[1]], sys.argv[2], 'ct2pet', size=32, key={KEY!r})")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(phantoms), str(killed)])
+    try:
+        while not ((killed / "studies").exists() and any((killed / "studies").iterdir())):
+            assert proc.poll() is None, "preparation ended before it could be killed"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)  # while the first study is being written
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(open_dataset_studies := [p.name for p in (killed / "studies").iterdir()
+                                        if not p.name.startswith(".")]) < 3, open_dataset_studies
+    prepare_dataset([phantoms], killed, "ct2pet", size=32, key=KEY, resume=True)
+    whole = prepare_dataset([phantoms], tmp_path / "whole", "ct2pet", size=32, key=KEY)
+    a, b = open_dataset(killed), open_dataset(tmp_path / "whole")
+    assert a.studies == b.studies and a.splits == b.splits and len(a) == len(b) == sum(r.slices for r in whole.results)
+    for i in range(len(a)):
+        for k in ("source", "target", "truth", "labels"):
+            np.testing.assert_array_equal(a[i][k], b[i][k])
+    assert not [p for p in (killed / "studies").iterdir() if p.name.startswith(".")]  # temp folders cleaned

@@ -12,8 +12,10 @@ No patient identifier is written anywhere: study names are HMAC-SHA256 pseudonym
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import io
 import json
 import multiprocessing
 import os
@@ -270,18 +272,49 @@ def _relative(path: Path, inputs: Sequence[str | Path]) -> str:
     return path.name
 
 
+MAPPING_HEADER = ("study_pseudonym", "study_identifier", "patient_pseudonym", "patient_id")
+
+
+def write_pseudonym_mapping(path: str | Path, rows: Sequence[tuple[str, str, str, str]]) -> None:
+    """Write (atomically) the CSV linking pseudonyms to original identifiers, merged with rows already there.
+
+    This file identifies patients: it is written only on request, and never inside a dataset.
+    """
+    path = Path(path)
+    merged: dict[str, tuple[str, ...]] = {}
+    if path.exists():
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                merged[row["study_pseudonym"]] = tuple(row[k] for k in MAPPING_HEADER)
+    for row in rows:
+        merged[row[0]] = tuple(row)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(MAPPING_HEADER)
+    writer.writerows(merged[k] for k in sorted(merged))
+    atomic_write_text(path, buffer.getvalue())
+
+
 def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *, size: int = 256,
                     workers: int = 1, resume: bool = False, key: bytes | None = None,
                     key_file: str | Path | None = None, split: Sequence[float] = DEFAULT_SPLIT,
                     seed: int = 0, slices_per_study: tuple[int, int] | None = None,
+                    mapping_file: str | Path | None = None,
                     progress: Callable[[int, int, str], None] | None = None) -> PrepareReport:
     """Prepare every study found under ``inputs`` into the dataset ``out``; see the module docstring.
 
     ``progress(done, total, status)`` is called after each study. Studies already in the dataset are
     skipped when ``resume``. Returns the report (also written as ``out/prepare_report.json``).
+    ``mapping_file``: only when asked, a CSV (outside the dataset) linking each pseudonym to the study's
+    original identifier (StudyInstanceUID or NIfTI study name) and patient id; merged with an existing one.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    if mapping_file is not None:
+        mapping_file = Path(mapping_file).resolve()
+        if mapping_file.is_relative_to(Path(out).resolve()):
+            raise ValueError(f"{mapping_file}: the pseudonym mapping identifies patients; write it outside the "
+                             f"dataset folder {out}")
     key = key if key is not None else load_key(key_file)
     root = store.create_dataset(out, task, size, resume=resume)
     studies, skipped = scan_dicom(inputs)
@@ -293,12 +326,16 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     jobs: list[StudyPlan] = []
     candidates = [(st.study_uid, lambda st=st: plan_study(st, task)) for st in studies]
     candidates += [(st.study_id, lambda st=st: plan_nifti_study(st, task)) for st in nifti]
+    mapping: list[tuple[str, str, str, str]] = []
     for ident, make_plan in candidates:
         try:
             plan = make_plan()
         except StudyError as err:
             report.results.append(StudyResult(pseudonym(key, ident), "", "failed", reason=str(err)))
+            mapping.append((pseudonym(key, ident), ident, "", ""))
             continue
+        mapping.append((pseudonym(key, plan.study_uid), plan.study_uid, pseudonym(key, plan.patient_id, prefix="p"),
+                        plan.patient_id))
         if pseudonym(key, plan.study_uid) in done:
             report.results.append(StudyResult(pseudonym(key, plan.study_uid),
                                               pseudonym(key, plan.patient_id, prefix="p"), "skipped",
@@ -328,6 +365,8 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
         attrs = store.study_attrs(root, study_name)
         patients[study_name] = attrs["study_meta"].get("patient", study_name)
     store.write_splits(root, assign_splits(patients, split, key, seed))
+    if mapping_file is not None:
+        write_pseudonym_mapping(mapping_file, mapping)
     atomic_write_text(root / REPORT_FILE, json.dumps({
         "task": task, "size": size,
         "studies": [r.__dict__ for r in sorted(report.results, key=lambda r: r.study)],

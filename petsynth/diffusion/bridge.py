@@ -18,6 +18,8 @@ Samplers are small pure functions with one signature, ``fn(bridge, model_fn, y, 
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -248,8 +250,9 @@ class BrownianBridge:
             3 <= n <= T. Use it only to reproduce published numbers.
         """
         T = self.num_timesteps
-        if isinstance(n, bool) or not isinstance(n, int):
+        if isinstance(n, bool) or not isinstance(n, (numbers.Integral, Tensor)):
             raise ValueError(f"the number of sampling steps must be an int, got {n!r}")
+        n = operator.index(n) if not isinstance(n, Tensor) else int(n.item())
         if rule == "bbdm":
             if not 3 <= n <= T:
                 raise ValueError(f"rule 'bbdm' needs 3 <= n <= num_timesteps={T}, got {n}")
@@ -289,10 +292,10 @@ class BrownianBridge:
             clip_x0: optional (lo, hi) clamp of each x0 estimate (the public pixel-space BBDM clamps to
                 [-1, 1]; its latent model does not).
         """
-        if isinstance(steps, int) and not isinstance(steps, bool):
-            timesteps = self.sample_steps(steps)
-        else:
+        if isinstance(steps, (Tensor, Sequence)) and not (isinstance(steps, Tensor) and steps.ndim == 0):
             timesteps = steps
+        else:
+            timesteps = self.sample_steps(steps)
         return sample_bridge(self, model_fn, y, timesteps, eta=eta, generator=generator,
                              callback=callback, clip_x0=clip_x0)
 
