@@ -50,14 +50,17 @@ def main() -> None:
     out = work / f"ds_{time.time_ns()}"
     rss_before = peak_rss_mb()
     t0 = time.perf_counter()
-    report = prepare_dataset([raw], out, "ct2pet", size=256, workers=1, key=b"bench")
+    peaks: list[float] = []
+    report = prepare_dataset([raw], out, "ct2pet", size=256, workers=1, key=b"bench",
+                             progress=lambda done, total, status: peaks.append(peak_rss_mb()))
     t_prep = time.perf_counter() - t0
     pairs = sum(r.slices for r in report.results)
     print(f"files: {len(files)} ({len(pet_files)} PET), pairs: {pairs}, threads: {args.threads}")
     print(f"pydicom read+decode floor: {t_read:.1f} s = {pairs / t_read:.1f} pairs/s")
     print(f"prepare (1 worker):        {t_prep:.1f} s = {pairs / t_prep:.1f} pairs/s "
           f"({t_read / t_prep:.2f} of the floor)")
-    print(f"peak RSS: {rss_before:.0f} MB before prepare, {peak_rss_mb():.0f} MB after")
+    print(f"peak RSS: {rss_before:.0f} MB before prepare; after each study: "
+          + ", ".join(f"{p:.0f}" for p in peaks) + " MB (flat = memory does not grow with studies)")
     print(f"dataset size: {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB")
 
 
