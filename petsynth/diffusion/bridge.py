@@ -250,9 +250,11 @@ class BrownianBridge:
             3 <= n <= T. Use it only to reproduce published numbers.
         """
         T = self.num_timesteps
-        if isinstance(n, bool) or not isinstance(n, (numbers.Integral, Tensor)):
+        if isinstance(n, Tensor) and n.ndim == 0 and not (n.dtype.is_floating_point or n.dtype == torch.bool):
+            n = int(n.item())
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise ValueError(f"the number of sampling steps must be an int, got {n!r}")
-        n = operator.index(n) if not isinstance(n, Tensor) else int(n.item())
+        n = operator.index(n)
         if rule == "bbdm":
             if not 3 <= n <= T:
                 raise ValueError(f"rule 'bbdm' needs 3 <= n <= num_timesteps={T}, got {n}")
