@@ -164,6 +164,87 @@ def prepare(
         raise typer.Exit(code=1)
 
 
+def _parse_overrides(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}; use KEY=VALUE, e.g. train.steps=100", param_hint="--set")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def train(
+    method: str = typer.Argument(..., help="Method name: vqgan, attention, cpdm, bbdm (see `petsynth methods`)."),
+    data: Path = typer.Argument(..., help="Prepared dataset folder (from `petsynth prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, curves, model/."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with method_config: and train: "
+                                          "sections."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps (train.steps)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Slices per step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the method's)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or bf16 (autocast)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="cpdm/bbdm: a trained vqgan model "
+                                               "folder (RUN/model)."),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="cpdm: a trained attention model folder."),
+    overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE override, repeatable, e.g. "
+                                        "--set method_config.denoiser.channels=[64,128,256]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+) -> None:
+    """Train a method on a prepared dataset (one trainer for all methods; torchrun for several processes).
+
+    CPDM is trained in three runs: `train vqgan`, `train attention`, then `train cpdm --autoencoder
+    RUN1/model --segmenter RUN2/model`. The trained model is OUT/model."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from petsynth.config import ConfigError
+    from petsynth.methods.base import MethodError
+    from petsynth.train.checkpoint import CheckpointError
+    from petsynth.train.trainer import TrainError, make_run_config, train as run_training
+
+    sets = _parse_overrides(overrides)
+    for key, value in (("train.steps", steps), ("train.batch_size", batch_size), ("train.lr", lr),
+                       ("train.precision", precision), ("train.num_workers", workers), ("train.threads", threads),
+                       ("method_config.autoencoder_checkpoint", autoencoder and str(autoencoder)),
+                       ("method_config.segmenter_checkpoint", segmenter and str(segmenter))):
+        if value is not None:
+            sets[key] = value
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    try:
+        run = make_run_config(method, data, config_file=config, overrides=sets)
+        with Progress(*columns, console=console) as bar:
+            job = bar.add_task(f"train {method}", total=run.train.steps, info="")
+
+            def advance(step: int, total: int, logged: dict) -> None:
+                info = " ".join(f"{k} {v:.4g}" for k, v in logged.items() if k.endswith("loss"))
+                if "sec_per_step" in logged:
+                    info += f" {1.0 / max(logged['sec_per_step'], 1e-9):.2f} it/s"
+                bar.update(job, completed=step, info=info)
+
+            model = run_training(run, out, resume=resume, progress=advance)
+    except (TrainError, ConfigError, MethodError, CheckpointError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=1) from None
+    console.print(f"trained {method}: model in {model}; curves in {out / 'curves.png'}")
+
+
+@app.command()
+def methods() -> None:
+    """List the available methods and the tasks each can be trained for."""
+    from petsynth.methods.base import available_methods, method_class
+
+    for name in available_methods():
+        cls = method_class(name)
+        console.print(f"[bold]{name}[/bold] ({', '.join(cls.tasks)}): {cls.summary}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder to write into (replaced files "

@@ -64,3 +64,22 @@ class IntensityTransform(Config):
         if self.clip:
             y = y.clip(-1.0, 1.0)
         return (y + 1.0) * 0.5 * (self.high - self.low) + self.low
+
+
+#: Default windows of the methods (physical units -> [-1, 1]): CT over the 12-bit HU range, PET in SUVbw up
+#: to 20 (lesions and bladder above that are clipped in network units only: metrics stay in SUV).
+DEFAULT_CT_WINDOW_HU: tuple[float, float] = (-1024.0, 3071.0)
+DEFAULT_PET_WINDOW_SUV: tuple[float, float] = (0.0, 20.0)
+
+
+def default_transforms(task: str) -> dict[str, IntensityTransform]:
+    """The default transform per image role ("source", "target", "guidance") for a task."""
+    ct = IntensityTransform(low=DEFAULT_CT_WINDOW_HU[0], high=DEFAULT_CT_WINDOW_HU[1], unit="HU")
+    pet = IntensityTransform(low=DEFAULT_PET_WINDOW_SUV[0], high=DEFAULT_PET_WINDOW_SUV[1], unit="SUV")
+    if task == "ct2pet":
+        return {"source": ct, "target": pet}
+    if task == "lpet2spet":
+        return {"source": pet, "target": pet, "guidance": ct}
+    if task == "mr2pet":  # MR "as read": scale set per dataset by the user; a wide default
+        return {"source": IntensityTransform(low=0.0, high=1000.0, clip=False, unit="MR"), "target": pet}
+    raise ValueError(f"unknown task {task!r}")

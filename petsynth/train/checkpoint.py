@@ -47,6 +47,8 @@ class ModelCard(Config):
     intensity: dict[str, dict[str, Any]] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     step: int | None = None
+    #: training state for an exact resume (optimiser hyper-parameters, run config); empty in exported models
+    training: dict[str, Any] = Field(default_factory=dict)
     petsynth_version: str = petsynth.__version__
     format_version: int = FORMAT_VERSION
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

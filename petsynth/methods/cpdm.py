@@ -1,0 +1,224 @@
+"""``cpdm`` and ``bbdm``: CT -> PET by a Brownian bridge in a VQ latent space (CPDM paper, sections 4-5).
+
+The CT latent y is the bridge's end point (x_T = y); the PET latent x0 its start. The denoiser sees
+concat(x_t, MapEncoder(M_sigma, M_mu)), where M_sigma is the attention segmenter's binarised output on the CT
+and M_mu = exp(-mu L) the attenuation map (computed in the data pipeline from the CT in HU and its kVp).
+Training: Algorithm 1 (L1 between the predicted and true objective). Sampling: Algorithm 2 (``eta=1``) or
+the consistent deterministic sampler (``eta=0``) over ``sample_steps`` steps.
+
+``bbdm`` is the same model without either map (the ablation of the paper's Table 4); ``cpdm`` with
+``use_attention_map: false`` or ``use_attenuation_map: false`` gives the other rows. ``pixel_space: true``
+runs the bridge on the images themselves (no autoencoder).
+
+The autoencoder and segmenter are trained first (``petsynth train vqgan``, ``petsynth train attention``)
+and given as checkpoints; they are frozen here and their weights are saved inside every CPDM checkpoint, so
+a trained CPDM is one self-contained folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from petsynth.config import Config
+from petsynth.data.batch import ct_of
+from petsynth.data.intensity import IntensityTransform
+from petsynth.diffusion import BrownianBridge
+from petsynth.methods.base import Method, MethodError, frozen, register
+from petsynth.nn.autoencoder import VQAutoencoder, VQAutoencoderConfig
+from petsynth.nn.conditioning import MapEncoder
+from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
+from petsynth.nn.segmenter import SegmenterConfig, binarize, build_segmenter, probability
+from petsynth.train.checkpoint import CheckpointError, load_checkpoint
+
+
+class BridgeConfig(Config):
+    num_timesteps: int = Field(1000, ge=2)
+    mt_type: Literal["linear", "sin"] = "linear"
+    max_var: float = Field(1.0, gt=0)
+    objective: Literal["grad", "noise", "ysubx"] = "grad"
+
+
+class CPDMConfig(Config):
+    autoencoder_checkpoint: str | None = Field(None, description="a vqgan run's model folder (latent mode)")
+    autoencoder: VQAutoencoderConfig | None = Field(None, description="filled in from the checkpoint")
+    pixel_space: bool = Field(False, description="bridge on the images (no autoencoder)")
+    segmenter_checkpoint: str | None = Field(None, description="an attention run's model folder")
+    segmenter: SegmenterConfig | None = Field(None, description="filled in from the checkpoint")
+    segmenter_ct_transform: IntensityTransform | None = Field(None, description="filled in from the checkpoint")
+    use_attention_map: bool = True
+    use_attenuation_map: bool = True
+    attention_threshold: float = Field(0.5, gt=0, lt=1)
+    mu_path_length_cm: float = Field(1.0, gt=0, description="L of exp(-mu L); CPDM: 1 cm")
+    map_channels: int = Field(3, ge=1, description="channels per map after the 1x1 conv")
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig)
+    denoiser: DenoiserConfig = Field(default_factory=lambda: DenoiserConfig.preset("small"))
+    sample_steps: int = Field(10, ge=1, description="default sampling steps of translate")
+    eta: float = Field(0.0, ge=0, le=1, description="0: deterministic sampler; 1: Algorithm 2")
+    transforms: dict[str, IntensityTransform] | None = Field(None, description="filled in from the autoencoder")
+
+
+def _load_part(path: str, method: str, what: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict]:
+    """(config, weights, intensity) of a vqgan/attention model folder."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        raise MethodError(f"{what}: {err}") from None
+    if ckpt.card.method != method:
+        raise MethodError(f"{what}: {path} holds a {ckpt.card.method!r} model, not a {method!r} one")
+    weights = dict(ckpt.weights.get("model", {}))
+    weights.update(ckpt.weights.get("ema", {}))
+    return ckpt.card.config, weights, ckpt.card.intensity
+
+
+def _strip(prefix: str, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+@register
+class CPDM(Method):
+    name = "cpdm"
+    summary = "latent Brownian bridge CT -> PET with the Attention and Attenuation maps (CPDM)"
+    tasks = ("ct2pet",)
+    config_class = CPDMConfig
+    needs_mu_map = True
+    default_lr = 1e-4
+
+    def __init__(self, config: CPDMConfig, task: str = "ct2pet", load_parts: bool = True):
+        super().__init__(config, task)
+        self._check_variant(config)
+        self.needs_mu_map = config.use_attenuation_map
+        ae_weights = seg_weights = None
+        if not config.pixel_space:
+            if config.autoencoder is None or (load_parts and config.autoencoder_checkpoint):
+                if not config.autoencoder_checkpoint:
+                    raise MethodError(f"{self.name} in latent space needs autoencoder_checkpoint (a vqgan model "
+                                      "folder: train one with `petsynth train vqgan`), or pixel_space: true")
+                cfg, weights, intensity = _load_part(config.autoencoder_checkpoint, "vqgan", "autoencoder_checkpoint")
+                config.autoencoder = VQAutoencoderConfig.from_dict(cfg["autoencoder"])
+                config.transforms = {k: IntensityTransform.from_dict(v) for k, v in intensity.items()}
+                ae_weights = _strip("autoencoder.", weights)
+            self.autoencoder = VQAutoencoder(config.autoencoder)
+            if ae_weights is not None:
+                self.autoencoder.load_state_dict(ae_weights)
+            frozen(self.autoencoder)
+        if config.transforms is None:
+            from petsynth.data.intensity import default_transforms
+
+            config.transforms = default_transforms(task)
+        if config.use_attention_map:
+            if config.segmenter is None or (load_parts and config.segmenter_checkpoint):
+                if not config.segmenter_checkpoint:
+                    raise MethodError(f"{self.name} with the attention map needs segmenter_checkpoint (an "
+                                      "attention model folder: `petsynth train attention`), or "
+                                      "use_attention_map: false")
+                cfg, weights, intensity = _load_part(config.segmenter_checkpoint, "attention", "segmenter_checkpoint")
+                config.segmenter = SegmenterConfig.from_dict(cfg["segmenter"])
+                config.segmenter_ct_transform = IntensityTransform.from_dict(intensity["ct"])
+                seg_weights = _strip("segmenter.", weights)
+            self.segmenter = build_segmenter(config.segmenter)
+            if seg_weights is not None:
+                self.segmenter.load_state_dict(seg_weights)
+            frozen(self.segmenter)
+        f = 1 if config.pixel_space else config.autoencoder.downsample_factor
+        latent_channels = 1 if config.pixel_space else config.autoencoder.latent_channels
+        self.num_maps = int(config.use_attention_map) + int(config.use_attenuation_map)
+        if self.num_maps:
+            self.map_encoder = MapEncoder(self.num_maps, f=f, out_channels=config.map_channels)
+        denoiser_cfg = config.denoiser.model_copy(update={
+            "in_channels": latent_channels + self.num_maps * config.map_channels,
+            "out_channels": latent_channels})
+        self.denoiser = build_denoiser(DenoiserConfig.model_validate(denoiser_cfg.model_dump()))
+        b = config.bridge
+        self.bridge = BrownianBridge(b.num_timesteps, b.mt_type, b.max_var, b.objective)
+
+    def _check_variant(self, config: CPDMConfig) -> None:
+        pass
+
+    # --- units ------------------------------------------------------------------------------------------
+    def intensity_transforms(self) -> dict[str, IntensityTransform]:
+        return dict(self.config.transforms)
+
+    def ema_module_names(self) -> list[str]:
+        return [n for n in ("denoiser", "map_encoder") if hasattr(self, n)]
+
+    def _ct_network(self, ct_hu: torch.Tensor) -> torch.Tensor:
+        return self.config.transforms["source"].forward(ct_hu)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Network-unit images (B, 1, H, W) -> bridge space (the latent, or the image in pixel space)."""
+        return images if self.config.pixel_space else self.autoencoder.to_latent(images)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z if self.config.pixel_space else self.autoencoder.from_latent(z)
+
+    @torch.no_grad()
+    def maps(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """The guidance maps (B, num_maps, H, W): M_sigma (segmenter on the CT) then M_mu (from the batch)."""
+        maps = []
+        if self.config.use_attention_map:
+            ct = ct_of(batch, self.task)
+            seg_ct = self.config.segmenter_ct_transform or self.config.transforms["source"]
+            maps.append(binarize(probability(self.segmenter(seg_ct.forward(ct))), self.config.attention_threshold))
+        if self.config.use_attenuation_map:
+            if "mu_map" not in batch:
+                raise ValueError("the batch has no 'mu_map': build batches with petsynth.data.batch.Collate"
+                                 "(task, mu_map=True) or add_mu_map()")
+            maps.append(batch["mu_map"].to(ct_of(batch, self.task).dtype))
+        return torch.cat(maps, dim=1) if maps else None
+
+    def _model_fn(self, cond: torch.Tensor | None):
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            inp = x_t if cond is None else torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
+            return self.denoiser(inp, t)
+        return model_fn
+
+    # --- training (Algorithm 1) -------------------------------------------------------------------------
+    def losses(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
+        t_ = self.config.transforms
+        x0 = self.encode(t_["target"].forward(batch["target"]))
+        y = self.encode(self._ct_network(ct_of(batch, self.task)))
+        maps = self.maps(batch)
+        cond = self.map_encoder(maps) if maps is not None else None
+        t = torch.randint(0, self.bridge.num_timesteps, (x0.shape[0],), device=x0.device)
+        x_t, objective = self.bridge.q_sample(x0, y, t)
+        pred = self._model_fn(cond)(x_t, t)
+        return {"loss": F.l1_loss(pred.float(), objective.float())}
+
+    # --- sampling (Algorithm 2 / deterministic) ---------------------------------------------------------
+    @torch.no_grad()
+    def translate(self, batch: Mapping[str, Any], steps: int | None = None, eta: float | None = None,
+                  generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:
+        """Synthetic PET in SUV, (B, 1, H, W), from the batch's CT (HU) and maps."""
+        y = self.encode(self._ct_network(ct_of(batch, self.task)))
+        maps = self.maps(batch)
+        cond = self.map_encoder(maps) if maps is not None else None
+        x0 = self.bridge.sample(self._model_fn(cond), y, steps or self.config.sample_steps,
+                                eta=self.config.eta if eta is None else eta, generator=generator)
+        return self.config.transforms["target"].inverse(self.decode(x0).float())
+
+
+class BBDMConfig(CPDMConfig):
+    use_attention_map: bool = False
+    use_attenuation_map: bool = False
+
+
+@register
+class BBDM(CPDM):
+    """CPDM without its two maps: the plain latent Brownian bridge (BBDM, Li et al. 2023)."""
+
+    name = "bbdm"
+    summary = "latent Brownian bridge CT -> PET without maps (BBDM; the CPDM ablation)"
+    config_class = BBDMConfig
+    needs_mu_map = False
+
+    def _check_variant(self, config: CPDMConfig) -> None:
+        if config.use_attention_map or config.use_attenuation_map:
+            raise MethodError("bbdm has no guidance maps; use method cpdm for a bridge with maps")
+

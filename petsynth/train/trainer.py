@@ -1,0 +1,577 @@
+"""One training loop for every method.
+
+Run folder::
+
+    RUN/
+      run.yaml                       the run config (method, task, data, method config, training settings)
+      checkpoints/step_00000500/     checkpoint format of petsynth.train.checkpoint, plus training state
+      model/                         the exported model (EMA weights when EMA is on), written at the end
+      log.csv, val.csv               losses / learning rate / speed per logged step; validation metrics
+      curves.png                     loss and validation SSIM, PSNR, MAE over steps
+      val/step_00000500.png          validation panels (source | prediction | reference | error)
+
+Exact resume: weights, optimiser states, EMA, RNG state and step are in each checkpoint, and the data order
+is a pure function of (seed, step), so a resumed run takes the same batches and noise as an uninterrupted
+one. Data-parallel training over processes started by ``torchrun`` (gloo on CPU, NCCL on GPU): each rank
+takes its share of every batch and gradients are averaged before each optimiser step.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field
+
+from petsynth.config import Config
+from petsynth.data.batch import Collate, to_device
+from petsynth.data.store import DatasetError, open_dataset
+from petsynth.methods.base import Method, MethodError, build_method
+from petsynth.train.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+
+RUN_FILE = "run.yaml"
+CHECKPOINTS = "checkpoints"
+EXPORT = "model"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+SOURCE_KIND = {"ct2pet": "ct", "mr2pet": "mr", "lpet2spet": "pet"}
+
+
+class TrainError(ValueError):
+    """A run cannot start or resume; the message names the problem and what to do."""
+
+
+class TrainConfig(Config):
+    """Optimisation and bookkeeping settings shared by every method."""
+
+    steps: int = Field(2000, ge=1, description="optimiser steps in total")
+    batch_size: int = Field(8, ge=1, description="slices per optimiser step, over all processes")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    lr: float | None = Field(None, gt=0, description="learning rate (default: the method's)")
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm per optimiser; null: none")
+    ema_decay: float | None = Field(0.995, gt=0, lt=1, description="EMA of the weights; null: no EMA")
+    ema_start: int = Field(0, ge=0, description="step from which the EMA is updated (copied before)")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    validate_every: int = Field(500, ge=1)
+    val_batches: int = Field(2, ge=1)
+    val_options: dict[str, Any] = Field(default_factory=dict, description="passed to validation_pair")
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+
+class RunConfig(Config):
+    """Everything that defines a training run."""
+
+    method: str
+    task: str = "ct2pet"
+    data: str = Field(..., description="prepared dataset folder")
+    method_config: dict[str, Any] = Field(default_factory=dict)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# --- data order: a pure function of (seed, position) ---------------------------------------------------
+def sample_indices(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Indices at global sample positions start..start+count-1 of an endless shuffled stream over n items
+    (a new permutation each epoch, seeded by (seed, epoch))."""
+    out: list[int] = []
+    pos = start
+    while len(out) < count:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        take = min(count - len(out), n - offset)
+        out.extend(perm[offset:offset + take].tolist())
+        pos += take
+    return out
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Batch sampler yielding this rank's micro-batches from ``start_step`` on."""
+
+    def __init__(self, n: int, cfg: TrainConfig, start_step: int, rank: int, world: int):
+        self.n, self.cfg, self.start, self.rank, self.world = n, cfg, start_step, rank, world
+        self.micro = cfg.batch_size // (cfg.grad_accum * world)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_step = self.cfg.batch_size
+        for step in range(self.start, self.cfg.steps):
+            indices = sample_indices(self.n, self.cfg.seed, step * per_step, per_step)
+            for a in range(self.cfg.grad_accum):
+                base = (a * self.world + self.rank) * self.micro
+                yield indices[base:base + self.micro]
+
+    def __len__(self) -> int:
+        return (self.cfg.steps - self.start) * self.cfg.grad_accum
+
+
+# --- EMA ------------------------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of the parameters of the method's translating submodules."""
+
+    def __init__(self, method: Method, decay: float):
+        self.decay = decay
+        prefixes = tuple(f"{n}." for n in method.ema_module_names())
+        self.params = {k: p for k, p in method.named_parameters() if k.startswith(prefixes)}
+        self.shadow = {k: p.detach().clone() for k, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self, decay: float | None = None) -> None:
+        keys = list(self.params)
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [self.params[k].detach() for k in keys],
+                             1.0 - (self.decay if decay is None else decay))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+
+# --- optimiser state <-> safetensors --------------------------------------------------------------------
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = opt.state_dict()
+    tensors, extras = {}, {}
+    for idx, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                extras[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "extras": extras}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *meta.get("extras", {}).items()]:
+        idx, key = flat.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _lr_factor(cfg: TrainConfig, step: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.steps - cfg.warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+    return 1.0
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest step in a run folder (None when there is none)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    steps = sorted(p for p in folder.iterdir() if _STEP_DIR.match(p.name)) if folder.is_dir() else []
+    return steps[-1] if steps else None
+
+
+class Trainer:
+    """Train one method on a prepared dataset into a run folder (see the module docstring).
+
+    Args:
+        run: the run config.
+        out: run folder (created; with ``resume`` it must hold a run of a compatible config).
+        resume: continue from the latest checkpoint.
+        progress: ``progress(step, total, losses)`` after each logged step (the CLI draws a bar with it).
+    """
+
+    def __init__(self, run: RunConfig, out: str | Path, *, resume: bool = False,
+                 device: str | torch.device | None = None,
+                 progress: Callable[[int, int, dict[str, float]], None] | None = None):
+        self.run, self.cfg, self.out = run, run.train, Path(out)
+        self.progress = progress
+        self.rank, self.world = _dist_info()
+        if self.cfg.batch_size % (self.cfg.grad_accum * self.world):
+            raise TrainError(f"batch_size {self.cfg.batch_size} must be divisible by grad_accum "
+                             f"({self.cfg.grad_accum}) x processes ({self.world})")
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
+        self._check_run_folder(resume)
+        self.data = self._open_data()
+        torch.manual_seed(self.cfg.seed)
+        try:
+            self.method = build_method(run.method, run.method_config, task=run.task,
+                                       source=f"{self.out / RUN_FILE}: method_config")
+        except MethodError as err:
+            raise TrainError(str(err)) from None
+        self.method.to(self.device)
+        self.groups = self.method.optimizer_groups()
+        lr = self.cfg.lr or self.method.default_lr
+        self.optimizers = {name: torch.optim.AdamW(params, lr=lr, betas=self.cfg.betas,
+                                                    weight_decay=self.cfg.weight_decay)
+                           for name, params in self.groups.items()}
+        self.base_lr = lr
+        self.ema = EMA(self.method, self.cfg.ema_decay) if self.cfg.ema_decay and self.method.ema_module_names() \
+            else None
+        self.step = 0
+        if resume and latest_checkpoint(self.out) is not None:
+            self._load_state(latest_checkpoint(self.out))
+        if self.world > 1:  # every rank starts from rank 0's weights
+            for p in self.method.state_dict().values():
+                dist.broadcast(p.data if isinstance(p, torch.nn.Parameter) else p, src=0)
+
+    # --- set-up -----------------------------------------------------------------------------------------
+    def _check_run_folder(self, resume: bool) -> None:
+        saved = self.out / RUN_FILE
+        if saved.exists():
+            if not resume:
+                raise TrainError(f"{self.out} already holds a run; pass --resume to continue it or choose "
+                                 "another folder")
+            old = RunConfig.from_yaml(saved)
+            for key in ("method", "task", "method_config"):
+                if getattr(old, key) != getattr(self.run, key):
+                    raise TrainError(f"cannot resume {self.out}: its {key} is {getattr(old, key)!r}, the new "
+                                     f"config has {getattr(self.run, key)!r}")
+            for key in ("batch_size", "grad_accum", "seed"):
+                if getattr(old.train, key) != getattr(self.cfg, key):
+                    raise TrainError(f"cannot resume {self.out} exactly: train.{key} was "
+                                     f"{getattr(old.train, key)!r}, now {getattr(self.cfg, key)!r}")
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.run.to_yaml(saved)
+
+    def _open_data(self):
+        try:
+            data = open_dataset(self.run.data)
+        except DatasetError as err:
+            raise TrainError(str(err)) from None
+        if data.task != self.run.task:
+            raise TrainError(f"{self.run.data} was prepared for {data.task!r}; this run is for "
+                             f"{self.run.task!r}: prepare a dataset with --task {self.run.task}")
+        train = data.split("train")
+        if len(train) == 0:
+            raise TrainError(f"{self.run.data} has no training slices (splits.json lists no train study)")
+        val = data.split("val")
+        self.train_data, self.val_data = train, (val if len(val) else train)
+        return data
+
+    def _loader(self, start: int) -> torch.utils.data.DataLoader:
+        collate = Collate(self.run.task, mu_map=self.method.needs_mu_map)
+        sampler = _StepBatches(len(self.train_data), self.cfg, start, self.rank, self.world)
+        return torch.utils.data.DataLoader(self.train_data, batch_sampler=sampler, collate_fn=collate,
+                                           num_workers=self.cfg.num_workers,
+                                           persistent_workers=False, pin_memory=self.device.type == "cuda",
+                                           # its own generator: creating the iterator must not draw from the
+                                           # global RNG, or a resumed run would take other noise
+                                           generator=torch.Generator().manual_seed(self.cfg.seed),
+                                           multiprocessing_context="spawn" if self.cfg.num_workers else None)
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def _card(self, training: dict[str, Any] | None = None) -> ModelCard:
+        return ModelCard(method=self.run.method, task=self.run.task, config=self.method.config.to_dict(),
+                         intensity={k: t.to_dict() for k, t in self.method.intensity_transforms().items()},
+                         data={"dataset": Path(self.run.data).name, "train_slices": len(self.train_data),
+                               "train_studies": len(self.train_data.studies)},
+                         step=self.step, training=training or {}, notes=str(self.method.card_extras() or ""))
+
+    def save_checkpoint(self) -> Path:
+        weights: dict[str, dict[str, torch.Tensor]] = {"model": self.method.state_dict()}
+        if self.ema is not None:
+            weights["ema"] = self.ema.state_dict()
+        optim_meta = {}
+        for name, opt in self.optimizers.items():
+            tensors, meta = _flatten_optimizer(opt)
+            weights[f"optim.{name}"] = tensors
+            optim_meta[name] = meta
+        weights["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            weights["rng"]["cuda"] = torch.cuda.get_rng_state()
+        path = self.out / CHECKPOINTS / f"step_{self.step:08d}"
+        save_checkpoint(path, self._card({"optimizers": optim_meta, "run": self.run.to_dict()}),
+                        weights, overwrite=True)
+        old = sorted(p for p in path.parent.iterdir() if _STEP_DIR.match(p.name))[:-self.cfg.keep_checkpoints]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+        return path
+
+    def _load_state(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, device=self.device)
+        self.method.load_state_dict(ckpt.weights["model"])
+        if self.ema is not None and "ema" in ckpt.weights:
+            self.ema.load_state_dict(ckpt.weights["ema"])
+        for name, opt in self.optimizers.items():
+            meta = ckpt.card.training["optimizers"][name]
+            opt.load_state_dict(_unflatten_optimizer(ckpt.weights.get(f"optim.{name}", {}), meta))
+        torch.set_rng_state(ckpt.weights["rng"]["torch"].cpu())
+        if "cuda" in ckpt.weights["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ckpt.weights["rng"]["cuda"].cpu())
+        self.step = int(ckpt.card.step or 0)
+        if self.rank == 0:
+            for name in ("log.csv", "val.csv"):
+                _truncate_csv(self.out / name, self.step)
+
+    def export(self) -> Path:
+        """Write RUN/model: the weights to translate with (EMA where kept) and the card, no optimiser."""
+        weights = {"model": self.method.state_dict()}
+        if self.ema is not None:
+            weights["ema"] = self.ema.state_dict()
+        return save_checkpoint(self.out / EXPORT, self._card(), weights, overwrite=True)
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.world == 1 or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
+        """One optimiser step per group over the micro-batches of this step; returns the logged scalars."""
+        logged: dict[str, float] = {}
+        factor = _lr_factor(self.cfg, self.step)
+        for name, params in self.groups.items():
+            opt = self.optimizers[name]
+            for g in opt.param_groups:
+                g["lr"] = self.base_lr * factor
+            opt.zero_grad(set_to_none=True)
+            for batch in micro_batches:
+                with self._autocast():
+                    out = self.method.losses(batch, name, self.step)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise TrainError(f"step {self.step}: the {name} loss is {loss.item()}; lower the learning "
+                                     "rate or check the data")
+                (loss / len(micro_batches)).backward()
+                for k, v in out.items():
+                    key = "loss" if (k == "loss" and len(self.groups) == 1) else (k if k != "loss" else f"{name}_loss")
+                    logged[key] = logged.get(key, 0.0) + float(v.detach()) / len(micro_batches)
+            self._all_reduce_grads(params)
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            opt.step()
+        if self.ema is not None:
+            self.ema.update(0.0 if self.step < self.cfg.ema_start else None)
+        logged["lr"] = self.base_lr * factor
+        self.step += 1
+        return logged
+
+    def fit(self) -> Path:
+        """Train to ``train.steps``; returns the exported model folder."""
+        start = self.step
+        log_path, val_path = self.out / "log.csv", self.out / "val.csv"
+        loader = self._loader(start)
+        micro: list[dict[str, Any]] = []
+        t_last, steps_since = time.perf_counter(), 0
+        self.method.train()
+        for batch in loader:
+            micro.append(to_device(batch, self.device))
+            if len(micro) < self.cfg.grad_accum:
+                continue
+            logged = self.train_step(micro)
+            micro = []
+            steps_since += 1
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                now = time.perf_counter()
+                logged["sec_per_step"] = (now - t_last) / steps_since
+                t_last, steps_since = now, 0
+                if self.rank == 0:
+                    _append_csv(log_path, {"step": self.step, **logged})
+                if self.progress:
+                    self.progress(self.step, self.cfg.steps, logged)
+            if self.step % self.cfg.validate_every == 0 or self.step == self.cfg.steps:
+                if self.rank == 0:
+                    _append_csv(val_path, {"step": self.step, **self.validate()})
+                    plot_curves(self.out)
+                self.method.train()
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                if self.rank == 0:
+                    self.save_checkpoint()
+                if self.world > 1:
+                    dist.barrier()
+        if self.rank == 0:
+            self.export()
+        if self.world > 1:
+            dist.barrier()
+        return self.out / EXPORT
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Metrics on the first ``val_batches`` validation batches (EMA weights when kept) and a panel."""
+        from petsynth.io.png import save_panel
+        from petsynth.metrics.image import mae, psnr, ssim
+
+        backup = None
+        if self.ema is not None:
+            backup = {k: p.detach().clone() for k, p in self.ema.params.items()}
+            for k, p in self.ema.params.items():
+                p.copy_(self.ema.shadow[k])
+        self.method.eval()
+        collate = Collate(self.run.task, mu_map=self.method.needs_mu_map)
+        n = len(self.val_data)
+        size = min(self.cfg.batch_size, n)
+        picks = np.linspace(0, n - 1, min(n, size * self.cfg.val_batches)).round().astype(int)
+        rng_state = torch.get_rng_state()
+        torch.manual_seed(self.cfg.seed + 1)  # the same validation noise every time
+        scores: dict[str, list[float]] = {"val_mae": [], "val_psnr": [], "val_ssim": []}
+        rows = []
+        data_range = self.method.validation_range()
+        try:
+            for b0 in range(0, len(picks), size):
+                batch = to_device(collate([self.val_data[int(i)] for i in picks[b0:b0 + size]]), self.device)
+                with self._autocast():
+                    pred, ref = self.method.validation_pair(batch, **self.cfg.val_options)
+                pred, ref = pred.float().cpu(), ref.float().cpu()
+                scores["val_mae"] += mae(pred, ref, data_range=data_range).tolist()
+                scores["val_psnr"] += psnr(pred, ref, data_range=data_range).tolist()
+                if min(pred.shape[-2:]) >= 11:
+                    scores["val_ssim"] += ssim(pred, ref, data_range=data_range).tolist()
+                for k in range(min(2, pred.shape[0]) if len(rows) < 4 else 0):
+                    src = batch["source"][k, 0].float().cpu().numpy()
+                    p, r = pred[k, 0].numpy(), ref[k, 0].numpy()
+                    kind = self.method.display_kind
+                    rows.append([(src, "source", SOURCE_KIND[self.run.task]), (p, "prediction", kind),
+                                 (r, "reference", kind), (p - r, "prediction - reference", "error")])
+        finally:
+            torch.set_rng_state(rng_state)
+            if backup is not None:
+                for k, p in self.ema.params.items():
+                    p.copy_(backup[k])
+        if rows:
+            save_panel(self.out / "val" / f"step_{self.step:08d}.png", rows,
+                       title=f"{self.run.method} step {self.step}")
+        return {k: float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_csv(path: Path, step: int) -> None:
+    """Drop the rows after ``step`` (a resumed run redoes those steps)."""
+    rows = _read_csv(path)
+    if rows:
+        keep = [r for r in rows if int(r["step"]) <= step]
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(keep)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot_curves(run_dir: str | Path) -> Path | None:
+    """curves.png: training loss and validation SSIM / PSNR / MAE over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    log, val = _read_csv(run_dir / "log.csv"), _read_csv(run_dir / "val.csv")
+    if not log:
+        return None
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    loss_keys = [k for k in log[0] if k.endswith("loss")]
+    for k in loss_keys:
+        axes[0].plot([int(r["step"]) for r in log], [float(r[k]) for r in log], label=k)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("training loss")
+    for ax, key, label in zip(axes[1:], ("val_ssim", "val_psnr", "val_mae"), ("SSIM", "PSNR (dB)", "MAE")):
+        ax.plot([int(r["step"]) for r in val], [float(r[key]) for r in val], "o-")
+        ax.set_title(f"validation {label}")
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    path = run_dir / "curves.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def train(run: RunConfig, out: str | Path, *, resume: bool = False, **kwargs: Any) -> Path:
+    """Train a run (see :class:`Trainer`); returns the exported model folder. Under ``torchrun`` the process
+    group is initialised here (gloo on CPU, NCCL on GPU) and torn down at the end."""
+    started = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        started = True
+    try:
+        return Trainer(run, out, resume=resume, **kwargs).fit()
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def make_run_config(method: str, data: str | Path, *, config_file: str | Path | None = None,
+                    overrides: dict[str, Any] | None = None, task: str | None = None) -> RunConfig:
+    """A run config from a method name, a dataset, an optional YAML file (keys ``method_config`` and
+    ``train``, or a whole run config) and dotted overrides such as ``{"train.steps": 100,
+    "method_config.sample_steps": 20}``. The task defaults to the dataset's."""
+    import yaml
+
+    base: dict[str, Any] = {}
+    source = "<command line>"
+    if config_file is not None:
+        source = str(config_file)
+        try:
+            base = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise TrainError(f"configuration file not found: {config_file}") from None
+        except yaml.YAMLError as err:
+            raise TrainError(f"{config_file} is not valid YAML: {err}") from None
+        if not isinstance(base, dict):
+            raise TrainError(f"{config_file}: expected a mapping with method_config and/or train")
+    base = {**base, "method": method, "data": str(data)}
+    if task is None:
+        try:
+            task = open_dataset(data).task
+        except DatasetError as err:
+            raise TrainError(str(err)) from None
+    base.setdefault("task", task)
+    for dotted, value in (overrides or {}).items():
+        node = base
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise TrainError(f"override {dotted}: {key} is not a section")
+        node[leaf] = value
+    return RunConfig.from_dict(base, source=source)

@@ -1,0 +1,184 @@
+"""One trainer for all methods: CPDM's three stages on phantoms, exact resume, DDP over two gloo processes,
+errors for mismatched data and configs, and self-contained checkpoints that translate to SUV."""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from petsynth.data.batch import Collate
+from petsynth.data.phantom import write_studies
+from petsynth.data.prepare import prepare_dataset
+from petsynth.data.store import open_dataset
+from petsynth.methods import build_method, load_method
+from petsynth.methods.base import MethodError
+from petsynth.physics.attenuation import attenuation_map
+from petsynth.train.trainer import RunConfig, TrainConfig, TrainError, Trainer, make_run_config, sample_indices, train
+
+TINY_AE = {"autoencoder": {"base_channels": 8, "norm_num_groups": 4, "codebook_size": 32},
+           "discriminator": {"channels": 8}, "discriminator_start": 2}
+TINY_SEG = {"segmenter": {"decoder_channels": [16, 8, 8, 8, 8]}}
+TINY_DENOISER = {"channels": [16, 32], "attention_levels": [False, True], "num_head_channels": 16,
+                 "norm_num_groups": 8}
+PIXEL = {"pixel_space": True, "use_attention_map": False, "denoiser": TINY_DENOISER, "sample_steps": 3}
+
+
+def _train_cfg(**kw):
+    base = dict(steps=4, batch_size=4, checkpoint_every=2, validate_every=2, log_every=1, val_batches=1)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_studies(root / "raw", task="ct2pet", studies=3, seed=5, fmt="dicom", preset="tiny")
+    prepare_dataset([root / "raw"], root / "ds", "ct2pet", size=32, key=b"k")
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def parts(dataset, tmp_path_factory):
+    """A vqgan and an attention model trained for a few steps (the CPDM prerequisites)."""
+    root = tmp_path_factory.mktemp("parts")
+    ae = train(RunConfig(method="vqgan", data=str(dataset), method_config=TINY_AE, train=_train_cfg()), root / "vq")
+    seg = train(RunConfig(method="attention", data=str(dataset), method_config=TINY_SEG, train=_train_cfg()),
+                root / "att")
+    return ae, seg
+
+
+def test_data_order_is_a_pure_function_of_seed_and_position():
+    a = sample_indices(10, seed=3, start=0, count=25)
+    assert sorted(a[:10]) == list(range(10)) and sorted(a[10:20]) == list(range(10))  # each epoch a permutation
+    assert sample_indices(10, seed=3, start=7, count=9) == a[7:16]
+    assert sample_indices(10, seed=4, start=0, count=10) != a[:10]
+
+
+def test_collate_adds_the_attenuation_map_from_hu_and_kvp(dataset):
+    items = [open_dataset(dataset)[i] for i in (0, 5)]
+    batch = Collate("ct2pet", mu_map=True)(items)
+    assert batch["source"].shape == (2, 1, 32, 32) and batch["target"].dtype == torch.float32
+    for k, it in enumerate(items):
+        want = attenuation_map(np.asarray(it["source"], np.float64), it["kvp"])
+        np.testing.assert_allclose(batch["mu_map"][k, 0].numpy(), want, rtol=1e-5)
+
+
+def test_cpdm_stages_train_save_reload_and_translate_in_suv(dataset, parts, tmp_path):
+    ae, seg = parts
+    for stage in (ae, seg):
+        assert (stage / "weights.safetensors").is_file() and (stage.parent / "curves.png").is_file()
+    cfg = {"autoencoder_checkpoint": str(ae), "segmenter_checkpoint": str(seg), "denoiser": TINY_DENOISER,
+           "sample_steps": 3}
+    model = train(RunConfig(method="cpdm", data=str(dataset), method_config=cfg, train=_train_cfg()), tmp_path / "c")
+    run = tmp_path / "c"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    assert (run / "val" / "step_00000004.png").is_file() and (run / "log.csv").read_text().count("\n") == 5
+    # self-contained: the autoencoder and segmenter are inside, their folders are not needed any more
+    import shutil
+    shutil.rmtree(ae.parent)
+    method = load_method(model, task="ct2pet")
+    assert method.config.autoencoder is not None and method.config.segmenter is not None
+    items = [open_dataset(dataset).split("test")[i] for i in range(2)]
+    batch = Collate("ct2pet", mu_map=True)(items)
+    pet = method.translate(batch, steps=2)
+    assert pet.shape == (2, 1, 32, 32) and torch.isfinite(pet).all()
+    lo, hi = method.intensity_transforms()["target"].low, method.intensity_transforms()["target"].high
+    assert pet.min() >= lo and pet.max() <= hi  # SUV within the model's window
+    with pytest.raises(MethodError, match="for 'ct2pet', not 'mr2pet'"):
+        load_method(model, task="mr2pet")
+
+
+def test_bridge_training_lowers_the_loss(dataset):
+    torch.manual_seed(0)
+    method = build_method("cpdm", {**PIXEL, "bridge": {"num_timesteps": 100}})
+    data = open_dataset(dataset).split("train")
+    batch = Collate("ct2pet", mu_map=True)([data[i] for i in range(0, len(data), max(1, len(data) // 8))][:8])
+
+    def fixed_loss():
+        state = torch.get_rng_state()
+        torch.manual_seed(123)  # the same t and noise each time
+        with torch.no_grad():
+            loss = method.losses(batch, "model", 0)["loss"].item()
+        torch.set_rng_state(state)
+        return loss
+
+    before = fixed_loss()
+    opt = torch.optim.Adam(method.optimizer_groups()["model"], lr=2e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        method.losses(batch, "model", 0)["loss"].backward()
+        opt.step()
+    assert fixed_loss() < 0.7 * before
+
+
+def test_resume_equals_an_uninterrupted_run(dataset, tmp_path):
+    cfg = dict(method="cpdm", data=str(dataset), method_config=PIXEL)
+    whole = train(RunConfig(**cfg, train=_train_cfg(steps=4)), tmp_path / "whole")
+    train(RunConfig(**cfg, train=_train_cfg(steps=2)), tmp_path / "split")  # "killed" after step 2
+    resumed = train(RunConfig(**cfg, train=_train_cfg(steps=4)), tmp_path / "split", resume=True)
+    a, b = load_file(whole / "weights.safetensors"), load_file(resumed / "weights.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("ema/") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    log = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["1", "2", "3", "4"]
+
+
+def test_wrong_data_or_incompatible_resume_stop_at_once(dataset, tmp_path):
+    with pytest.raises(TrainError, match="prepared for 'ct2pet'"):
+        Trainer(RunConfig(method="vqgan", task="lpet2spet", data=str(dataset), method_config=TINY_AE,
+                          train=_train_cfg()), tmp_path / "x")
+    with pytest.raises(TrainError, match="not a petsynth dataset"):
+        Trainer(RunConfig(method="vqgan", data=str(tmp_path), train=_train_cfg()), tmp_path / "y")
+    run = RunConfig(method="cpdm", data=str(dataset), method_config=PIXEL, train=_train_cfg(steps=1))
+    train(run, tmp_path / "r")
+    with pytest.raises(TrainError, match="already holds a run"):
+        Trainer(run, tmp_path / "r")
+    other = run.model_copy(update={"method_config": {**PIXEL, "sample_steps": 7}})
+    with pytest.raises(TrainError, match="method_config"):
+        Trainer(other, tmp_path / "r", resume=True)
+    with pytest.raises(MethodError, match="autoencoder_checkpoint"):
+        build_method("cpdm", {"use_attention_map": False})
+    with pytest.raises(MethodError, match="no guidance maps"):
+        build_method("bbdm", {**PIXEL, "use_attenuation_map": True})
+
+
+def test_make_run_config_merges_file_and_overrides(dataset, tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  steps: 9\n  batch_size: 2\nmethod_config:\n  sample_steps: 4\n")
+    run = make_run_config("bbdm", dataset, config_file=f, overrides={"train.steps": 11, "method_config.eta": 1.0})
+    assert (run.task, run.train.steps, run.train.batch_size) == ("ct2pet", 11, 2)
+    assert run.method_config == {"sample_steps": 4, "eta": 1.0}
+    with pytest.raises(Exception, match="stepz"):
+        make_run_config("bbdm", dataset, overrides={"train.stepz": 1})
+
+
+def _ddp_worker(rank, world, port, dataset, out):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        trainer = Trainer(RunConfig(method="cpdm", data=dataset, method_config=PIXEL,
+                                    train=_train_cfg(steps=3, validate_every=100)), out)
+        assert trainer.world == world
+        trainer.fit()
+        save_file({k: v.contiguous() for k, v in trainer.method.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(dataset, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(dataset), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    init = build_method("cpdm", PIXEL).state_dict()
+    changed = 0
+    for k in r0:
+        torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)
+        changed += not torch.equal(r0[k], init[k])
+    assert changed > 0 and (tmp_path / "model" / "weights.safetensors").is_file()
