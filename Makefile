@@ -23,6 +23,8 @@ bench: install
 	$(PY) benchmarks/bench_physics.py
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_phantom.py --task ct2pet --preset default --studies 2
+	$(PY) benchmarks/bench_prepare.py --studies 3
+	$(PY) benchmarks/bench_cpdm.py speed
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

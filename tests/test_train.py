@@ -182,3 +182,14 @@ def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(dataset, tmp_path):
         torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)
         changed += not torch.equal(r0[k], init[k])
     assert changed > 0 and (tmp_path / "model" / "weights.safetensors").is_file()
+
+
+def test_bf16_autocast_and_gradient_accumulation_train(dataset, tmp_path):
+    run = RunConfig(method="bbdm", data=str(dataset), method_config={**PIXEL},
+                    train=_train_cfg(steps=2, precision="bf16", grad_accum=2, lr_schedule="cosine", warmup_steps=1))
+    model = train(run, tmp_path / "b")
+    log = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert len(log) == 3 and all(np.isfinite(float(v)) for v in log[-1].split(",")[1:])
+    lrs = [float(line.split(",")[2]) for line in log[1:]]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[1] == pytest.approx(1e-4)  # warm-up 1 step, then cosine at 0
+    assert load_method(model).name == "bbdm"

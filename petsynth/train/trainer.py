@@ -7,6 +7,7 @@ Run folder::
       checkpoints/step_00000500/     checkpoint format of petsynth.train.checkpoint, plus training state
       model/                         the exported model (EMA weights when EMA is on), written at the end
       log.csv, val.csv               losses / learning rate / speed per logged step; validation metrics
+      tensorboard/                   the same scalars, when the tensorboard package is installed
       curves.png                     loss and validation SSIM, PSNR, MAE over steps
       val/step_00000500.png          validation panels (source | prediction | reference | error)
 
@@ -389,6 +390,7 @@ class Trainer:
         loader = self._loader(start)
         micro: list[dict[str, Any]] = []
         t_last, steps_since = time.perf_counter(), 0
+        board = _tensorboard(self.out) if self.rank == 0 else None
         self.method.train()
         for batch in loader:
             micro.append(to_device(batch, self.device))
@@ -403,18 +405,27 @@ class Trainer:
                 t_last, steps_since = now, 0
                 if self.rank == 0:
                     _append_csv(log_path, {"step": self.step, **logged})
+                    if board is not None:
+                        for k, v in logged.items():
+                            board.add_scalar(f"train/{k}", v, self.step)
                 if self.progress:
                     self.progress(self.step, self.cfg.steps, logged)
             if self.step % self.cfg.validate_every == 0 or self.step == self.cfg.steps:
                 if self.rank == 0:
-                    _append_csv(val_path, {"step": self.step, **self.validate()})
+                    scores = self.validate()
+                    _append_csv(val_path, {"step": self.step, **scores})
                     plot_curves(self.out)
+                    if board is not None:
+                        for k, v in scores.items():
+                            board.add_scalar(f"val/{k}", v, self.step)
                 self.method.train()
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                 if self.rank == 0:
                     self.save_checkpoint()
                 if self.world > 1:
                     dist.barrier()
+        if board is not None:
+            board.close()
         if self.rank == 0:
             self.export()
         if self.world > 1:
@@ -467,6 +478,15 @@ class Trainer:
             save_panel(self.out / "val" / f"step_{self.step:08d}.png", rows,
                        title=f"{self.run.method} step {self.step}")
         return {k: float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer into RUN/tensorboard when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
