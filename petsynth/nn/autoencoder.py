@@ -5,8 +5,8 @@ Layout of taming-transformers' ``VQModel`` (what CPDM and BBDM use), built from 
     x -> encoder -> h -> quant_conv (1x1) -> z -> EMA vector quantizer -> zq -> post_quant_conv (1x1) -> decoder -> x
 
 The encoder and decoder are MONAI's ``autoencoderkl.Encoder`` / ``Decoder`` (GroupNorm + SiLU residual
-blocks, a residual-attention-residual block at the latent resolution, nearest-upsampling + conv), which are
-the latent-diffusion / VQGAN ones. The quantizer is MONAI's ``EMAQuantizer``: the codebook is learned by an
+blocks, optionally a residual-attention-residual block at the latent resolution, nearest-upsampling + conv),
+which are the latent-diffusion / VQGAN ones. The quantizer is MONAI's ``EMAQuantizer``: the codebook is learned by an
 exponential moving average, updated during ``forward`` **only in train mode**; the only loss it produces is
 the commitment loss ``commitment_cost * mse(z, sg[zq])``.
 (MONAI's ``VQVAE`` was not used: ReLU blocks without normalisation or attention, transposed-conv upsampling.)
@@ -30,7 +30,7 @@ from torch import nn
 
 from petsynth.config import Config
 
-__all__ = ["VQAutoencoderConfig", "VQAutoencoder", "build_autoencoder"]
+__all__ = ["AUTOENCODER_PRESETS", "VQAutoencoderConfig", "VQAutoencoder", "build_autoencoder"]
 
 
 class VQAutoencoderConfig(Config):
@@ -39,7 +39,9 @@ class VQAutoencoderConfig(Config):
     The encoder has ``log2(downsample_factor) + 1`` levels of width ``base_channels * m`` for ``m`` in
     ``channel_multipliers`` (default ``(1, 2, 4, 4)`` cut to that length, so (1, 2, 4) at f = 4 as CPDM's
     ch_mult) and downsamples by 2 between levels. CPDM's public VQGAN: f 4, base 128, (1, 2, 4),
-    2 res blocks, 3 latent channels, 8192 codes.
+    2 res blocks, mid attention, 3 latent channels, 8192 codes (49 M parameters here, ~4.5 s encode and
+    ~12 s decode per 256x256 slice on 2 CPU threads). The defaults (1.0 M parameters) encode in ~60 ms and
+    decode in ~180 ms; ``mid_attention`` (global attention over the 64x64 latent) adds ~0.1 s to each.
     """
 
     in_channels: int = Field(1, ge=1)
@@ -49,7 +51,7 @@ class VQAutoencoderConfig(Config):
     channel_multipliers: tuple[int, ...] | None = None
     num_res_blocks: int = Field(1, ge=1, description="residual blocks per level (encoder and decoder)")
     attention_levels: tuple[bool, ...] | None = Field(None, description="self-attention per level; default none")
-    mid_attention: bool = Field(True, description="residual-attention-residual block at the latent resolution")
+    mid_attention: bool = Field(False, description="residual-attention-residual block at the latent resolution")
     norm_num_groups: int = Field(16, ge=1)
     latent_channels: int = Field(3, ge=1, description="z channels = codebook vector size")
     codebook_size: int = Field(512, ge=2)
@@ -77,6 +79,15 @@ class VQAutoencoderConfig(Config):
             raise ValueError(f"channels {bad} are not divisible by norm_num_groups={self.norm_num_groups}")
         return self
 
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> VQAutoencoderConfig:
+        """A named configuration (see :data:`AUTOENCODER_PRESETS`), with fields overridden."""
+        try:
+            base = AUTOENCODER_PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown autoencoder preset {name!r}; known: {sorted(AUTOENCODER_PRESETS)}") from None
+        return cls.from_dict({**base.to_dict(), **overrides}, source=f"preset {name!r}")
+
     @property
     def num_levels(self) -> int:
         return int(math.log2(self.downsample_factor)) + 1
@@ -86,6 +97,15 @@ class VQAutoencoderConfig(Config):
         """Width of each encoder level, e.g. (32, 64, 128) at the defaults."""
         mult = self.channel_multipliers or (1, 2, 4, 4)[: self.num_levels]
         return tuple(self.base_channels * m for m in mult)
+
+
+#: ``cpdm-public``: the public CPDM VQGAN-f4 sizes; ``small``: the CPU default.
+AUTOENCODER_PRESETS: dict[str, VQAutoencoderConfig] = {
+    "cpdm-public": VQAutoencoderConfig(
+        base_channels=128, num_res_blocks=2, mid_attention=True, norm_num_groups=32, codebook_size=8192
+    ),
+    "small": VQAutoencoderConfig(),
+}
 
 
 class VQAutoencoder(nn.Module):
@@ -189,6 +209,8 @@ class VQAutoencoder(nn.Module):
         return self.decode(z)
 
 
-def build_autoencoder(cfg: VQAutoencoderConfig | None = None) -> VQAutoencoder:
-    """A :class:`VQAutoencoder` from its config."""
+def build_autoencoder(cfg: VQAutoencoderConfig | str | None = None) -> VQAutoencoder:
+    """A :class:`VQAutoencoder` from a config or a preset name (default: ``small``)."""
+    if isinstance(cfg, str):
+        cfg = VQAutoencoderConfig.preset(cfg)
     return VQAutoencoder(cfg)

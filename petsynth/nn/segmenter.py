@@ -40,7 +40,7 @@ class SegmenterConfig(Config):
 def build_segmenter(cfg: SegmenterConfig | None = None) -> nn.Module:
     """FlexibleUNet: (B, 1, H, W) normalised CT -> (B, 1, H, W) logits. H, W divisible by 32 (5 downsamplings).
 
-    Defaults (resnet10, decoder 128..16) have 5.4 M parameters.
+    Defaults (resnet10, decoder 128..16): 6.0 M parameters, ~90 ms per 256x256 slice on 2 CPU threads.
     """
     cfg = cfg or SegmenterConfig()
     return FlexibleUNet(
