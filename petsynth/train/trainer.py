@@ -234,6 +234,9 @@ class Trainer:
         self.step = 0
         if resume and latest_checkpoint(self.out) is not None:
             self._load_state(latest_checkpoint(self.out))
+        elif self.rank == 0:  # a fresh start (or a resume before the first checkpoint): no stale log rows
+            for name in ("log.csv", "val.csv"):
+                _truncate_csv(self.out / name, 0)
         if self.world > 1:  # every rank starts from rank 0's weights
             for p in self.method.state_dict().values():
                 dist.broadcast(p.data if isinstance(p, torch.nn.Parameter) else p, src=0)
