@@ -72,7 +72,6 @@ def speed(args) -> None:
 
 
 def quality(args) -> None:
-    from petsynth.data.batch import Collate
     from petsynth.data.store import open_dataset
     from petsynth.methods import load_method
     from petsynth.metrics.image import mae, psnr, ssim
@@ -81,7 +80,7 @@ def quality(args) -> None:
     method = load_method(args.model)
     data = open_dataset(args.data).split(args.split)
     picks = np.linspace(0, len(data) - 1, min(args.slices, len(data))).round().astype(int)
-    collate = Collate(method.task, mu_map=method.needs_mu_map)
+    collate = method.collate()
     rng = method.validation_range()
     print(f"{args.model} on {len(picks)} {args.split} slices of {args.data}; data range {rng:g} SUV")
     print("| sampler | steps | SSIM | PSNR (dB) | MAE (SUV) | s/slice |")

@@ -178,7 +178,7 @@ def _parse_overrides(items: list[str]) -> dict:
 
 @app.command()
 def train(
-    method: str = typer.Argument(..., help="Method name: vqgan, attention, cpdm, bbdm (see `petsynth methods`)."),
+    method: str = typer.Argument(..., help="Method name (`petsynth methods` lists them)."),
     data: Path = typer.Argument(..., help="Prepared dataset folder (from `petsynth prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, curves, model/."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with method_config: and train: "

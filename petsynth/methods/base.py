@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from petsynth.config import Config
+from petsynth.data.batch import Collate
 from petsynth.data.intensity import IntensityTransform
 from petsynth.train.checkpoint import CheckpointError, ModelCard, load_checkpoint
 
@@ -96,6 +97,11 @@ class Method(torch.nn.Module):
                 m.eval()
         return self
 
+    def collate(self) -> Collate:
+        """The DataLoader ``collate_fn`` that builds this method's batches (with the maps it needs)."""
+        return Collate(self.task, mu_map=self.needs_mu_map,
+                       path_length_cm=float(getattr(self.config, "mu_path_length_cm", 1.0)))
+
     def card_extras(self) -> dict[str, Any]:
         """Anything else worth recording in the model card."""
         return {}
@@ -112,7 +118,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 #: modules of the built-in methods (imported on first use of the registry; they register themselves)
-BUILTIN_MODULES = ("vqgan", "attention", "cpdm")
+BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm")
 
 
 def _load_builtin() -> None:

@@ -28,12 +28,12 @@ from petsynth.config import Config
 from petsynth.data.batch import ct_of
 from petsynth.data.intensity import IntensityTransform
 from petsynth.diffusion import BrownianBridge
-from petsynth.methods.base import Method, MethodError, frozen, register
-from petsynth.nn.autoencoder import VQAutoencoder, VQAutoencoderConfig
+from petsynth.methods.base import Method, MethodError, register
+from petsynth.methods.parts import GuidanceMaps, frozen_autoencoder
+from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
-from petsynth.nn.segmenter import SegmenterConfig, binarize, build_segmenter, probability
-from petsynth.train.checkpoint import CheckpointError, load_checkpoint
+from petsynth.nn.segmenter import SegmenterConfig
 
 
 class BridgeConfig(Config):
@@ -62,25 +62,8 @@ class CPDMConfig(Config):
     transforms: dict[str, IntensityTransform] | None = Field(None, description="filled in from the autoencoder")
 
 
-def _load_part(path: str, method: str, what: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict]:
-    """(config, weights, intensity) of a vqgan/attention model folder."""
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as err:
-        raise MethodError(f"{what}: {err}") from None
-    if ckpt.card.method != method:
-        raise MethodError(f"{what}: {path} holds a {ckpt.card.method!r} model, not a {method!r} one")
-    weights = dict(ckpt.weights.get("model", {}))
-    weights.update(ckpt.weights.get("ema", {}))
-    return ckpt.card.config, weights, ckpt.card.intensity
-
-
-def _strip(prefix: str, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-
-
 @register
-class CPDM(Method):
+class CPDM(GuidanceMaps, Method):
     name = "cpdm"
     summary = "latent Brownian bridge CT -> PET with the Attention and Attenuation maps (CPDM)"
     tasks = ("ct2pet",)
@@ -91,42 +74,15 @@ class CPDM(Method):
     def __init__(self, config: CPDMConfig, task: str = "ct2pet", load_parts: bool = True):
         super().__init__(config, task)
         self._check_variant(config)
-        self.needs_mu_map = config.use_attenuation_map
-        ae_weights = seg_weights = None
         if not config.pixel_space:
-            if config.autoencoder is None or (load_parts and config.autoencoder_checkpoint):
-                if not config.autoencoder_checkpoint:
-                    raise MethodError(f"{self.name} in latent space needs autoencoder_checkpoint (a vqgan model "
-                                      "folder: train one with `petsynth train vqgan`), or pixel_space: true")
-                cfg, weights, intensity = _load_part(config.autoencoder_checkpoint, "vqgan", "autoencoder_checkpoint")
-                config.autoencoder = VQAutoencoderConfig.from_dict(cfg["autoencoder"])
-                config.transforms = {k: IntensityTransform.from_dict(v) for k, v in intensity.items()}
-                ae_weights = _strip("autoencoder.", weights)
-            self.autoencoder = VQAutoencoder(config.autoencoder)
-            if ae_weights is not None:
-                self.autoencoder.load_state_dict(ae_weights)
-            frozen(self.autoencoder)
+            self.autoencoder = frozen_autoencoder(self.name, config, load_parts)
         if config.transforms is None:
             from petsynth.data.intensity import default_transforms
 
             config.transforms = default_transforms(task)
-        if config.use_attention_map:
-            if config.segmenter is None or (load_parts and config.segmenter_checkpoint):
-                if not config.segmenter_checkpoint:
-                    raise MethodError(f"{self.name} with the attention map needs segmenter_checkpoint (an "
-                                      "attention model folder: `petsynth train attention`), or "
-                                      "use_attention_map: false")
-                cfg, weights, intensity = _load_part(config.segmenter_checkpoint, "attention", "segmenter_checkpoint")
-                config.segmenter = SegmenterConfig.from_dict(cfg["segmenter"])
-                config.segmenter_ct_transform = IntensityTransform.from_dict(intensity["ct"])
-                seg_weights = _strip("segmenter.", weights)
-            self.segmenter = build_segmenter(config.segmenter)
-            if seg_weights is not None:
-                self.segmenter.load_state_dict(seg_weights)
-            frozen(self.segmenter)
+        self._build_maps(config, load_parts)
         f = 1 if config.pixel_space else config.autoencoder.downsample_factor
         latent_channels = 1 if config.pixel_space else config.autoencoder.latent_channels
-        self.num_maps = int(config.use_attention_map) + int(config.use_attenuation_map)
         if self.num_maps:
             self.map_encoder = MapEncoder(self.num_maps, f=f, out_channels=config.map_channels)
         denoiser_cfg = config.denoiser.model_copy(update={
@@ -157,21 +113,6 @@ class CPDM(Method):
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z if self.config.pixel_space else self.autoencoder.from_latent(z)
-
-    @torch.no_grad()
-    def maps(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
-        """The guidance maps (B, num_maps, H, W): M_sigma (segmenter on the CT) then M_mu (from the batch)."""
-        maps = []
-        if self.config.use_attention_map:
-            ct = ct_of(batch, self.task)
-            seg_ct = self.config.segmenter_ct_transform or self.config.transforms["source"]
-            maps.append(binarize(probability(self.segmenter(seg_ct.forward(ct))), self.config.attention_threshold))
-        if self.config.use_attenuation_map:
-            if "mu_map" not in batch:
-                raise ValueError("the batch has no 'mu_map': build batches with petsynth.data.batch.Collate"
-                                 "(task, mu_map=True) or add_mu_map()")
-            maps.append(batch["mu_map"].to(ct_of(batch, self.task).dtype))
-        return torch.cat(maps, dim=1) if maps else None
 
     def _model_fn(self, cond: torch.Tensor | None):
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

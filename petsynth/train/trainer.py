@@ -36,7 +36,7 @@ import torch.distributed as dist
 from pydantic import Field
 
 from petsynth.config import Config
-from petsynth.data.batch import Collate, to_device
+from petsynth.data.batch import to_device
 from petsynth.data.store import DatasetError, open_dataset
 from petsynth.methods.base import Method, MethodError, build_method
 from petsynth.train.checkpoint import ModelCard, load_checkpoint, save_checkpoint
@@ -277,7 +277,7 @@ class Trainer:
         return data
 
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
-        collate = Collate(self.run.task, mu_map=self.method.needs_mu_map)
+        collate = self.method.collate()
         sampler = _StepBatches(len(self.train_data), self.cfg, start, self.rank, self.world)
         return torch.utils.data.DataLoader(self.train_data, batch_sampler=sampler, collate_fn=collate,
                                            num_workers=self.cfg.num_workers,
@@ -447,7 +447,7 @@ class Trainer:
             for k, p in self.ema.params.items():
                 p.copy_(self.ema.shadow[k])
         self.method.eval()
-        collate = Collate(self.run.task, mu_map=self.method.needs_mu_map)
+        collate = self.method.collate()
         n = len(self.val_data)
         size = min(self.cfg.batch_size, n)
         picks = np.linspace(0, n - 1, min(n, size * self.cfg.val_batches)).round().astype(int)

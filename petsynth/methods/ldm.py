@@ -1,0 +1,186 @@
+"""``ldm``: conditional latent diffusion (Rombach et al. 2022), a baseline of the CPDM paper.
+
+Gaussian diffusion (DDPM, T = 1000, LDM's "linear" schedule: beta^(1/2) linear from 0.0015^(1/2) to
+0.0195^(1/2), MONAI's ``scaled_linear_beta``) in the latent of a trained, frozen ``vqgan`` autoencoder (the
+same continuous pre-quantisation latent as cpdm). The PET latent x0 is noised (MONAI ``DDPMScheduler``);
+the denoiser (MONAI ``DiffusionModelUNet``, as cpdm's) sees concat(x_t, CT latent, maps) and predicts the
+noise; loss: MSE. Sampling: DDIM (MONAI ``DDIMScheduler``), ``sample_steps`` (50) steps on the uniform
+timestep grid of the DDIM paper (0, c, 2c, .. with c = T // steps; MONAI's own ``set_timesteps`` grid does
+not match the step size its ``step`` assumes), ``eta`` 0 (deterministic) by default, then decoded.
+
+Latents are multiplied by ``scale_factor`` (LDM's unit-variance scaling): given, or (None) estimated at the
+first training step as 1 / std of that batch's PET latents (averaged over processes) and kept in the
+checkpoint as the buffer ``latent_scale``. ``pixel_space: true`` diffuses the images themselves
+(no autoencoder, scale 1, x0 predictions clipped to [-1, 1]).
+
+Maps ("w/ (M_sigma, M_mu)", CPDM paper Table 5): as in cpdm, each map is brought to the latent grid by
+0.5x bilinear resizes and a learned 1x1 conv to ``map_channels`` channels (MapEncoder) and concatenated
+to the denoiser input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from pydantic import Field
+
+from petsynth.config import Config
+from petsynth.data.intensity import IntensityTransform, default_transforms
+from petsynth.methods.base import Method, MethodError, register
+from petsynth.methods.parts import GuidanceMaps, GuidanceMapsConfig, frozen_autoencoder
+from petsynth.nn.autoencoder import VQAutoencoderConfig
+from petsynth.nn.conditioning import MapEncoder
+from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
+
+
+class NoiseScheduleConfig(Config):
+    num_train_timesteps: int = Field(1000, ge=2)
+    schedule: Literal["scaled_linear_beta", "linear_beta", "cosine"] = Field(
+        "scaled_linear_beta", description="MONAI schedule name; scaled_linear_beta is LDM's 'linear'")
+    beta_start: float = Field(0.0015, gt=0, lt=1, description="not used by cosine")
+    beta_end: float = Field(0.0195, gt=0, lt=1, description="not used by cosine")
+
+    def scheduler_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"num_train_timesteps": self.num_train_timesteps, "schedule": self.schedule}
+        if self.schedule != "cosine":
+            args.update(beta_start=self.beta_start, beta_end=self.beta_end)
+        return args
+
+
+class LDMConfig(GuidanceMapsConfig):
+    autoencoder_checkpoint: str | None = Field(None, description="a vqgan run's model folder (latent mode)")
+    autoencoder: VQAutoencoderConfig | None = Field(None, description="filled in from the checkpoint")
+    pixel_space: bool = Field(False, description="diffusion on the images (no autoencoder)")
+    scale_factor: float | None = Field(None, gt=0, description="latent scale; None: 1 / std at the first step")
+    map_channels: int = Field(3, ge=1, description="channels per map after the 1x1 conv")
+    diffusion: NoiseScheduleConfig = Field(default_factory=NoiseScheduleConfig)
+    denoiser: DenoiserConfig = Field(default_factory=lambda: DenoiserConfig.preset("small"))
+    sample_steps: int = Field(50, ge=1, description="default DDIM steps of translate")
+    eta: float = Field(0.0, ge=0, le=1, description="DDIM eta: 0 deterministic, 1 DDPM-like")
+    transforms: dict[str, IntensityTransform] | None = Field(None, description="filled in from the autoencoder")
+
+
+def ddim_timesteps(num_train_timesteps: int, steps: int) -> torch.Tensor:
+    """The DDIM paper's uniform grid, descending: (steps - 1) c, .., c, 0 with c = T // steps."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"sampling steps must be 1..{num_train_timesteps}, got {steps}")
+    return torch.arange(steps - 1, -1, -1) * (num_train_timesteps // steps)
+
+
+@torch.no_grad()
+def ddim_sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,
+                scheduler: DDIMScheduler, steps: int, eta: float = 0.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDIM from x_T to x_0 with ``model_fn(x_t, t) -> predicted noise`` (t: (B,) long)."""
+    scheduler.set_timesteps(steps)
+    scheduler.timesteps = ddim_timesteps(scheduler.num_train_timesteps, steps)
+    x = x_T
+    for t in scheduler.timesteps.tolist():
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x, _ = scheduler.step(model_fn(x, tt).float(), t, x, eta=eta, generator=generator)
+    return x
+
+
+@register
+class LDM(GuidanceMaps, Method):
+    name = "ldm"
+    summary = "conditional latent diffusion (DDPM training, DDIM sampling) given the source latent; optional maps"
+    tasks = ("ct2pet", "mr2pet", "lpet2spet")
+    config_class = LDMConfig
+    default_lr = 1e-4
+
+    def __init__(self, config: LDMConfig, task: str = "ct2pet", load_parts: bool = True):
+        super().__init__(config, task)
+        if not config.pixel_space:
+            self.autoencoder = frozen_autoencoder(self.name, config, load_parts)
+        elif config.autoencoder_checkpoint:
+            raise MethodError("ldm: pixel_space: true takes no autoencoder_checkpoint")
+        if config.transforms is None:
+            config.transforms = default_transforms(task)
+        self._build_maps(config, load_parts)
+        f = 1 if config.pixel_space else config.autoencoder.downsample_factor
+        cz = 1 if config.pixel_space else config.autoencoder.latent_channels
+        self.latent_channels = cz
+        if self.num_maps:
+            self.map_encoder = MapEncoder(self.num_maps, f=f, out_channels=config.map_channels)
+        self.denoiser = build_denoiser(DenoiserConfig.model_validate(config.denoiser.model_copy(update={
+            "in_channels": 2 * cz + self.num_maps * config.map_channels, "out_channels": cz}).model_dump()))
+        scale = config.scale_factor or (1.0 if config.pixel_space else 0.0)  # 0: estimate at the first step
+        self.register_buffer("latent_scale", torch.tensor(float(scale)))
+        self.noise_schedule = DDPMScheduler(**config.diffusion.scheduler_args(), clip_sample=False)
+
+    def intensity_transforms(self) -> dict[str, IntensityTransform]:
+        return dict(self.config.transforms)
+
+    def ema_module_names(self) -> list[str]:
+        return [n for n in ("denoiser", "map_encoder") if hasattr(self, n)]
+
+    # --- spaces ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Network-unit images (B, 1, H, W) -> unscaled diffusion space (the latent, or the image)."""
+        return images if self.config.pixel_space else self.autoencoder.to_latent(images)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z if self.config.pixel_space else self.autoencoder.from_latent(z)
+
+    @property
+    def scale(self) -> float:
+        s = float(self.latent_scale)
+        return s if s > 0 else 1.0
+
+    @torch.no_grad()
+    def _estimate_scale(self, x0: torch.Tensor) -> None:
+        std = x0.float().std()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(std)
+            std /= dist.get_world_size()
+        self.latent_scale.fill_(1.0 / float(std.clamp_min(1e-6)))
+
+    def _conditions(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """concat(source latent x scale, encoded maps): what the denoiser sees beside x_t."""
+        y = self.encode(self.config.transforms["source"].forward(batch["source"])).float() * self.scale
+        maps = self.maps(batch)
+        return y if maps is None else torch.cat([y, self.map_encoder(maps).to(y.dtype)], dim=1)
+
+    def _model_fn(self, cond: torch.Tensor):
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.denoiser(torch.cat([x_t, cond.to(x_t.dtype)], dim=1), t)
+        return model_fn
+
+    # --- training ---------------------------------------------------------------------------------------------
+    def losses(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
+        x0 = self.encode(self.config.transforms["target"].forward(batch["target"])).float()
+        if float(self.latent_scale) == 0.0:
+            self._estimate_scale(x0)
+        x0 = x0 * self.scale
+        cond = self._conditions(batch)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.noise_schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        x_t = self.noise_schedule.add_noise(x0, noise, t)
+        pred = self._model_fn(cond)(x_t, t)
+        return {"loss": F.mse_loss(pred.float(), noise)}
+
+    # --- sampling -----------------------------------------------------------------------------------------------
+    def sampler(self) -> DDIMScheduler:
+        """A fresh DDIM scheduler on the training noise schedule (x0 clipped to [-1, 1] in pixel space only)."""
+        return DDIMScheduler(**self.config.diffusion.scheduler_args(), clip_sample=self.config.pixel_space,
+                             set_alpha_to_one=True, prediction_type="epsilon")
+
+    @torch.no_grad()
+    def translate(self, batch: Mapping[str, Any], steps: int | None = None, eta: float | None = None,
+                  generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:
+        """Synthetic PET in SUV, (B, 1, H, W), by DDIM from Gaussian noise given the batch's source (and maps)."""
+        cond = self._conditions(batch)
+        shape = (cond.shape[0], self.latent_channels, *cond.shape[-2:])
+        x_T = torch.randn(shape, generator=generator, device=generator.device if generator else cond.device)
+        x0 = ddim_sample(self._model_fn(cond), x_T.to(cond.device), self.sampler(),
+                         steps or self.config.sample_steps, eta=self.config.eta if eta is None else eta,
+                         generator=generator)
+        return self.config.transforms["target"].inverse(self.decode(x0 / self.scale).float())

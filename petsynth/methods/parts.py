@@ -1,0 +1,123 @@
+"""Pieces shared by the methods: pretrained frozen parts and CPDM's two guidance maps.
+
+- :func:`load_part`: (config, weights, intensity) of a trained ``vqgan`` / ``attention`` model folder.
+- :func:`frozen_autoencoder`: the frozen VQ autoencoder of a latent method (cpdm, bbdm, ldm), from its
+  ``autoencoder_checkpoint`` (which also gives the method its intensity transforms) or from the config
+  saved in the method's own checkpoint.
+- :class:`GuidanceMapsConfig` + :class:`GuidanceMaps`: the Attention map M_sigma (a frozen segmenter on the
+  CT, binarised) and the Attenuation map M_mu = exp(-mu L) (computed in the data pipeline), stacked as
+  (B, num_maps, H, W). CPDM and every baseline "w/ (M_sigma, M_mu)" (CPDM paper, Table 5) use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from petsynth.config import Config
+from petsynth.data.batch import ct_of
+from petsynth.data.intensity import IntensityTransform
+from petsynth.methods.base import MethodError, frozen
+from petsynth.nn.autoencoder import VQAutoencoder, VQAutoencoderConfig
+from petsynth.nn.segmenter import SegmenterConfig, binarize, build_segmenter, probability
+from petsynth.train.checkpoint import CheckpointError, load_checkpoint
+
+
+def load_part(path: str, method: str, what: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict]:
+    """(config, weights (EMA where kept), intensity) of a ``method`` model folder; ``what`` names the option."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        raise MethodError(f"{what}: {err}") from None
+    if ckpt.card.method != method:
+        raise MethodError(f"{what}: {path} holds a {ckpt.card.method!r} model, not a {method!r} one")
+    weights = dict(ckpt.weights.get("model", {}))
+    weights.update(ckpt.weights.get("ema", {}))
+    return ckpt.card.config, weights, ckpt.card.intensity
+
+
+def strip_prefix(prefix: str, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``weights`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def frozen_autoencoder(method: str, config: Any, load_parts: bool) -> VQAutoencoder:
+    """The frozen autoencoder of a latent method whose config has ``autoencoder_checkpoint``,
+    ``autoencoder`` and ``transforms``. Loading the checkpoint fills in ``config.autoencoder`` and
+    ``config.transforms`` (the autoencoder's intensity transforms), so the method's card rebuilds it;
+    without ``load_parts`` (weights from the method's own checkpoint) the saved config is used."""
+    weights = None
+    if config.autoencoder is None or (load_parts and config.autoencoder_checkpoint):
+        if not config.autoencoder_checkpoint:
+            raise MethodError(f"{method} in latent space needs autoencoder_checkpoint (a vqgan model "
+                              "folder: train one with `petsynth train vqgan`), or pixel_space: true")
+        cfg, all_weights, intensity = load_part(config.autoencoder_checkpoint, "vqgan", "autoencoder_checkpoint")
+        config.autoencoder = VQAutoencoderConfig.from_dict(cfg["autoencoder"])
+        config.transforms = {k: IntensityTransform.from_dict(v) for k, v in intensity.items()}
+        weights = strip_prefix("autoencoder.", all_weights)
+    autoencoder = VQAutoencoder(config.autoencoder)
+    if weights is not None:
+        autoencoder.load_state_dict(weights)
+    return frozen(autoencoder)
+
+
+class GuidanceMapsConfig(Config):
+    """Config fields of the two maps (baselines: both off by default)."""
+
+    use_attention_map: bool = Field(False, description="M_sigma: the attention segmenter's mask of the CT")
+    use_attenuation_map: bool = Field(False, description="M_mu = exp(-mu L) from the CT in HU and its kVp")
+    segmenter_checkpoint: str | None = Field(None, description="an attention run's model folder")
+    segmenter: SegmenterConfig | None = Field(None, description="filled in from the checkpoint")
+    segmenter_ct_transform: IntensityTransform | None = Field(None, description="filled in from the checkpoint")
+    attention_threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class GuidanceMaps:
+    """Mixin for a :class:`~petsynth.methods.base.Method` whose config has the :class:`GuidanceMapsConfig`
+    fields and a ``transforms`` dict: call :meth:`_build_maps` in ``__init__``, then :meth:`maps`."""
+
+    def _build_maps(self, config: Any, load_parts: bool) -> None:
+        """Load the frozen segmenter (when the attention map is on) and set ``needs_mu_map``."""
+        if (config.use_attention_map or config.use_attenuation_map) and self.task == "mr2pet":
+            raise MethodError(f"{self.name}: the attention and attenuation maps are computed from a CT; "
+                              "task mr2pet has none (use_attention_map / use_attenuation_map: false)")
+        self.needs_mu_map = config.use_attenuation_map
+        if config.use_attention_map:
+            weights = None
+            if config.segmenter is None or (load_parts and config.segmenter_checkpoint):
+                if not config.segmenter_checkpoint:
+                    raise MethodError(f"{self.name} with the attention map needs segmenter_checkpoint (an "
+                                      "attention model folder: `petsynth train attention`), or "
+                                      "use_attention_map: false")
+                cfg, all_weights, intensity = load_part(config.segmenter_checkpoint, "attention",
+                                                        "segmenter_checkpoint")
+                config.segmenter = SegmenterConfig.from_dict(cfg["segmenter"])
+                config.segmenter_ct_transform = IntensityTransform.from_dict(intensity["ct"])
+                weights = strip_prefix("segmenter.", all_weights)
+            self.segmenter = build_segmenter(config.segmenter)
+            if weights is not None:
+                self.segmenter.load_state_dict(weights)
+            frozen(self.segmenter)
+
+    @property
+    def num_maps(self) -> int:
+        return int(self.config.use_attention_map) + int(self.config.use_attenuation_map)
+
+    @torch.no_grad()
+    def maps(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """The guidance maps (B, num_maps, H, W): M_sigma (segmenter on the CT) then M_mu (from the batch);
+        None when both are off."""
+        maps = []
+        if self.config.use_attention_map:
+            ct = ct_of(batch, self.task)
+            seg_ct = self.config.segmenter_ct_transform or self.config.transforms["source"]
+            maps.append(binarize(probability(self.segmenter(seg_ct.forward(ct))), self.config.attention_threshold))
+        if self.config.use_attenuation_map:
+            if "mu_map" not in batch:
+                raise ValueError("the batch has no 'mu_map': build batches with petsynth.data.batch.Collate"
+                                 "(task, mu_map=True) or add_mu_map()")
+            maps.append(batch["mu_map"].to(ct_of(batch, self.task).dtype))
+        return torch.cat(maps, dim=1) if maps else None
