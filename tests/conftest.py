@@ -1,8 +1,25 @@
-"""Suite-wide settings: one torch thread (tiny tensors gain nothing from two, and two OpenMP threads stall
-badly when the other core is busy, e.g. under a DataLoader or a parallel process)."""
+"""Suite-wide settings and shared fixtures.
+
+One torch thread: tiny tensors gain nothing from two, and two OpenMP threads stall badly when the other core
+is busy (a DataLoader, a parallel process). ``tiny_dataset`` (3 phantom PET/CT studies at 32x32) and
+``tiny_parts`` (a vqgan and an attention model after two steps) are shared by the training tests.
+"""
 
 import pytest
 import torch
+
+TINY_AE = {"autoencoder": {"base_channels": 8, "norm_num_groups": 4, "codebook_size": 32},
+           "discriminator": {"channels": 8}, "discriminator_start": 2}
+TINY_SEG = {"segmenter": {"decoder_channels": [16, 8, 8, 8, 8]}}
+TINY_DENOISER = {"channels": [16, 32], "attention_levels": [False, True], "num_head_channels": 16,
+                 "norm_num_groups": 8}
+
+
+def tiny_train_config(**kw):
+    from petsynth.train.trainer import TrainConfig
+
+    base = dict(steps=4, batch_size=4, checkpoint_every=2, validate_every=2, log_every=1, val_batches=1)
+    return TrainConfig(**{**base, **kw})
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -11,3 +28,27 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    from petsynth.data.phantom import write_studies
+    from petsynth.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_studies(root / "raw", task="ct2pet", studies=3, seed=5, fmt="dicom", preset="tiny")
+    prepare_dataset([root / "raw"], root / "ds", "ct2pet", size=32, key=b"k")
+    return root / "ds"
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tiny_dataset, tmp_path_factory):
+    """Model folders of a vqgan and an attention run of 2 steps (CPDM/LDM prerequisites); read-only."""
+    from petsynth.train.trainer import RunConfig, train
+
+    root = tmp_path_factory.mktemp("parts")
+    cfg = tiny_train_config(steps=2)
+    ae = train(RunConfig(method="vqgan", data=str(tiny_dataset), method_config=TINY_AE, train=cfg), root / "vq")
+    seg = train(RunConfig(method="attention", data=str(tiny_dataset), method_config=TINY_SEG, train=cfg),
+                root / "att")
+    return ae, seg

@@ -8,55 +8,31 @@ from torch import nn
 
 from petsynth.config import ConfigError
 from petsynth.data.batch import Collate
-from petsynth.data.phantom import write_studies
-from petsynth.data.prepare import prepare_dataset
 from petsynth.data.store import open_dataset
 from petsynth.methods import build_method, load_method
 from petsynth.methods.base import MethodError
 from petsynth.methods.ldm import ddim_sample
 from petsynth.nn.unet import UNetConfig, build_unet
-from petsynth.train.trainer import RunConfig, TrainConfig, train
+from petsynth.train.trainer import RunConfig, train
+from conftest import TINY_DENOISER, tiny_train_config
 
-TINY_AE = {"autoencoder": {"base_channels": 8, "norm_num_groups": 4, "codebook_size": 32},
-           "discriminator": {"channels": 8}, "discriminator_start": 100}
-TINY_SEG = {"segmenter": {"decoder_channels": [16, 8, 8, 8, 8]}}
 TINY_UNET = {"unet": {"features": [4, 8, 16, 32, 64, 4]}}
 TINY_P2P = {"generator": {"num_downs": 5, "base_channels": 8}, "discriminator": {"channels": 8}}
-TINY_DENOISER = {"channels": [16, 32], "attention_levels": [False, True], "num_head_channels": 16,
-                 "norm_num_groups": 8}
 MAPS = {"use_attention_map": True, "use_attenuation_map": True}
 
 
 def _train_cfg(**kw):
-    base = dict(steps=2, batch_size=4, checkpoint_every=2, validate_every=2, log_every=1, val_batches=1)
-    return TrainConfig(**{**base, **kw})
+    return tiny_train_config(**{"steps": 2, **kw})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster than two on a shared CPU (no spinning on a busy core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="session")
+def dataset(tiny_dataset):
+    return tiny_dataset
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("baselines")
-    write_studies(root / "raw", task="ct2pet", studies=3, seed=5, fmt="dicom", preset="tiny")
-    prepare_dataset([root / "raw"], root / "ds", "ct2pet", size=32, key=b"k")
-    return root / "ds"
-
-
-@pytest.fixture(scope="module")
-def parts(dataset, tmp_path_factory):
-    """A vqgan and an attention model after two steps (the latent space and the M_sigma segmenter)."""
-    root = tmp_path_factory.mktemp("parts")
-    ae = train(RunConfig(method="vqgan", data=str(dataset), method_config=TINY_AE, train=_train_cfg()), root / "vq")
-    seg = train(RunConfig(method="attention", data=str(dataset), method_config=TINY_SEG, train=_train_cfg()),
-                root / "att")
-    return ae, seg
+@pytest.fixture(scope="session")
+def parts(tiny_parts):
+    return tiny_parts
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """One trainer for all methods: CPDM's three stages on phantoms, exact resume, DDP over two gloo processes,
 errors for mismatched data and configs, and self-contained checkpoints that translate to SUV."""
 
+import shutil
 import socket
 
 import numpy as np
@@ -9,43 +10,25 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from petsynth.data.batch import Collate
-from petsynth.data.phantom import write_studies
-from petsynth.data.prepare import prepare_dataset
 from petsynth.data.store import open_dataset
 from petsynth.methods import build_method, load_method
 from petsynth.methods.base import MethodError
 from petsynth.physics.attenuation import attenuation_map
-from petsynth.train.trainer import RunConfig, TrainConfig, TrainError, Trainer, make_run_config, sample_indices, train
+from petsynth.train.trainer import RunConfig, TrainError, Trainer, make_run_config, sample_indices, train
+from conftest import TINY_AE, TINY_DENOISER, tiny_train_config
 
-TINY_AE = {"autoencoder": {"base_channels": 8, "norm_num_groups": 4, "codebook_size": 32},
-           "discriminator": {"channels": 8}, "discriminator_start": 2}
-TINY_SEG = {"segmenter": {"decoder_channels": [16, 8, 8, 8, 8]}}
-TINY_DENOISER = {"channels": [16, 32], "attention_levels": [False, True], "num_head_channels": 16,
-                 "norm_num_groups": 8}
 PIXEL = {"pixel_space": True, "use_attention_map": False, "denoiser": TINY_DENOISER, "sample_steps": 3}
+_train_cfg = tiny_train_config
 
 
-def _train_cfg(**kw):
-    base = dict(steps=4, batch_size=4, checkpoint_every=2, validate_every=2, log_every=1, val_batches=1)
-    return TrainConfig(**{**base, **kw})
+@pytest.fixture(scope="session")
+def dataset(tiny_dataset):
+    return tiny_dataset
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    write_studies(root / "raw", task="ct2pet", studies=3, seed=5, fmt="dicom", preset="tiny")
-    prepare_dataset([root / "raw"], root / "ds", "ct2pet", size=32, key=b"k")
-    return root / "ds"
-
-
-@pytest.fixture(scope="module")
-def parts(dataset, tmp_path_factory):
-    """A vqgan and an attention model trained for a few steps (the CPDM prerequisites)."""
-    root = tmp_path_factory.mktemp("parts")
-    ae = train(RunConfig(method="vqgan", data=str(dataset), method_config=TINY_AE, train=_train_cfg()), root / "vq")
-    seg = train(RunConfig(method="attention", data=str(dataset), method_config=TINY_SEG, train=_train_cfg()),
-                root / "att")
-    return ae, seg
+@pytest.fixture(scope="session")
+def parts(tiny_parts):
+    return tiny_parts
 
 
 def test_data_order_is_a_pure_function_of_seed_and_position():
@@ -65,7 +48,7 @@ def test_collate_adds_the_attenuation_map_from_hu_and_kvp(dataset):
 
 
 def test_cpdm_stages_train_save_reload_and_translate_in_suv(dataset, parts, tmp_path):
-    ae, seg = parts
+    ae, seg = (shutil.copytree(p.parent, tmp_path / p.parent.name) / "model" for p in parts)  # deleted below
     for stage in (ae, seg):
         assert (stage / "weights.safetensors").is_file() and (stage.parent / "curves.png").is_file()
     cfg = {"autoencoder_checkpoint": str(ae), "segmenter_checkpoint": str(seg), "denoiser": TINY_DENOISER,
@@ -75,7 +58,6 @@ def test_cpdm_stages_train_save_reload_and_translate_in_suv(dataset, parts, tmp_
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert (run / "val" / "step_00000004.png").is_file() and (run / "log.csv").read_text().count("\n") == 5
     # self-contained: the autoencoder and segmenter are inside, their folders are not needed any more
-    import shutil
     shutil.rmtree(ae.parent)
     method = load_method(model, task="ct2pet")
     assert method.config.autoencoder is not None and method.config.segmenter is not None

@@ -29,7 +29,7 @@ from petsynth.data.batch import ct_of
 from petsynth.data.intensity import IntensityTransform
 from petsynth.diffusion import BrownianBridge
 from petsynth.methods.base import Method, MethodError, register
-from petsynth.methods.parts import GuidanceMaps, frozen_autoencoder
+from petsynth.methods.parts import GuidanceMaps, LatentSpace, frozen_autoencoder
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
@@ -63,7 +63,7 @@ class CPDMConfig(Config):
 
 
 @register
-class CPDM(GuidanceMaps, Method):
+class CPDM(LatentSpace, GuidanceMaps, Method):
     name = "cpdm"
     summary = "latent Brownian bridge CT -> PET with the Attention and Attenuation maps (CPDM)"
     tasks = ("ct2pet",)
@@ -99,20 +99,10 @@ class CPDM(GuidanceMaps, Method):
     def intensity_transforms(self) -> dict[str, IntensityTransform]:
         return dict(self.config.transforms)
 
-    def ema_module_names(self) -> list[str]:
-        return [n for n in ("denoiser", "map_encoder") if hasattr(self, n)]
 
     def _ct_network(self, ct_hu: torch.Tensor) -> torch.Tensor:
         return self.config.transforms["source"].forward(ct_hu)
 
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Network-unit images (B, 1, H, W) -> bridge space (the latent, or the image in pixel space)."""
-        return images if self.config.pixel_space else self.autoencoder.to_latent(images)
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z if self.config.pixel_space else self.autoencoder.from_latent(z)
 
     def _model_fn(self, cond: torch.Tensor | None):
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from pydantic import Field
 from petsynth.config import Config
 from petsynth.data.intensity import IntensityTransform, default_transforms
 from petsynth.methods.base import Method, MethodError, register
-from petsynth.methods.parts import GuidanceMaps, GuidanceMapsConfig, frozen_autoencoder
+from petsynth.methods.parts import GuidanceMaps, LatentSpace, GuidanceMapsConfig, frozen_autoencoder
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
@@ -87,7 +87,7 @@ def ddim_sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
 
 
 @register
-class LDM(GuidanceMaps, Method):
+class LDM(LatentSpace, GuidanceMaps, Method):
     name = "ldm"
     summary = "conditional latent diffusion (DDPM training, DDIM sampling) given the source latent; optional maps"
     tasks = ("ct2pet", "mr2pet", "lpet2spet")
@@ -117,18 +117,8 @@ class LDM(GuidanceMaps, Method):
     def intensity_transforms(self) -> dict[str, IntensityTransform]:
         return dict(self.config.transforms)
 
-    def ema_module_names(self) -> list[str]:
-        return [n for n in ("denoiser", "map_encoder") if hasattr(self, n)]
 
     # --- spaces ---------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Network-unit images (B, 1, H, W) -> unscaled diffusion space (the latent, or the image)."""
-        return images if self.config.pixel_space else self.autoencoder.to_latent(images)
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z if self.config.pixel_space else self.autoencoder.from_latent(z)
 
     @property
     def scale(self) -> float:

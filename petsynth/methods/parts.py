@@ -121,3 +121,21 @@ class GuidanceMaps:
                                  "(task, mu_map=True) or add_mu_map()")
             maps.append(batch["mu_map"].to(ct_of(batch, self.task).dtype))
         return torch.cat(maps, dim=1) if maps else None
+
+
+class LatentSpace:
+    """Mixin for a diffusion method with an optional frozen ``autoencoder`` (config flag ``pixel_space``):
+    the space its process runs in, and the networks its EMA follows."""
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Network-unit images (B, 1, H, W) -> diffusion space (the VQ latent, or the image in pixel space)."""
+        return images if self.config.pixel_space else self.autoencoder.to_latent(images)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Diffusion space -> network-unit images."""
+        return z if self.config.pixel_space else self.autoencoder.from_latent(z)
+
+    def ema_module_names(self) -> list[str]:
+        return [n for n in ("denoiser", "map_encoder") if hasattr(self, n)]
