@@ -99,8 +99,9 @@ def test_resume_equals_an_uninterrupted_run(dataset, tmp_path):
     whole = train(RunConfig(**cfg, train=_train_cfg(steps=4)), tmp_path / "whole")
     train(RunConfig(**cfg, train=_train_cfg(steps=2)), tmp_path / "split")  # "killed" after step 2
     resumed = train(RunConfig(**cfg, train=_train_cfg(steps=4)), tmp_path / "split", resume=True)
-    a, b = load_file(whole / "weights.safetensors"), load_file(resumed / "weights.safetensors")
-    assert a.keys() == b.keys() and any(k.startswith("ema/") for k in a)
+    a = load_file(whole.parent / "checkpoints" / "step_00000004" / "weights.safetensors")
+    b = load_file(resumed.parent / "checkpoints" / "step_00000004" / "weights.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("ema/") for k in a) and any(k.startswith("optim.") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     log = (tmp_path / "split" / "log.csv").read_text().splitlines()

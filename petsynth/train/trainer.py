@@ -5,7 +5,7 @@ Run folder::
     RUN/
       run.yaml                       the run config (method, task, data, method config, training settings)
       checkpoints/step_00000500/     checkpoint format of petsynth.train.checkpoint, plus training state
-      model/                         the exported model (EMA weights when EMA is on), written at the end
+      model/                         the exported model (EMA weights in place of the raw ones), at the end
       log.csv, val.csv               losses / learning rate / speed per logged step; validation metrics
       tensorboard/                   the same scalars, when the tensorboard package is installed
       curves.png                     loss and validation SSIM, PSNR, MAE over steps
@@ -332,11 +332,12 @@ class Trainer:
                 _truncate_csv(self.out / name, self.step)
 
     def export(self) -> Path:
-        """Write RUN/model: the weights to translate with (EMA where kept) and the card, no optimiser."""
-        weights = {"model": self.method.state_dict()}
+        """Write RUN/model: the weights to translate with (the EMA weights where kept, in place of the raw
+        ones) and the card; no optimiser state (the checkpoints keep everything for resuming)."""
+        state = self.method.state_dict()
         if self.ema is not None:
-            weights["ema"] = self.ema.state_dict()
-        return save_checkpoint(self.out / EXPORT, self._card(), weights, overwrite=True)
+            state.update(self.ema.state_dict())
+        return save_checkpoint(self.out / EXPORT, self._card(), {"model": state}, overwrite=True)
 
     # --- the loop ---------------------------------------------------------------------------------------
     def _autocast(self):
