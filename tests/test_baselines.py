@@ -25,19 +25,9 @@ def _train_cfg(**kw):
     return tiny_train_config(**{"steps": 2, **kw})
 
 
-@pytest.fixture(scope="session")
-def dataset(tiny_dataset):
-    return tiny_dataset
-
-
-@pytest.fixture(scope="session")
-def parts(tiny_parts):
-    return tiny_parts
-
-
 @pytest.fixture(scope="module")
-def batch(dataset):
-    items = [open_dataset(dataset).split("test")[i] for i in range(2)]
+def batch(tiny_dataset):
+    items = [open_dataset(tiny_dataset).split("test")[i] for i in range(2)]
     return Collate("ct2pet", mu_map=True)(items)
 
 
@@ -84,8 +74,8 @@ def test_cascade_has_one_unet_per_stage_and_refines_the_first(batch):
         build_method("unet", {**TINY_UNET, "stages": 7})
 
 
-def test_maps_are_extra_input_channels(parts, batch):
-    _, seg = parts
+def test_maps_are_extra_input_channels(tiny_parts, batch):
+    _, seg = tiny_parts
     cfg = {**MAPS, "segmenter_checkpoint": str(seg)}
     unet = build_method("unet", {**TINY_UNET, **cfg, "stages": 2})
     assert unet.needs_mu_map and unet.maps(batch).shape == (2, 2, 32, 32)
@@ -118,13 +108,13 @@ def test_unet_regression_lowers_its_mse_on_a_fixed_batch(batch):
 
 
 @pytest.mark.parametrize("name", ["unet", "pix2pix", "ldm"])
-def test_baseline_trains_saves_reloads_and_translates_in_suv(name, dataset, parts, batch, tmp_path):
-    ae, seg = parts
+def test_baseline_trains_saves_reloads_and_translates_in_suv(name, tiny_dataset, tiny_parts, batch, tmp_path):
+    ae, seg = tiny_parts
     cfg = {"unet": {**TINY_UNET, "stages": 2, **MAPS, "segmenter_checkpoint": str(seg)},
            "pix2pix": TINY_P2P,
            "ldm": {"autoencoder_checkpoint": str(ae), "use_attenuation_map": True, "denoiser": TINY_DENOISER,
                    "sample_steps": 3}}[name]
-    model = train(RunConfig(method=name, data=str(dataset), method_config=cfg, train=_train_cfg()), tmp_path / "r")
+    model = train(RunConfig(method=name, data=str(tiny_dataset), method_config=cfg, train=_train_cfg()), tmp_path / "r")
     assert (tmp_path / "r" / "val" / "step_00000002.png").is_file()
     log = (tmp_path / "r" / "log.csv").read_text()
     assert {"unet": "stage2_mse", "pix2pix": "discriminator_loss", "ldm": "loss"}[name] in log.splitlines()[0]

@@ -21,16 +21,6 @@ PIXEL = {"pixel_space": True, "use_attention_map": False, "denoiser": TINY_DENOI
 _train_cfg = tiny_train_config
 
 
-@pytest.fixture(scope="session")
-def dataset(tiny_dataset):
-    return tiny_dataset
-
-
-@pytest.fixture(scope="session")
-def parts(tiny_parts):
-    return tiny_parts
-
-
 def test_data_order_is_a_pure_function_of_seed_and_position():
     a = sample_indices(10, seed=3, start=0, count=25)
     assert sorted(a[:10]) == list(range(10)) and sorted(a[10:20]) == list(range(10))  # each epoch a permutation
@@ -38,8 +28,8 @@ def test_data_order_is_a_pure_function_of_seed_and_position():
     assert sample_indices(10, seed=4, start=0, count=10) != a[:10]
 
 
-def test_collate_adds_the_attenuation_map_from_hu_and_kvp(dataset):
-    items = [open_dataset(dataset)[i] for i in (0, 5)]
+def test_collate_adds_the_attenuation_map_from_hu_and_kvp(tiny_dataset):
+    items = [open_dataset(tiny_dataset)[i] for i in (0, 5)]
     batch = Collate("ct2pet", mu_map=True)(items)
     assert batch["source"].shape == (2, 1, 32, 32) and batch["target"].dtype == torch.float32
     for k, it in enumerate(items):
@@ -47,13 +37,13 @@ def test_collate_adds_the_attenuation_map_from_hu_and_kvp(dataset):
         np.testing.assert_allclose(batch["mu_map"][k, 0].numpy(), want, rtol=1e-5)
 
 
-def test_cpdm_stages_train_save_reload_and_translate_in_suv(dataset, parts, tmp_path):
-    ae, seg = (shutil.copytree(p.parent, tmp_path / p.parent.name) / "model" for p in parts)  # deleted below
+def test_cpdm_stages_train_save_reload_and_translate_in_suv(tiny_dataset, tiny_parts, tmp_path):
+    ae, seg = (shutil.copytree(p.parent, tmp_path / p.parent.name) / "model" for p in tiny_parts)  # deleted below
     for stage in (ae, seg):
         assert (stage / "weights.safetensors").is_file() and (stage.parent / "curves.png").is_file()
     cfg = {"autoencoder_checkpoint": str(ae), "segmenter_checkpoint": str(seg), "denoiser": TINY_DENOISER,
            "sample_steps": 3}
-    model = train(RunConfig(method="cpdm", data=str(dataset), method_config=cfg, train=_train_cfg()), tmp_path / "c")
+    model = train(RunConfig(method="cpdm", data=str(tiny_dataset), method_config=cfg, train=_train_cfg()), tmp_path / "c")
     run = tmp_path / "c"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert (run / "val" / "step_00000004.png").is_file() and (run / "log.csv").read_text().count("\n") == 5
@@ -61,7 +51,7 @@ def test_cpdm_stages_train_save_reload_and_translate_in_suv(dataset, parts, tmp_
     shutil.rmtree(ae.parent)
     method = load_method(model, task="ct2pet")
     assert method.config.autoencoder is not None and method.config.segmenter is not None
-    items = [open_dataset(dataset).split("test")[i] for i in range(2)]
+    items = [open_dataset(tiny_dataset).split("test")[i] for i in range(2)]
     batch = Collate("ct2pet", mu_map=True)(items)
     pet = method.translate(batch, steps=2)
     assert pet.shape == (2, 1, 32, 32) and torch.isfinite(pet).all()
@@ -71,10 +61,10 @@ def test_cpdm_stages_train_save_reload_and_translate_in_suv(dataset, parts, tmp_
         load_method(model, task="mr2pet")
 
 
-def test_bridge_training_lowers_the_loss(dataset):
+def test_bridge_training_lowers_the_loss(tiny_dataset):
     torch.manual_seed(0)
     method = build_method("cpdm", {**PIXEL, "bridge": {"num_timesteps": 100}})
-    data = open_dataset(dataset).split("train")
+    data = open_dataset(tiny_dataset).split("train")
     batch = Collate("ct2pet", mu_map=True)([data[i] for i in range(0, len(data), max(1, len(data) // 8))][:8])
 
     def fixed_loss():
@@ -94,8 +84,8 @@ def test_bridge_training_lowers_the_loss(dataset):
     assert fixed_loss() < 0.7 * before
 
 
-def test_resume_equals_an_uninterrupted_run(dataset, tmp_path):
-    cfg = dict(method="cpdm", data=str(dataset), method_config=PIXEL)
+def test_resume_equals_an_uninterrupted_run(tiny_dataset, tmp_path):
+    cfg = dict(method="cpdm", data=str(tiny_dataset), method_config=PIXEL)
     whole = train(RunConfig(**cfg, train=_train_cfg(steps=4)), tmp_path / "whole")
     train(RunConfig(**cfg, train=_train_cfg(steps=2)), tmp_path / "split")  # "killed" after step 2
     resumed = train(RunConfig(**cfg, train=_train_cfg(steps=4)), tmp_path / "split", resume=True)
@@ -108,13 +98,13 @@ def test_resume_equals_an_uninterrupted_run(dataset, tmp_path):
     assert [line.split(",")[0] for line in log[1:]] == ["1", "2", "3", "4"]
 
 
-def test_wrong_data_or_incompatible_resume_stop_at_once(dataset, tmp_path):
+def test_wrong_data_or_incompatible_resume_stop_at_once(tiny_dataset, tmp_path):
     with pytest.raises(TrainError, match="prepared for 'ct2pet'"):
-        Trainer(RunConfig(method="vqgan", task="lpet2spet", data=str(dataset), method_config=TINY_AE,
+        Trainer(RunConfig(method="vqgan", task="lpet2spet", data=str(tiny_dataset), method_config=TINY_AE,
                           train=_train_cfg()), tmp_path / "x")
     with pytest.raises(TrainError, match="not a petsynth dataset"):
         Trainer(RunConfig(method="vqgan", data=str(tmp_path), train=_train_cfg()), tmp_path / "y")
-    run = RunConfig(method="cpdm", data=str(dataset), method_config=PIXEL, train=_train_cfg(steps=1))
+    run = RunConfig(method="cpdm", data=str(tiny_dataset), method_config=PIXEL, train=_train_cfg(steps=1))
     train(run, tmp_path / "r")
     with pytest.raises(TrainError, match="already holds a run"):
         Trainer(run, tmp_path / "r")
@@ -127,24 +117,24 @@ def test_wrong_data_or_incompatible_resume_stop_at_once(dataset, tmp_path):
         build_method("bbdm", {**PIXEL, "use_attenuation_map": True})
 
 
-def test_make_run_config_merges_file_and_overrides(dataset, tmp_path):
+def test_make_run_config_merges_file_and_overrides(tiny_dataset, tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  steps: 9\n  batch_size: 2\nmethod_config:\n  sample_steps: 4\n")
-    run = make_run_config("bbdm", dataset, config_file=f, overrides={"train.steps": 11, "method_config.eta": 1.0})
+    run = make_run_config("bbdm", tiny_dataset, config_file=f, overrides={"train.steps": 11, "method_config.eta": 1.0})
     assert (run.task, run.train.steps, run.train.batch_size) == ("ct2pet", 11, 2)
     assert run.method_config == {"sample_steps": 4, "eta": 1.0}
     with pytest.raises(Exception, match="stepz"):
-        make_run_config("bbdm", dataset, overrides={"train.stepz": 1})
+        make_run_config("bbdm", tiny_dataset, overrides={"train.stepz": 1})
 
 
-def _ddp_worker(rank, world, port, dataset, out):
+def _ddp_worker(rank, world, port, tiny_dataset, out):
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        trainer = Trainer(RunConfig(method="cpdm", data=dataset, method_config=PIXEL,
+        trainer = Trainer(RunConfig(method="cpdm", data=tiny_dataset, method_config=PIXEL,
                                     train=_train_cfg(steps=3, validate_every=100)), out)
         assert trainer.world == world
         trainer.fit()
@@ -153,11 +143,11 @@ def _ddp_worker(rank, world, port, dataset, out):
         torch.distributed.destroy_process_group()
 
 
-def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(dataset, tmp_path):
+def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(tiny_dataset, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(dataset), str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tiny_dataset), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     init = build_method("cpdm", PIXEL).state_dict()
     changed = 0
@@ -167,8 +157,8 @@ def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(dataset, tmp_path):
     assert changed > 0 and (tmp_path / "model" / "weights.safetensors").is_file()
 
 
-def test_bf16_autocast_and_gradient_accumulation_train(dataset, tmp_path):
-    run = RunConfig(method="bbdm", data=str(dataset), method_config={**PIXEL},
+def test_bf16_autocast_and_gradient_accumulation_train(tiny_dataset, tmp_path):
+    run = RunConfig(method="bbdm", data=str(tiny_dataset), method_config={**PIXEL},
                     train=_train_cfg(steps=2, precision="bf16", grad_accum=2, lr_schedule="cosine", warmup_steps=1))
     model = train(run, tmp_path / "b")
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()

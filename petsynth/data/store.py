@@ -18,7 +18,6 @@ memory until an item is read; each DataLoader worker opens its own handles.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,8 +102,6 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
     for key in SLICE_KEYS:
         if len(slice_meta.get(key, ())) != n:
             raise ValueError(f"slice metadata {key!r} must have {n} entries")
-    for stale in (Path(root) / STUDIES_DIR).glob(f".{study}.*.tmp"):  # left by a killed run of this study
-        shutil.rmtree(stale, ignore_errors=True)
     with atomic_directory(Path(root) / STUDIES_DIR / study, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         for name, a in arrays.items():

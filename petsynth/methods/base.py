@@ -102,10 +102,6 @@ class Method(torch.nn.Module):
         return Collate(self.task, mu_map=self.needs_mu_map,
                        path_length_cm=float(getattr(self.config, "mu_path_length_cm", 1.0)))
 
-    def card_extras(self) -> dict[str, Any]:
-        """Anything else worth recording in the model card."""
-        return {}
-
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: add a method to the registry under ``cls.name``."""
@@ -165,10 +161,7 @@ def load_method(path: str | Path, *, use_ema: bool = True, device: str | torch.d
     if task is not None and card.task != task:
         raise MethodError(f"{path} holds a {card.method} model for {card.task!r}, not {task!r}")
     method = build_method(card.method, card.config, task=card.task, source=f"{path}/card.yaml", load_parts=False)
-    state = dict(ckpt.weights.get("model", {}))
-    if use_ema and "ema" in ckpt.weights:
-        state.update(ckpt.weights["ema"])
-    missing, unexpected = method.load_state_dict(state, strict=False)
+    missing, unexpected = method.load_state_dict(ckpt.model_state(use_ema), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match a {card.method} model with this config "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

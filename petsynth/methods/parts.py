@@ -34,9 +34,7 @@ def load_part(path: str, method: str, what: str) -> tuple[dict[str, Any], dict[s
         raise MethodError(f"{what}: {err}") from None
     if ckpt.card.method != method:
         raise MethodError(f"{what}: {path} holds a {ckpt.card.method!r} model, not a {method!r} one")
-    weights = dict(ckpt.weights.get("model", {}))
-    weights.update(ckpt.weights.get("ema", {}))
-    return ckpt.card.config, weights, ckpt.card.intensity
+    return ckpt.card.config, ckpt.model_state(), ckpt.card.intensity
 
 
 def strip_prefix(prefix: str, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -63,6 +63,13 @@ class Checkpoint:
     weights: dict[str, dict[str, torch.Tensor]]
     path: Path | None = None
 
+    def model_state(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        """The model's state dict, with the EMA weights in place of the raw ones where kept (``use_ema``)."""
+        state = dict(self.weights.get("model", {}))
+        if use_ema:
+            state.update(self.weights.get("ema", {}))
+        return state
+
 
 def save_checkpoint(path: str | Path, card: ModelCard, weights: dict[str, dict[str, torch.Tensor]],
                     overwrite: bool = False) -> Path:

@@ -293,7 +293,7 @@ class Trainer:
                          intensity={k: t.to_dict() for k, t in self.method.intensity_transforms().items()},
                          data={"dataset": Path(self.run.data).name, "train_slices": len(self.train_data),
                                "train_studies": len(self.train_data.studies)},
-                         step=self.step, training=training or {}, notes=str(self.method.card_extras() or ""))
+                         step=self.step, training=training or {})
 
     def save_checkpoint(self) -> Path:
         weights: dict[str, dict[str, torch.Tensor]] = {"model": self.method.state_dict()}
@@ -375,7 +375,7 @@ class Trainer:
                                      "rate or check the data")
                 (loss / len(micro_batches)).backward()
                 for k, v in out.items():
-                    key = "loss" if (k == "loss" and len(self.groups) == 1) else (k if k != "loss" else f"{name}_loss")
+                    key = f"{name}_loss" if k == "loss" and len(self.groups) > 1 else k
                     logged[key] = logged.get(key, 0.0) + float(v.detach()) / len(micro_batches)
             self._all_reduce_grads(params)
             if self.cfg.grad_clip:

@@ -48,13 +48,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name beside ``path`` and move it into place on success.
 
-    A killed process leaves at most a hidden ``.NAME.*.tmp`` folder, never a partial ``path``.
+    A killed process leaves at most a hidden ``.NAME.*.tmp`` folder, never a partial ``path``; the next build
+    of the same ``path`` removes it.
     With ``overwrite``, an existing ``path`` is replaced (moved aside, then deleted).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed earlier build of this folder
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
