@@ -176,6 +176,15 @@ class PreparedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
+    def study_meta(self, study: str) -> dict[str, Any]:
+        """Per-study metadata (spacing_mm, kvp, vendor, units, dose_fraction, task, patient pseudonym)."""
+        return dict(self._attrs[study]["study_meta"])
+
+    def study_slices(self, study: str) -> range:
+        """Dataset indices of one study's slices, in slice order."""
+        s = self.studies.index(study)
+        return range(int(self._offsets[s]), int(self._offsets[s + 1]))
+
     def __getstate__(self):  # DataLoader workers open their own zarr handles
         state = dict(self.__dict__)
         state["_groups"] = {}

@@ -190,6 +190,20 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def training_geometry(dataset: Any) -> dict[str, Any]:
+    """Slice size (pixels) and median in-plane pixel spacing (mm, [dy, dx]) of a prepared dataset's slices:
+    saved in the model card so that ``translate`` resamples a CT to the scale the model was trained at."""
+    info = getattr(dataset, "info", {}) or {}
+    spacings = [dataset.study_meta(s).get("spacing_mm") for s in getattr(dataset, "studies", [])]
+    spacings = [s for s in spacings if s]
+    out: dict[str, Any] = {}
+    if "size" in info:
+        out["size"] = int(info["size"])
+    if spacings:
+        out["spacing_mm"] = [round(float(v), 4) for v in np.median(np.asarray(spacings, dtype=np.float64), axis=0)]
+    return out
+
+
 class Trainer:
     """Train one method on a prepared dataset into a run folder (see the module docstring).
 
@@ -292,7 +306,7 @@ class Trainer:
         return ModelCard(method=self.run.method, task=self.run.task, config=self.method.config.to_dict(),
                          intensity={k: t.to_dict() for k, t in self.method.intensity_transforms().items()},
                          data={"dataset": Path(self.run.data).name, "train_slices": len(self.train_data),
-                               "train_studies": len(self.train_data.studies)},
+                               "train_studies": len(self.train_data.studies), **training_geometry(self.train_data)},
                          step=self.step, training=training or {})
 
     def save_checkpoint(self) -> Path:

@@ -1,0 +1,148 @@
+"""Running a trained method over many slices: the one loop that ``translate``, ``evaluate`` and ``bench`` use.
+
+- :func:`resolve_model`: a model given as a run folder, a checkpoint folder, or a bundled model's name.
+- :func:`predict_items` / :func:`predict_dataset`: batches of dataset-style items (physical units) through
+  ``method.translate`` with the method's own collate (which computes the attenuation map from the CT), in
+  inference mode, optionally under bf16 autocast, reporting progress per batch.
+
+Threads: :func:`set_threads` sets torch's CPU threads once (``None`` keeps torch's default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from petsynth.methods.base import Method, MethodError, load_method
+from petsynth.train.checkpoint import CARD_FILE, CheckpointError
+
+#: Where the models bundled with the package live (``petsynth/models/<name>/``).
+BUNDLED_MODELS_DIR = Path(__file__).parent / "models"
+#: The small CPDM trained on phantoms that ships with the package (``petsynth demo`` uses it).
+DEMO_MODEL = "phantom-cpdm"
+
+Progress = Callable[[int, int], None]
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    if not BUNDLED_MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_MODELS_DIR.iterdir() if (p / CARD_FILE).is_file())
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """The checkpoint folder meant by ``spec``: a bundled model's name, a checkpoint folder (card.yaml +
+    weights.safetensors), or a training run folder (its ``model/``, else its latest checkpoint)."""
+    text = str(spec)
+    if text in bundled_models():
+        return BUNDLED_MODELS_DIR / text
+    path = Path(spec)
+    if not path.exists():
+        names = ", ".join(bundled_models()) or "none"
+        raise CheckpointError(f"{path}: no such model folder (bundled models: {names})")
+    if (path / CARD_FILE).is_file():
+        return path
+    if (path / "model" / CARD_FILE).is_file():
+        return path / "model"
+    checkpoints = sorted((path / "checkpoints").glob("step_*")) if (path / "checkpoints").is_dir() else []
+    if checkpoints:
+        return checkpoints[-1]
+    raise CheckpointError(f"{path} is not a petsynth model: no {CARD_FILE} in it, in {path / 'model'} or under "
+                          f"{path / 'checkpoints'} (give a run folder, RUN/model, or a bundled model name)")
+
+
+def load_model(spec: str | Path, *, task: str | None = None, device: str | torch.device = "cpu") -> Method:
+    """Load a model by :func:`resolve_model` spec; ``task`` makes a model of another task an error."""
+    path = resolve_model(spec)
+    method = load_method(path, task=task, device=device)
+    if type(method).translate is Method.translate:
+        raise MethodError(f"{path} holds a {method.name!r} model, which is a part of another method and does "
+                          "not translate images (give a cpdm, bbdm, unet, pix2pix or ldm model)")
+    method.source_path = path
+    return method
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads (None: leave torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def autocast(device: torch.device | str, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when asked (fp32 otherwise)."""
+    device_type = torch.device(device).type
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to run a method: ``steps`` and ``eta`` (diffusion methods; None = the model's defaults), slices per
+    batch, bf16 autocast, and the seed of the sampler's noise (stochastic samplers, LDM's start noise)."""
+
+    steps: int | None = None
+    eta: float | None = None
+    batch_size: int = 8
+    bf16: bool = False
+    seed: int = 0
+
+    def translate_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in (("steps", self.steps), ("eta", self.eta)) if v is not None}
+
+
+def _batches(items: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]], size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@torch.no_grad()
+def predict_items(method: Method, items: Iterable[Mapping[str, Any]], total: int | None = None,
+                  options: PredictOptions = PredictOptions(), progress: Progress | None = None,
+                  ) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """Translate dataset-style items (dicts with "source" (H, W) in physical units, "kvp", and whatever else
+    the task needs) in batches. Yields ``(batch, prediction)`` with the prediction in SUV, (B, 1, H, W),
+    float32 on the CPU; ``progress(done, total)`` is called after each batch (slices)."""
+    if options.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {options.batch_size}")
+    device = next(method.parameters()).device
+    collate = method.collate()
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    kwargs = options.translate_kwargs()
+    method.eval()
+    done = 0
+    for chunk in _batches(items, options.batch_size):
+        batch = collate(chunk)
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        with autocast(device, options.bf16):
+            pred = method.translate(batch, generator=generator, **kwargs)
+        pred = pred.float().cpu()
+        done += pred.shape[0]
+        if progress is not None:
+            progress(done, total if total is not None else done)
+        yield batch, pred
+
+
+def predict_dataset(method: Method, dataset: torch.utils.data.Dataset, options: PredictOptions = PredictOptions(),
+                    progress: Progress | None = None) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """:func:`predict_items` over a prepared dataset (or split) in index order; the dataset's task must be
+    the model's."""
+    task = getattr(dataset, "task", None)
+    if task is not None and task != method.task:
+        raise MethodError(f"the model is for {method.task!r} but the dataset is a {task!r} dataset")
+    items = (dataset[i] for i in range(len(dataset)))
+    return predict_items(method, items, total=len(dataset), options=options, progress=progress)
