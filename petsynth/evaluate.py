@@ -1,0 +1,791 @@
+"""Evaluate trained models on a prepared dataset split: the CPDM paper's Table 4 and Figure 3, in SUV.
+
+:func:`evaluate` runs each model over the split's slices (all, or ``max_slices`` evenly spaced ones, the same
+for every model) and scores each prediction against the references the dataset has:
+
+- ``real``: the dataset's target, the reconstructed PET (always);
+- ``truth``: the noise-free phantom SUV (phantom datasets only).
+
+Image metrics, per slice, in two intensity conventions (:func:`metric_specs`):
+
+- ``suv``: the images in SUVbw as stored, not clipped, with the fixed data range L = 20 SUV (the PET
+  window 0..20 SUV, :data:`SUV_WINDOW`, the methods' default target window; the same for every model so
+  numbers compare): MAE in SUV, PSNR = 10 log10(L^2 / MSE), SSIM (Gaussian 11x11, sigma 1.5, Wang 2004),
+  MS-SSIM (5 scales; slices of at least 161 px), VIF (pixel domain; at least 41 px), LPIPS (only when the
+  user supplied its weight files; never downloaded).
+- ``cpdm``: the CPDM paper's convention, stored int16 PET values divided by 2^15 - 1, data range 1, SSIM
+  with scikit-image's defaults (7x7 uniform window, sample covariance) and MAE in stored units. Datasets hold
+  SUV, not the paper's stored values, so SUV is mapped to a stored-value equivalent through the fixed
+  window: ``stored = 32767 * (clip(SUV, 0, 20) - 0) / 20`` (:func:`suv_to_cpdm_stored`): an int16 full
+  scale of 20 SUV, values above 20 saturating as an int16 would. This APPROXIMATES the paper's convention:
+  its stored values were DICOM pixel values with a per-slice rescale slope, so its numbers compare with
+  ours in kind, not in absolute value.
+
+Region metrics (SUV, against each reference): SUVmean and SUVmax of prediction and reference, their bias
+(pred - ref, SUV) and relative bias ((pred - ref) / ref), inside regions defined on the slices' labels
+(phantom datasets: "lesions" = every lesion label, and the main organs of the phantom label table) and in
+the reference's high-uptake region (SUV >= 2.5, :func:`petsynth.metrics.high_uptake_mask`). Voxels are
+pooled over a study's evaluated slices; "overall" is the mean (and population std) over the studies that
+have the region.
+
+Aggregation: per study and "overall" are the mean and population standard deviation of the per-slice
+values over the slices (non-finite per-slice values, e.g. the PSNR of identical slices or the VIF of a flat
+reference, are left out; ``n`` counts the values used).
+
+Outputs in ``out`` (each written atomically):
+
+- ``metrics.csv``: model, reference, study (or "overall"), convention, region ("" for image metrics), metric,
+  unit, data_range, mean, std, n. Image metrics: mean / std over slices, n = slices. Region rows (metric =
+  a :data:`BIAS_FIELDS` name, unit SUV or fraction): per study n = voxels, overall n = studies.
+- ``per_slice.csv``: model, reference, study, slice (the store's slice index), z_mm, one column per metric key.
+- ``table.md``: the CPDM paper's Table 4 layout per reference and convention (methods x metrics with ↑/↓,
+  best in bold, a "Diff." row with the relative gap of the best to the second best), the region biases, and
+  the data ranges and conventions stated under them.
+- ``figure.png``: its Figure 3 layout: CT | real PET | each model's PET | each model's absolute error
+  against the real PET, for a few slices, on shared colour scales.
+- ``evaluation.json``: settings, models (name, method, task, step), split, slice counts, versions.
+
+Nothing written names a file path: models by name, studies by their pseudonyms.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import petsynth
+from petsynth.data.intensity import DEFAULT_PET_WINDOW_SUV
+from petsynth.data.store import SPLITS, PreparedDataset, open_dataset
+from petsynth.inference import BUNDLED_MODELS_DIR, PredictOptions, bundled_models, load_model, predict_items
+from petsynth.methods.base import Method
+from petsynth.metrics import (
+    CPDM_PET_SCALE,
+    MS_SSIM_MIN_SIZE,
+    VIF_MIN_SIZE,
+    high_uptake_mask,
+    lpips,
+    lpips_available,
+    mae,
+    ms_ssim,
+    psnr,
+    ssim,
+    to_cpdm_scale,
+    vif,
+)
+from petsynth.metrics.suv import DEFAULT_SUV_THRESHOLD
+from petsynth.utils.files import atomic_file, atomic_write_text
+
+__all__ = [
+    "BIAS_FIELDS",
+    "EvaluationError",
+    "EvaluationReport",
+    "MetricSpec",
+    "REFERENCES",
+    "SUV_WINDOW",
+    "evaluate",
+    "label_regions",
+    "metric_specs",
+    "model_name",
+    "relative_gap",
+    "select_slices",
+    "suv_to_cpdm_stored",
+]
+
+#: Fixed SUV window: its width is the data range of the SUV-convention metrics, and it maps SUV to the CPDM
+#: paper's stored-value scale. The methods' default target window (0..20 SUV).
+SUV_WINDOW: tuple[float, float] = DEFAULT_PET_WINDOW_SUV
+#: Reference images: name -> (dataset key, description).
+REFERENCES: dict[str, tuple[str, str]] = {
+    "real": ("target", "the real (reconstructed) PET"),
+    "truth": ("truth", "the noise-free phantom truth"),
+}
+#: Organs of the phantom label table reported when a dataset has labels (those present in the slices).
+MAIN_ORGANS: tuple[str, ...] = ("brain", "grey_matter", "white_matter", "myocardium", "blood_pool", "lung",
+                                "liver", "spleen", "kidney", "bladder")
+#: Region statistics per study (the fields of :class:`petsynth.metrics.SUVBias` but n_voxels).
+BIAS_FIELDS: tuple[str, ...] = ("suvmean_ref", "suvmean_pred", "suvmean_bias", "suvmean_rel_bias",
+                                "suvmax_ref", "suvmax_pred", "suvmax_bias", "suvmax_rel_bias")
+HIGH_UPTAKE = "high_uptake"
+#: Slices shown in figure.png.
+FIGURE_ROWS = 3
+#: Display ranges of figure.png (shared by all its panels): CT in HU, PET in SUV, absolute error in SUV.
+FIGURE_CT_WINDOW: tuple[float, float] = (-250.0, 350.0)
+FIGURE_PET_WINDOW: tuple[float, float] = (0.0, 8.0)
+FIGURE_ERROR_MAX_SUV: float = 3.0
+#: LPIPS network (the lpips package's default, one of the two CPDM mentions).
+LPIPS_NET = "alex"
+
+Progress = Callable[[str, int, int], None]
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run as asked (an empty split, no models, bad settings); the message says why."""
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricSpec:
+    """One image metric in one convention."""
+
+    key: str  # column of per_slice.csv, e.g. "mae_suv"
+    name: str  # "MAE"
+    convention: str  # "suv" | "cpdm"
+    unit: str  # "SUV", "dB", "stored" or "" (unitless)
+    data_range: float
+    higher_is_better: bool
+    digits: int  # decimals in table.md
+    compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        unit = {"SUV": " [SUV]", "dB": " [dB]", "stored": " [stored]"}.get(self.unit, "")
+        return f"{self.name}{unit} {'↑' if self.higher_is_better else '↓'}"
+
+
+def suv_to_cpdm_stored(suv: torch.Tensor, window: tuple[float, float] = SUV_WINDOW) -> torch.Tensor:
+    """SUV -> the CPDM paper's stored PET scale (int16 full scale 2^15 - 1 = the window's top), as float.
+
+    ``stored = (2^15 - 1) * (clip(suv, low, high) - low) / (high - low)``; divide by 2^15 - 1
+    (:func:`petsynth.metrics.to_cpdm_scale`) for the paper's [0, 1] evaluation scale. An approximation of
+    the paper's stored values, which had a per-slice rescale slope (see the module docstring).
+    """
+    low, high = window
+    return (suv.to(torch.float64).clamp(low, high) - low) / (high - low) * CPDM_PET_SCALE
+
+
+def metric_specs(size: int, window: tuple[float, float] = SUV_WINDOW,
+                 use_lpips: bool | None = None) -> tuple[list[MetricSpec], list[str]]:
+    """The metrics that apply to ``size`` x ``size`` slices, and notes on those left out (and why).
+
+    ``use_lpips``: None = when :func:`petsynth.metrics.lpips_available` finds the weight files.
+    """
+    low, high = window
+    width = float(high - low)
+    notes: list[str] = []
+    lpips_ok = lpips_available(LPIPS_NET) if use_lpips is None else use_lpips
+    if use_lpips is None and not lpips_ok:
+        notes.append("LPIPS left out: its ImageNet weight files were not found (petsynth never downloads them; "
+                     "see petsynth.metrics.find_weights).")
+    if lpips_ok and size < 31:
+        lpips_ok = False
+        notes.append(f"LPIPS left out: AlexNet needs slices of at least 31 px, these are {size} px.")
+
+    def paper(x: torch.Tensor) -> torch.Tensor:
+        return to_cpdm_scale(suv_to_cpdm_stored(x, window))
+
+    specs = [
+        MetricSpec("mae_suv", "MAE", "suv", "SUV", width, False, 4, lambda p, r: mae(p, r, data_range=width)),
+        MetricSpec("psnr_suv", "PSNR", "suv", "dB", width, True, 2, lambda p, r: psnr(p, r, data_range=width)),
+        MetricSpec("ssim_suv", "SSIM", "suv", "", width, True, 4, lambda p, r: ssim(p, r, data_range=width)),
+    ]
+    if size >= MS_SSIM_MIN_SIZE:
+        specs.append(MetricSpec("ms_ssim_suv", "MS-SSIM", "suv", "", width, True, 4,
+                                lambda p, r: ms_ssim(p, r, data_range=width)))
+    else:
+        notes.append(f"MS-SSIM left out: 5 scales with an 11 px window need slices of at least "
+                     f"{MS_SSIM_MIN_SIZE} px, these are {size} px.")
+    if size >= VIF_MIN_SIZE:
+        specs.append(MetricSpec("vif_suv", "VIF", "suv", "", width, True, 4,
+                                lambda p, r: vif(p, r, data_range=width)))
+    else:
+        notes.append(f"VIF left out: its 4 scales need slices of at least {VIF_MIN_SIZE} px, these are {size} px.")
+    if lpips_ok:
+        specs.append(MetricSpec("lpips_suv", "LPIPS", "suv", "", width, False, 4,
+                                lambda p, r: lpips(p - low, r - low, data_range=width, net=LPIPS_NET)))
+        specs.append(MetricSpec("lpips_cpdm", "LPIPS", "cpdm", "", 1.0, False, 4,
+                                lambda p, r: lpips(paper(p), paper(r), data_range=1.0, net=LPIPS_NET)))
+    specs += [
+        MetricSpec("mae_cpdm", "MAE", "cpdm", "stored", float(CPDM_PET_SCALE), False, 2,
+                   lambda p, r: mae(suv_to_cpdm_stored(p, window), suv_to_cpdm_stored(r, window),
+                                    data_range=CPDM_PET_SCALE)),
+        MetricSpec("ssim_cpdm", "SSIM", "cpdm", "", 1.0, True, 4,
+                   lambda p, r: ssim(paper(p), paper(r), data_range=1.0, convention="cpdm")),
+        MetricSpec("psnr_cpdm", "PSNR", "cpdm", "dB", 1.0, True, 2,
+                   lambda p, r: psnr(paper(p), paper(r), data_range=1.0)),
+    ]
+    return specs, notes
+
+
+#: Column order of the tables: the SUV table, then the paper's Table 4 order (LPIPS, MAE, SSIM, PSNR).
+_TABLE_ORDER = {"suv": ("MAE", "PSNR", "SSIM", "MS-SSIM", "VIF", "LPIPS"), "cpdm": ("LPIPS", "MAE", "SSIM", "PSNR")}
+
+
+def label_regions(labels_present: Iterable[int]) -> dict[str, list[int]]:
+    """Regions (name -> label ids) of the phantom label table found among ``labels_present``: "lesions"
+    (every lesion label) and the :data:`MAIN_ORGANS`."""
+    from petsynth.data.phantom import LESION_BASE, label_table
+
+    present = {int(v) for v in labels_present}
+    regions: dict[str, list[int]] = {}
+    lesions = sorted(v for v in present if v >= LESION_BASE)
+    if lesions:
+        regions["lesions"] = lesions
+    ids = {row["name"]: int(row["label"]) for row in label_table()}
+    for organ in MAIN_ORGANS:
+        if ids.get(organ) in present:
+            regions[organ] = [ids[organ]]
+    return regions
+
+
+# --- slices, models -------------------------------------------------------------------------------------
+def select_slices(n: int, max_slices: int | None) -> list[int]:
+    """All ``n`` slice indices, or ``max_slices`` of them evenly spaced (first and last included)."""
+    if max_slices is not None and max_slices < 1:
+        raise EvaluationError(f"max_slices must be at least 1, got {max_slices}")
+    if max_slices is None or max_slices >= n:
+        return list(range(n))
+    if max_slices == 1:
+        return [(n - 1) // 2]
+    return sorted({int(math.floor(x + 0.5)) for x in np.linspace(0, n - 1, max_slices)})
+
+
+def model_name(spec: str | Path) -> str:
+    """A model's display name: a bundled model's name, else the run folder's name (for RUN/model and
+    RUN/checkpoints/step_N, RUN's name, the latter with @step_N), else the folder's name."""
+    text = str(spec)
+    if text in bundled_models():
+        return text
+    path = Path(spec).resolve()
+    if path.name == "model" and path.parent.name:
+        return path.parent.name
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}@{path.name}"
+    return path.name or text
+
+
+def _named_models(models: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, str | Path]:
+    if isinstance(models, Mapping):
+        named = {str(k): v for k, v in models.items()}
+    else:
+        if isinstance(models, (str, Path)):
+            models = [models]
+        named = {}
+        for spec in models:
+            base = name = model_name(spec)
+            k = 2
+            while name in named:
+                name, k = f"{base}-{k}", k + 1
+            named[name] = spec
+    if not named:
+        raise EvaluationError("no models to evaluate: give at least one (a run folder, a model folder or a "
+                              "bundled model's name)")
+    return named
+
+
+def _model_info(name: str, method: Method) -> dict[str, Any]:
+    card = getattr(method, "card", None)
+    source = getattr(method, "source_path", None)
+    target = method.intensity_transforms().get("target")
+    data = dict(getattr(card, "data", {}) or {})
+    return {"name": name, "method": method.name, "task": method.task, "step": getattr(card, "step", None),
+            "bundled": bool(source is not None and Path(source).resolve().parent == BUNDLED_MODELS_DIR.resolve()),
+            "trained_with_petsynth": getattr(card, "petsynth_version", None),
+            "target_window": [target.low, target.high] if target is not None else None,
+            "training_data": {k: data[k] for k in ("train_slices", "train_studies", "spacing_mm") if k in data}}
+
+
+# --- the report ------------------------------------------------------------------------------------------
+@dataclass
+class EvaluationReport:
+    """What :func:`evaluate` measured and wrote.
+
+    ``metrics``: the image metrics computed (:func:`metric_specs`); ``overall[model][reference][key]``: the
+    mean over all evaluated slices of each (keys e.g. "mae_suv", "ssim_cpdm");
+    ``regions[model][reference][region][field]``: the mean over studies of :data:`BIAS_FIELDS`; ``files``:
+    name -> path written ("metrics", "per_slice", "table", "figure", "settings").
+    """
+
+    out: Path
+    models: list[str]
+    references: list[str]
+    split: str
+    slices: int
+    studies: list[str]
+    metrics: list[MetricSpec]
+    overall: dict[str, dict[str, dict[str, float]]]
+    regions: dict[str, dict[str, dict[str, dict[str, float]]]]
+    notes: list[str]
+    files: dict[str, Path]
+    seconds: float
+
+
+def relative_gap(values: Mapping[str, float], higher_is_better: bool) -> tuple[list[str], float | None]:
+    """The best models (ties included) and the relative gap of the best to the second best value,
+    ``(best - second) / |second|`` (the paper's "Diff." row; 0 for a tie); None with fewer than two finite
+    values or a second best of 0. Non-finite values are not ranked."""
+    finite = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+    if not finite:
+        return [], None
+    ordered = sorted(finite.values(), reverse=higher_is_better)
+    winners = [k for k, v in finite.items() if v == ordered[0]]
+    if len(ordered) < 2 or ordered[1] == 0:
+        return winners, None
+    return winners, (ordered[0] - ordered[1]) / abs(ordered[1])
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float, int]:
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return math.nan, math.nan, 0
+    return float(a.mean()), float(a.std()), int(a.size)
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+def _open(data: str | Path, split: str) -> PreparedDataset:
+    if split not in (*SPLITS, "all"):
+        raise EvaluationError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or all")
+    dataset = open_dataset(data, None if split == "all" else split)
+    if len(dataset) == 0:
+        have = sorted(set(dataset.splits.values()))
+        raise EvaluationError(f"the {split!r} split of {data} has no slices (its splits: "
+                              f"{', '.join(have) or 'none recorded'}); choose another with --split")
+    return dataset
+
+
+def _figure_candidates(dataset: PreparedDataset, indices: Sequence[int], rows: int) -> list[int]:
+    """Positions (into ``indices``) of the slices to show: those with the most high-uptake voxels of the real
+    PET, one per study first."""
+    scores = []
+    for pos, i in enumerate(indices):
+        item = dataset[i]
+        target = np.asarray(item["target"], dtype=np.float64)
+        scores.append((float((target >= DEFAULT_SUV_THRESHOLD).sum()), float(target.mean()), -pos, item["study"]))
+    order = sorted(range(len(indices)), key=lambda p: scores[p][:3], reverse=True)
+    chosen, seen = [], set()
+    for p in order:
+        if scores[p][3] not in seen:
+            chosen.append(p)
+            seen.add(scores[p][3])
+        if len(chosen) == rows:
+            break
+    for p in order:
+        if len(chosen) == rows:
+            break
+        if p not in chosen:
+            chosen.append(p)
+    return sorted(chosen)
+
+
+def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str | Path, out: str | Path, *,
+             split: str = "test", options: PredictOptions = PredictOptions(), max_slices: int | None = None,
+             progress: Progress | None = None, device: str | torch.device | None = None,
+             window: tuple[float, float] = SUV_WINDOW, figure_rows: int = FIGURE_ROWS) -> EvaluationReport:
+    """Evaluate models on a prepared dataset split and write the tables, the figure and the settings.
+
+    Args:
+        models: model specs (run folders, model/checkpoint folders or bundled names), named by
+            :func:`model_name`; or a mapping name -> spec.
+        data: a prepared dataset folder (``petsynth prepare``).
+        out: folder for ``metrics.csv`` (model x reference x study|overall x metric, with convention, region,
+            unit, data range, mean, std, n), ``per_slice.csv``, ``table.md`` (Table 4 style), ``figure.png``
+            (Figure 3 style) and ``evaluation.json`` (settings, models, slice counts, versions).
+        split: "train", "val", "test" or "all".
+        options: sampling options (steps, eta, batch size, bf16, seed), the same for every model.
+        max_slices: evaluate this many evenly spaced slices of the split (the same for every model).
+        progress: ``progress(model_name, done, total)`` after each batch.
+        device: where the models run (default: CUDA when available, else CPU).
+        window: the SUV window (data range of the SUV metrics, and the map to the CPDM paper's scale).
+
+    Raises:
+        DatasetError: ``data`` is not a prepared dataset.
+        EvaluationError: an empty split, no models, bad settings.
+        MethodError / CheckpointError: a model for another task than the dataset's, or not a model.
+    """
+    start = time.perf_counter()
+    named = _named_models(models)
+    if not window[1] > window[0]:
+        raise EvaluationError(f"the SUV window must have high > low, got {window}")
+    if figure_rows < 1:
+        raise EvaluationError(f"figure_rows must be at least 1, got {figure_rows}")
+    dataset = _open(data, split)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    methods = {name: load_model(spec, task=dataset.task, device=device) for name, spec in named.items()}
+    indices = select_slices(len(dataset), max_slices)
+    first = dataset[indices[0]]
+    size = int(np.asarray(first["target"]).shape[-1])
+    references = [r for r, (key, _) in REFERENCES.items() if key in first]
+    has_labels = "labels" in first
+    specs, notes = metric_specs(size, window)
+    figure_pos = _figure_candidates(dataset, indices, figure_rows)
+    figure_set = set(figure_pos)
+
+    per_slice: list[dict[str, Any]] = []  # one row per model x reference x slice
+    regions_acc: dict[tuple[str, str, str, str], list[float]] = {}  # (model, ref, study, region) -> n, sums, maxes
+    figure_preds: dict[str, dict[int, np.ndarray]] = {name: {} for name in methods}
+    figure_items: dict[int, dict[str, np.ndarray]] = {}
+    labels_seen: set[int] = set()
+    timings: dict[str, float] = {}
+    for name, method in methods.items():
+        t0 = time.perf_counter()
+        items = ({**dataset[i], "_position": pos} for pos, i in enumerate(indices))
+        report = (lambda done, total, _n=name: progress(_n, done, total)) if progress is not None else None
+        for batch, pred in predict_items(method, items, total=len(indices), options=options, progress=report):
+            positions = batch["_position"]
+            pred = pred.to(torch.float64)
+            labels = batch["labels"].cpu().to(torch.int64) if has_labels else None
+            if labels is not None and name == next(iter(methods)):
+                labels_seen.update(int(v) for v in torch.unique(labels))
+            for ref_name in references:
+                ref = batch[REFERENCES[ref_name][0]].cpu().to(torch.float64)
+                values = {s.key: s.compute(pred, ref).cpu().numpy() for s in specs}
+                for b, pos in enumerate(positions):
+                    row = {"model": name, "reference": ref_name, "study": batch["study"][b],
+                           "slice": batch["index"][b], "z_mm": batch["z_mm"][b], "position": pos}
+                    row.update({k: float(v[b]) for k, v in values.items()})
+                    per_slice.append(row)
+                _accumulate_regions(regions_acc, name, ref_name, batch["study"], pred, ref, labels)
+            for b, pos in enumerate(positions):
+                if pos in figure_set:
+                    figure_preds[name][pos] = pred[b, 0].numpy().astype(np.float32)
+                    if pos not in figure_items:
+                        figure_items[pos] = {k: batch[k][b, 0].cpu().numpy() for k in ("source", "target")}
+                        figure_items[pos].update(study=batch["study"][b], slice=batch["index"][b])
+        timings[name] = time.perf_counter() - t0
+
+    studies = list(dict.fromkeys(row["study"] for row in per_slice))
+    regions = label_regions(labels_seen) if has_labels else {}
+    region_names = [*regions, HIGH_UPTAKE]
+    slices_per_study = {s: sum(1 for r in per_slice if r["study"] == s and r["model"] == next(iter(methods))
+                               and r["reference"] == "real") for s in studies}
+    if not has_labels:
+        notes.append("The dataset has no organ/lesion labels: region biases are given for the high-uptake "
+                     f"region only (reference SUV >= {DEFAULT_SUV_THRESHOLD:g}).")
+
+    metric_rows, overall = _image_rows(per_slice, specs, list(methods), references, studies)
+    region_rows, region_overall = _region_rows(regions_acc, list(methods), references, studies, region_names)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"metrics": out / "metrics.csv", "per_slice": out / "per_slice.csv", "table": out / "table.md",
+             "figure": out / "figure.png", "settings": out / "evaluation.json"}
+    _write_csv(files["metrics"], ["model", "reference", "study", "convention", "region", "metric", "unit",
+                                  "data_range", "mean", "std", "n"], metric_rows + region_rows)
+    _write_csv(files["per_slice"], ["model", "reference", "study", "slice", "z_mm", *[s.key for s in specs]],
+               per_slice)
+    atomic_write_text(files["table"], _table_markdown(
+        dataset, split, len(indices), studies, list(methods), references, specs, overall, region_names,
+        region_overall, regions, notes, window))
+    _write_figure(files["figure"], figure_pos, figure_items, figure_preds, dataset.task, split)
+    settings = {
+        "petsynth_evaluation": 1,
+        "split": split,
+        "task": dataset.task,
+        "slice_size": size,
+        "slices_in_split": len(dataset),
+        "slices_evaluated": len(indices),
+        "max_slices": max_slices,
+        "studies": slices_per_study,
+        "references": {r: REFERENCES[r][1] for r in references},
+        "options": {"steps": options.steps, "eta": options.eta, "batch_size": options.batch_size,
+                    "bf16": options.bf16, "seed": options.seed},
+        "device": device.type,
+        "models": [_model_info(name, m) for name, m in methods.items()],
+        "seconds_per_model": {k: round(v, 3) for k, v in timings.items()},
+        "suv_window": list(window),
+        "metrics": [{"key": s.key, "name": s.name, "convention": s.convention, "unit": s.unit,
+                     "data_range": s.data_range, "higher_is_better": s.higher_is_better} for s in specs],
+        "conventions": _conventions(window),
+        "regions": {**regions, HIGH_UPTAKE: f"reference SUV >= {DEFAULT_SUV_THRESHOLD:g}"},
+        "notes": notes,
+        "figure": {"rows": [{"study": figure_items[p]["study"], "slice": figure_items[p]["slice"]}
+                            for p in figure_pos],
+                   "ct_window_hu": list(FIGURE_CT_WINDOW), "pet_window_suv": list(FIGURE_PET_WINDOW),
+                   "error_max_suv": FIGURE_ERROR_MAX_SUV},
+        "versions": {"petsynth": petsynth.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+    }
+    atomic_write_text(files["settings"], json.dumps(settings, indent=1, default=_json_default))
+    return EvaluationReport(out=out, models=list(methods), references=references, split=split,
+                            slices=len(indices), studies=studies, metrics=specs,
+                            overall=overall, regions=region_overall, notes=notes, files=files,
+                            seconds=time.perf_counter() - start)
+
+
+def _conventions(window: tuple[float, float]) -> dict[str, str]:
+    low, high = window
+    return {
+        "suv": f"SUVbw as stored, unclipped; data range {high - low:g} SUV (window {low:g}..{high:g} SUV) for PSNR, "
+               "SSIM (Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03, valid region), MS-SSIM, VIF, LPIPS; MAE in SUV",
+        "cpdm": f"CPDM paper: stored = {CPDM_PET_SCALE} * (clip(SUV, {low:g}, {high:g}) - {low:g}) / {high - low:g} "
+                f"(approximates the paper's int16 stored PET values), scale stored / {CPDM_PET_SCALE}, data range 1, "
+                "SSIM with scikit-image defaults (7x7 uniform window, sample covariance); MAE in stored units",
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _accumulate_regions(acc: dict, model: str, ref_name: str, studies: Sequence[str], pred: torch.Tensor,
+                        ref: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """Add one batch's voxels to the per-study region sums and maxima: [n, sum_pred, sum_ref, max_pred, max_ref]."""
+    from petsynth.data.phantom import LESION_BASE
+
+    masks: dict[str, torch.Tensor] = {HIGH_UPTAKE: high_uptake_mask(ref)}
+    if labels is not None:
+        masks["lesions"] = labels >= LESION_BASE
+        for organ_id, organ in _organ_ids().items():
+            masks[organ] = labels == organ_id
+    for b, study in enumerate(studies):
+        for region, mask in masks.items():
+            m = mask[b]
+            n = int(m.sum())
+            if n == 0:
+                continue
+            p, r = pred[b][m], ref[b][m]
+            a = acc.setdefault((model, ref_name, study, region), [0, 0.0, 0.0, -math.inf, -math.inf])
+            a[0] += n
+            a[1] += float(p.sum())
+            a[2] += float(r.sum())
+            a[3] = max(a[3], float(p.max()))
+            a[4] = max(a[4], float(r.max()))
+
+
+def _organ_ids() -> dict[int, str]:
+    from petsynth.data.phantom import label_table
+
+    ids = {row["name"]: int(row["label"]) for row in label_table()}
+    return {ids[o]: o for o in MAIN_ORGANS if o in ids}
+
+
+def _region_values(a: Sequence[float]) -> dict[str, float]:
+    n, sum_p, sum_r, max_p, max_r = a
+    mean_p, mean_r = sum_p / n, sum_r / n
+    rel = lambda d, ref: d / ref if ref != 0 else math.nan  # noqa: E731
+    return {"suvmean_ref": mean_r, "suvmean_pred": mean_p, "suvmean_bias": mean_p - mean_r,
+            "suvmean_rel_bias": rel(mean_p - mean_r, mean_r), "suvmax_ref": max_r, "suvmax_pred": max_p,
+            "suvmax_bias": max_p - max_r, "suvmax_rel_bias": rel(max_p - max_r, max_r)}
+
+
+def _image_rows(per_slice: list[dict], specs: list[MetricSpec], models: list[str], references: list[str],
+                studies: list[str]) -> tuple[list[dict], dict]:
+    rows, overall = [], {}
+    for model in models:
+        for ref in references:
+            mine = [r for r in per_slice if r["model"] == model and r["reference"] == ref]
+            for study in [*studies, "overall"]:
+                chosen = mine if study == "overall" else [r for r in mine if r["study"] == study]
+                for s in specs:
+                    mean, std, n = _stats([r[s.key] for r in chosen])
+                    rows.append({"model": model, "reference": ref, "study": study, "convention": s.convention,
+                                 "region": "", "metric": s.name, "unit": s.unit, "data_range": s.data_range,
+                                 "mean": mean, "std": std, "n": n})
+                    if study == "overall":
+                        overall.setdefault(model, {}).setdefault(ref, {})[s.key] = mean
+    return rows, overall
+
+
+def _region_rows(acc: dict, models: list[str], references: list[str], studies: list[str],
+                 region_names: list[str]) -> tuple[list[dict], dict]:
+    rows, overall = [], {}
+    unit = lambda f: "fraction" if f.endswith("rel_bias") else "SUV"  # noqa: E731
+    for model in models:
+        for ref in references:
+            for region in region_names:
+                per_study = {s: _region_values(acc[(model, ref, s, region)]) for s in studies
+                             if (model, ref, s, region) in acc}
+                for study, values in per_study.items():
+                    for f in BIAS_FIELDS:
+                        rows.append({"model": model, "reference": ref, "study": study, "convention": "suv",
+                                     "region": region, "metric": f, "unit": unit(f), "data_range": "",
+                                     "mean": values[f], "std": "", "n": acc[(model, ref, study, region)][0]})
+                if not per_study:
+                    continue
+                for f in BIAS_FIELDS:
+                    mean, std, n = _stats([v[f] for v in per_study.values()])
+                    rows.append({"model": model, "reference": ref, "study": "overall", "convention": "suv",
+                                 "region": region, "metric": f, "unit": unit(f), "data_range": "",
+                                 "mean": mean, "std": std, "n": n})
+                    overall.setdefault(model, {}).setdefault(ref, {}).setdefault(region, {})[f] = mean
+    return rows, overall
+
+
+# --- writers ---------------------------------------------------------------------------------------------
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # full precision: the CSV reproduces the numbers exactly
+    return value
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k, "")) for k in columns})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def format_gap(gap: float | None) -> str:
+    """The "Diff." cell: the relative gap in percent with a sign and two decimals, or "–"."""
+    return "–" if gap is None else f"{100 * gap:+.2f}%"
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
+    return f"{value:.{digits}f}"
+
+
+def _metric_table(models: list[str], specs: list[MetricSpec], values: Mapping[str, Mapping[str, float]]) -> list[str]:
+    lines = ["| Method | " + " | ".join(s.label for s in specs) + " |",
+             "|---|" + "---:|" * len(specs)]
+    winners, gaps = {}, {}
+    for s in specs:
+        winners[s.key], gaps[s.key] = relative_gap({m: values[m][s.key] for m in models}, s.higher_is_better)
+    for m in models:
+        cells = []
+        for s in specs:
+            text = _fmt(values[m][s.key], s.digits)
+            cells.append(f"**{text}**" if m in winners[s.key] and len(models) > 1 else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("| Diff. | " + " | ".join(format_gap(gaps[s.key]) for s in specs) + " |")
+    return lines
+
+
+def _bias_table(models: list[str], regions: list[str], values: Mapping[str, Mapping[str, Mapping[str, float]]]
+                ) -> list[str]:
+    """Rows: regions; columns: each model's SUVmean and SUVmax bias; bold: the smallest |relative bias|."""
+    present = [r for r in regions if any(r in values.get(m, {}) for m in models)]
+    if not present:
+        return ["(no labelled or high-uptake region in the evaluated slices)"]
+    cols = [(m, q) for m in models for q in ("suvmean", "suvmax")]
+    lines = ["| Region | " + " | ".join(f"{m}: {'SUVmean' if q == 'suvmean' else 'SUVmax'} bias" for m, q in cols)
+             + " |", "|---|" + "---:|" * len(cols)]
+    for r in present:
+        best = {}
+        for q in ("suvmean", "suvmax"):
+            absolute = {m: abs(values[m][r][f"{q}_rel_bias"]) for m in models if r in values.get(m, {})}
+            best[q], _ = relative_gap(absolute, higher_is_better=False)
+        cells = []
+        for m, q in cols:
+            v = values.get(m, {}).get(r)
+            if v is None:
+                cells.append("–")
+                continue
+            rel, bias = v[f"{q}_rel_bias"], v[f"{q}_bias"]
+            text = f"{100 * rel:+.1f}% ({bias:+.3f} SUV)" if math.isfinite(rel) else f"n/a ({bias:+.3f} SUV)"
+            cells.append(f"**{text}**" if m in best[q] and len(models) > 1 else text)
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _table_markdown(dataset: PreparedDataset, split: str, n_slices: int, studies: list[str], models: list[str],
+                    references: list[str], specs: list[MetricSpec], overall: dict, region_names: list[str],
+                    region_overall: dict, regions: dict[str, list[int]], notes: list[str],
+                    window: tuple[float, float]) -> str:
+    low, high = window
+    width = high - low
+    where = "all studies" if split == "all" else f"the {split} split"
+    lines = [f"# Evaluation: {dataset.task}, {where}, {n_slices} slices of {len(studies)} "
+             f"stud{'y' if len(studies) == 1 else 'ies'}", ""]
+    titles = {"suv": "SUV convention", "cpdm": "CPDM paper convention (Table 4)"}
+    for ref in references:
+        for convention in ("suv", "cpdm"):
+            chosen = sorted((s for s in specs if s.convention == convention),
+                            key=lambda s: _TABLE_ORDER[convention].index(s.name))
+            lines += [f"## Against {REFERENCES[ref][1]}: {titles[convention]}", ""]
+            lines += _metric_table(models, chosen, {m: overall[m][ref] for m in models})
+            lines.append("")
+    for ref in references:
+        lines += [f"## SUVmean / SUVmax bias against {REFERENCES[ref][1]}", ""]
+        lines += _bias_table(models, region_names, {m: region_overall.get(m, {}).get(ref, {}) for m in models})
+        lines.append("")
+    region_text = ", ".join(f"{k} (labels {', '.join(map(str, v))})" for k, v in regions.items())
+    lines += [
+        "## Conventions and data ranges", "",
+        f"- Values are means over the {n_slices} evaluated slices (population standard deviations and per-study "
+        "values in metrics.csv; per-slice values in per_slice.csv). Non-finite per-slice values (the PSNR of "
+        "identical slices, the VIF of a flat reference) are left out of the means. Bold: the best value per "
+        "column. ↑/↓: higher/lower is better.",
+        "- Diff.: the relative gap of the best value to the second best, (best − second) / second, per metric "
+        "(as in the CPDM paper's Table 4; negative for ↓ metrics when the best is lower).",
+        f"- SUV convention: images in SUVbw as stored, not clipped. Data range L = {width:g} SUV (the fixed PET "
+        f"window {low:g}–{high:g} SUV, the same for every model): PSNR = 10 log10(L² / MSE); SSIM with an 11×11 "
+        "Gaussian window (σ 1.5), K1 = 0.01, K2 = 0.03, averaged over the valid region (Wang et al. 2004); "
+        "MS-SSIM with the 5 standard scale weights; VIF in the pixel domain (L mapped to 255); LPIPS "
+        f"({LPIPS_NET}) on 2·SUV/L − 1. MAE in SUV.",
+        f"- CPDM paper convention: the paper divides stored int16 PET values by 2^15 − 1 = {CPDM_PET_SCALE} "
+        "(data range 1), computes SSIM with scikit-image's defaults (7×7 uniform window, sample covariance) and "
+        "reports MAE in stored units. Datasets here hold SUV, so SUV is mapped to a stored-value equivalent "
+        f"through the fixed window: stored = {CPDM_PET_SCALE} · (clip(SUV, {low:g}, {high:g}) − {low:g}) / "
+        f"{width:g} (full int16 scale = {high:g} SUV; 1 stored unit = {width / CPDM_PET_SCALE:.3g} SUV). This is "
+        "an APPROXIMATION of the paper's convention: its stored values were DICOM pixel values with a "
+        "per-slice rescale slope, so these numbers compare with the paper's in kind, not in absolute value.",
+        "- SUV bias: relative bias (pred − ref) / ref of the region's SUVmean and SUVmax, absolute bias in SUV in "
+        "brackets; voxels pooled over each study's evaluated slices, then averaged over the studies with the "
+        "region (bold: the smallest |relative bias|). Regions: "
+        + (f"{region_text} of the phantom label table; " if region_text else "")
+        + f"{HIGH_UPTAKE} = reference SUV ≥ {DEFAULT_SUV_THRESHOLD:g}.",
+    ]
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _write_figure(path: Path, positions: list[int], items: dict[int, dict[str, Any]],
+                  preds: dict[str, dict[int, np.ndarray]], task: str, split: str) -> None:
+    """CT | real PET | each model's PET | each model's |error| vs real PET, one row per chosen slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(preds)
+    source_title, source_kind = {"ct2pet": ("CT", "ct"), "lpet2spet": ("low-dose PET", "pet")}.get(
+        task, ("MR", "source"))
+    n_cols = 2 + 2 * len(models)
+    n_rows = len(positions)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.3 * n_rows + 1.2), squeeze=False,
+                             layout="constrained")
+    sources = np.stack([items[pos]["source"] for pos in positions])
+    kinds = {"ct": ("gray", *FIGURE_CT_WINDOW), "pet": ("gray_r", *FIGURE_PET_WINDOW),
+             "error": ("viridis", 0.0, FIGURE_ERROR_MAX_SUV),  # MR: the shown slices' 1st..99th percentiles
+             "source": ("gray", *(float(v) for v in np.percentile(sources, [1, 99])))}
+    mappables: dict[str, Any] = {}
+    columns: dict[str, list] = {"ct": [], "pet": [], "error": [], "source": []}
+    for r, pos in enumerate(positions):
+        real = items[pos]["target"]
+        panels = [(items[pos]["source"], source_title, source_kind), (real, "real PET", "pet")]
+        panels += [(preds[m][pos], m, "pet") for m in models]
+        panels += [(np.abs(preds[m][pos] - real), f"|error| {m}", "error") for m in models]
+        for c, (image, title, kind) in enumerate(panels):
+            ax = axes[r][c]
+            cmap, lo, hi = kinds[kind]
+            mappables[kind] = ax.imshow(image, cmap=cmap, vmin=lo, vmax=hi)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+                columns[kind].append(c)
+        axes[r][0].set_ylabel(f"{items[pos]['study']}\nslice {items[pos]['slice']}", fontsize=8)
+    for kind, label in (("ct", "CT [HU]"), ("source", "MR"), ("pet", "PET [SUV]"),
+                        ("error", "|synthetic − real| [SUV]")):
+        cols = columns[kind]
+        if not cols:
+            continue
+        fig.colorbar(mappables[kind], ax=[axes[r][c] for r in range(n_rows) for c in cols], location="bottom",
+                     shrink=0.8, aspect=30, label=label)
+    where = "all studies" if split == "all" else f"the {split} split"
+    ct_text = f"CT {FIGURE_CT_WINDOW[0]:g}..{FIGURE_CT_WINDOW[1]:g} HU, " if source_kind == "ct" else ""
+    fig.suptitle(f"Synthetic PET on {where}: {ct_text}"
+                 f"PET {FIGURE_PET_WINDOW[0]:g}..{FIGURE_PET_WINDOW[1]:g} SUV, absolute error against the real "
+                 f"PET 0..{FIGURE_ERROR_MAX_SUV:g} SUV (shared scales)", fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    with atomic_file(path, "wb") as fh:
+        fh.write(buffer.getvalue())
