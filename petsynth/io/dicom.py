@@ -143,6 +143,38 @@ def code_item(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
+#: Codes of the NM/PET Patient Orientation module (PS3.16 CID 19, 20, 21): meaning -> {scheme: code value}.
+#: SCT (SNOMED CT) is current; SRT (SNOMED-RT) is retired but still what many scanners write.
+ORIENTATION_CODES: dict[str, dict[str, str]] = {
+    "recumbent": {"SCT": "102538003", "SRT": "F-10450"},
+    "supine": {"SCT": "40199007", "SRT": "F-10340"},
+    "prone": {"SCT": "1240000", "SRT": "F-10310"},
+    "headfirst": {"SCT": "102540008", "SRT": "F-10470"},
+    "feet-first": {"SCT": "102541007", "SRT": "F-10480"},
+}
+
+
+def patient_orientation_codes(patient_position: str, scheme: Literal["SCT", "SRT"] = "SCT") -> dict[str, list]:
+    """NM/PET Patient Orientation module (PS3.3 C.8.4.6) from a PatientPosition (0018,5100) such as "HFS".
+
+    Returns PatientOrientationCodeSequence (with its modifier) and PatientGantryRelationshipCodeSequence.
+    HFS/HFP/FFS/FFP map to recumbent + supine/prone and headfirst/feet-first; anything else (decubitus,
+    empty) gives the two sequences empty (both are type 2). PET images carry these sequences *instead of*
+    PatientPosition: the two must not both be present.
+    """
+    pos = str(patient_position or "").strip().upper()
+    if len(pos) != 3 or pos[:2] not in ("HF", "FF") or pos[2] not in ("S", "P"):
+        return {"PatientOrientationCodeSequence": [], "PatientGantryRelationshipCodeSequence": []}
+
+    def code(meaning: str) -> Dataset:
+        return code_item(ORIENTATION_CODES[meaning][scheme], scheme, meaning)
+
+    orient = code("recumbent")
+    orient.PatientOrientationModifierCodeSequence = [code("supine" if pos[2] == "S" else "prone")]
+    gantry = code("headfirst" if pos[:2] == "HF" else "feet-first")
+    return {"PatientOrientationCodeSequence": [orient], "PatientGantryRelationshipCodeSequence": [gantry]}
+
+
 # --- the writer -----------------------------------------------------------------------------------------
 def _apply(ds: Dataset, fields: Mapping[str, Any] | Dataset | None) -> None:
     if fields is None:

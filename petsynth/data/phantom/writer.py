@@ -44,6 +44,7 @@ from petsynth.io.dicom import (
     dicom_datetime,
     dicom_time,
     format_ds,
+    patient_orientation_codes,
     write_series,
 )
 from petsynth.io.nifti import write_nifti
@@ -140,8 +141,6 @@ def _pt_header(study: PhantomStudy, img: Image, series_number: int, recon_name: 
     energy = Dataset()
     energy.EnergyWindowLowerLimit = "435"
     energy.EnergyWindowUpperLimit = "650"
-    orient = code_item("F-10450", "SRT", "recumbent")
-    orient.PatientOrientationModifierCodeSequence = [code_item("F-10340", "SRT", "supine")]
     hdr = {
         "ImageType": ["ORIGINAL", "PRIMARY"],
         "SeriesNumber": series_number,
@@ -164,8 +163,7 @@ def _pt_header(study: PhantomStudy, img: Image, series_number: int, recon_name: 
         "AcquisitionTerminationCondition": "TIME",
         "RadiopharmaceuticalInformationSequence": [_radiopharmaceutical(a)],
         "EnergyWindowRangeSequence": [energy],
-        "PatientOrientationCodeSequence": [orient],
-        "PatientGantryRelationshipCodeSequence": [code_item("F-10470", "SRT", "headfirst")],
+        **patient_orientation_codes("HFS", scheme="SRT"),  # as the vendors still write them
         "SliceSensitivityFactor": "1",
         "DoseCalibrationFactor": "1",
         "WindowCenter": format_ds(3.0 * a.bq_per_ml_per_suv, 8),
