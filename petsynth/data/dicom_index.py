@@ -9,6 +9,7 @@ data, no slice geometry. Nothing here reads pixels; ordering by position is done
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -36,7 +37,13 @@ IGNORED_SOP_PREFIXES: dict[str, str] = {
 _HEADER_TAGS = ["SOPClassUID", "Modality", "ImageType", "StudyInstanceUID", "SeriesInstanceUID",
                 "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
                 "CorrectedImage", "SeriesDescription", "Manufacturer", "Units", "Rows", "Columns",
-                "NumberOfFrames", "SeriesNumber", "SeriesDate", "SeriesTime", "KVP", "ActualFrameDuration"]
+                "NumberOfFrames", "SeriesNumber", "SeriesDate", "SeriesTime", "KVP", "ActualFrameDuration",
+                # read too so that loading the series need not parse the header again (InstanceHeader)
+                "RescaleSlope", "RescaleIntercept", "BitsAllocated", "BitsStored", "PixelRepresentation",
+                "SamplesPerPixel", "AcquisitionDate", "AcquisitionTime"]
+#: Uncompressed little-endian transfer syntaxes, whose pixels can be read straight from the file.
+_NATIVE_SYNTAXES = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # UID -> implicit VR
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 
 
 @dataclass
@@ -45,6 +52,28 @@ class SkippedFile:
 
     path: Path
     reason: str
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The header facts of one instance that loading its series needs, kept from the scan (one parse per file).
+
+    ``pixel_offset``/``pixel_dtype``: where the native (uncompressed little-endian) pixel data starts in the
+    file and its numpy dtype; -1/"" when the pixels must be decoded by pydicom. ``stat``: (size, mtime_ns) of
+    the file when scanned (a file changed since is read again).
+    """
+
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+    acquisition_date: str | None
+    acquisition_time: str | None
+    pixel_offset: int
+    pixel_dtype: str
+    stat: tuple[int, int]
 
 
 @dataclass
@@ -63,6 +92,8 @@ class SeriesInfo:
     rows: int = 0
     columns: int = 0
     frame_duration_ms: float = 0.0  # ActualFrameDuration (0018,1242); shorter for low-count PET series
+    #: file -> its header facts from the scan, so that loading does not parse every file twice
+    headers: dict[Path, InstanceHeader] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_files(self) -> int:
@@ -116,21 +147,74 @@ def classify_header(ds: pydicom.Dataset) -> str | None:
     return None
 
 
-def read_header(path: Path) -> pydicom.Dataset | None:
-    """Header of a DICOM file (no pixels), also without preamble; None when it is not DICOM."""
+def _pixel_data_offset(fh, ds: pydicom.Dataset) -> tuple[int, str]:
+    """(file offset, numpy dtype) of native single-frame grey pixel data right at ``fh``'s position (where
+    pydicom stopped before the pixels), or (-1, "") when the pixels need pydicom's decoders."""
+    meta = getattr(ds, "file_meta", None)
+    implicit = _NATIVE_SYNTAXES.get(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else None
+    if implicit is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return -1, ""
+    bits, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if bits not in (8, 16, 32) or stored != bits or not rows or not columns:
+        return -1, ""
+    dtype = ("<i" if ds.get("PixelRepresentation") == 1 else "<u") + str(bits // 8)
+    start = fh.tell()
+    head = fh.read(12)
+    if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
+        return -1, ""
+    if implicit:
+        (length,), offset = struct.unpack("<I", head[4:8]), start + 8
+    elif len(head) == 12 and head[4:6] in (b"OW", b"OB"):
+        (length,), offset = struct.unpack("<I", head[8:12]), start + 12
+    else:
+        return -1, ""
+    if length != rows * columns * bits // 8:  # encapsulated, multi-frame or odd: let pydicom decide
+        return -1, ""
+    return offset, dtype
+
+
+def _instance_header(path: Path, ds: pydicom.Dataset, offset: int, dtype: str) -> InstanceHeader | None:
+    try:
+        st = os.stat(path)
+        date, time = ds.get("AcquisitionDate"), ds.get("AcquisitionTime")
+        return InstanceHeader(
+            position=tuple(float(v) for v in ds.ImagePositionPatient),
+            orientation=tuple(float(v) for v in ds.ImageOrientationPatient),
+            rows=int(ds.Rows), columns=int(ds.Columns),
+            slope=float(ds.get("RescaleSlope", 1.0) or 1.0), intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+            acquisition_date=None if date is None else str(date), acquisition_time=None if time is None else str(time),
+            pixel_offset=offset, pixel_dtype=dtype, stat=(st.st_size, st.st_mtime_ns))
+    except (AttributeError, TypeError, ValueError, OSError):  # odd headers are loaded the ordinary way
+        return None
+
+
+def _read_header_offset(path: Path) -> tuple[pydicom.Dataset | None, int, str]:
+    """:func:`read_header`, with the native pixel data's offset and dtype ((-1, "") where there is none)."""
     with warnings.catch_warnings():  # malformed files warn; what matters is whether they parse
         warnings.simplefilter("ignore")
         try:
-            return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            with open(path, "rb") as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+                try:
+                    offset, dtype = _pixel_data_offset(fh, ds)
+                except Exception:  # noqa: BLE001 - the offset is only a shortcut
+                    offset, dtype = -1, ""
+                return ds, offset, dtype
         except InvalidDicomError:
             pass
         # files without preamble/meta: accept them only if they parse as DICOM with a standard SOP class
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
         except Exception:  # noqa: BLE001 - anything that does not parse is not DICOM
-            return None
+            return None, -1, ""
     sop = str(ds.get("SOPClassUID", ""))
-    return ds if sop.startswith("1.2.840.10008.") else None
+    return (ds if sop.startswith("1.2.840.10008.") else None), -1, ""
+
+
+def read_header(path: Path) -> pydicom.Dataset | None:
+    """Header of a DICOM file (no pixels), also without preamble; None when it is not DICOM."""
+    return _read_header_offset(path)[0]
 
 
 def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None] | None = None
@@ -148,9 +232,9 @@ def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None]
     series: dict[str, SeriesInfo] = {}
     skipped: list[SkippedFile] = []
     for n, path in enumerate(files, 1):
-        ds = None
+        ds, offset, dtype = None, -1, ""
         try:
-            ds = read_header(path)
+            ds, offset, dtype = _read_header_offset(path)
             if ds is None:
                 skipped.append(SkippedFile(path, "not a DICOM file"))
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never fatal
@@ -174,6 +258,9 @@ def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None]
                         rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
                         frame_duration_ms=float(ds.get("ActualFrameDuration", 0) or 0))
                 info.files.append(path)
+                header = _instance_header(path, ds, offset, dtype)
+                if header is not None:
+                    info.headers[path] = header
         if progress is not None:
             progress(n, len(files))
     studies: dict[str, StudyInfo] = defaultdict(lambda: StudyInfo(""))

@@ -7,13 +7,14 @@ RescaleIntercept are applied. CT comes out in HU, PET in SUVbw (:mod:`petsynth.d
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
-from petsynth.data.dicom_index import SeriesInfo
+from petsynth.data.dicom_index import InstanceHeader, SeriesInfo
 from petsynth.data.geometry import Geometry
 from petsynth.data.suv import SUVScale, rescaled_pixels, suv_scale
 
@@ -53,7 +54,11 @@ class SeriesVolume:
 
 
 def _orientation(ds: pydicom.Dataset) -> np.ndarray:
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+    return _axes(ds.ImageOrientationPatient)
+
+
+def _axes(orientation) -> np.ndarray:
+    iop = np.asarray([float(v) for v in orientation], dtype=np.float64)
     row, col = iop[:3], iop[3:]
     row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
     return np.stack([row, col, np.cross(row, col)], axis=1)  # columns: i, j, normal
@@ -69,6 +74,9 @@ def load_series(series: SeriesInfo | list[str | Path], modality: str | None = No
     files = list(series.files) if isinstance(series, SeriesInfo) else [Path(f) for f in series]
     if not files:
         raise SeriesError("empty series: no files")
+    headers = _scanned_headers(series, files)
+    if headers is not None:
+        return _load_scanned(series, files, headers, modality)
     datasets = [pydicom.dcmread(f) for f in files]
     modality = modality or (series.modality if isinstance(series, SeriesInfo) else str(datasets[0].Modality))
     axes = _orientation(datasets[0])
@@ -96,9 +104,100 @@ def load_series(series: SeriesInfo | list[str | Path], modality: str | None = No
     array = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
     for k, ds in enumerate(datasets):
         rescaled_pixels(ds, out=array[k])
+    return _volume(datasets[0], modality, array, step, axes, positions, irregular, files, suv)
+
+
+def _scanned_headers(series: SeriesInfo | list, files: list[Path]) -> list[InstanceHeader] | None:
+    """The headers kept by the scan for every file, when they are all there and no file changed since."""
+    if not isinstance(series, SeriesInfo) or not series.headers:
+        return None
+    headers = [series.headers.get(f) for f in files]
+    if any(h is None for h in headers):
+        return None
+    try:
+        for f, h in zip(files, headers):
+            st = os.stat(f)
+            if (st.st_size, st.st_mtime_ns) != h.stat:
+                return None
+    except OSError:
+        return None
+    return headers
+
+
+class _Acquisition(dict):
+    """The acquisition date and time of one instance, read like a header by :func:`suv_scale`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _read_native(path: Path, h: InstanceHeader, out: np.ndarray) -> bool:
+    """Fill ``out`` with the stored pixel values read straight from the file; False if that is impossible."""
+    count = h.rows * h.columns
+    with open(path, "rb") as fh:
+        fh.seek(h.pixel_offset)
+        raw = np.fromfile(fh, dtype=h.pixel_dtype, count=count)
+    if raw.size != count:
+        return False
+    out[...] = raw.reshape(h.rows, h.columns)
+    return True
+
+
+def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceHeader],
+                  modality: str | None) -> SeriesVolume:
+    """:func:`load_series` from the headers kept by the scan: each file's pixels are read once, natively
+    where the transfer syntax allows (else decoded by pydicom); only the first instance's header is read
+    again in full (spacing, SUV and scanner facts). Same checks, order and values as reading every file."""
+    modality = modality or series.modality
+    axes = _axes(headers[0].orientation)
+    h0 = headers[0]
+    for h, f in zip(headers, files):
+        if np.abs(_axes(h.orientation) - axes).max() > ORIENTATION_TOLERANCE:
+            raise SeriesError(f"{f}: ImageOrientationPatient differs from {files[0]} within one series")
+        if (h.rows, h.columns) != (h0.rows, h0.columns):
+            raise SeriesError(f"{f}: {h.rows}x{h.columns} pixels, but {files[0]} has {h0.rows}x{h0.columns}")
+    normal = axes[:, 2]
+    positions = np.array([float(np.dot(list(h.position), normal)) for h in headers])
+    order = np.argsort(positions, kind="stable")
+    positions = positions[order]
+    headers = [headers[i] for i in order]
+    files = [files[i] for i in order]
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    steps = np.diff(positions)
+    if steps.size and steps.min() < 1e-3:
+        k = int(np.argmin(steps))
+        raise SeriesError(f"{files[k]} and {files[k + 1]} lie at the same position ({positions[k]:.3f} mm "
+                          "along the slice normal): duplicate instances or two series mixed")
+    step = float(np.median(steps)) if steps.size else float(first.get("SliceThickness", 1.0) or 1.0)
+    irregular = bool(steps.size and np.abs(steps - step).max() > IRREGULAR_STEP_TOLERANCE * step)
+
+    suv = None
+    if modality == "PT":
+        others = [_Acquisition({k: v for k, v in (("AcquisitionDate", h.acquisition_date),
+                                                  ("AcquisitionTime", h.acquisition_time)) if v is not None})
+                  for h in headers[1:]]
+        suv = suv_scale([first, *others])
+    array = np.empty((len(files), h0.rows, h0.columns), dtype=np.float32)
+    for k, (f, h) in enumerate(zip(files, headers)):
+        if h.pixel_offset < 0 or not _read_native(f, h, array[k]):
+            rescaled_pixels(pydicom.dcmread(f), out=array[k])
+            continue
+        if h.slope != 1.0:  # as rescaled_pixels does
+            array[k] *= np.float32(h.slope)
+        if h.intercept != 0.0:
+            array[k] += np.float32(h.intercept)
+    return _volume(first, modality, array, step, axes, positions, irregular, files, suv)
+
+
+def _volume(first: pydicom.Dataset, modality: str, array: np.ndarray, step: float, axes: np.ndarray,
+            positions: np.ndarray, irregular: bool, files: list[Path], suv: SUVScale | None) -> SeriesVolume:
+    """The :class:`SeriesVolume` of a stacked series (``array`` rescaled, SUV factor not yet applied) whose
+    first instance in slice order is ``first``."""
     if suv is not None:
         array *= np.float32(suv.factor)
-    first = datasets[0]
     dy, dx = (float(v) for v in first.PixelSpacing)
     geometry = Geometry(shape=array.shape, spacing=(step, dy, dx),
                         origin=tuple(float(v) for v in first.ImagePositionPatient),

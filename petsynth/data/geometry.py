@@ -202,6 +202,8 @@ def resample(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str = "b
     m = to_norm @ np.linalg.inv(src.affine) @ dst.affine
     # a source axis of one voxel: inside within half a voxel of its centre, else outside (2 is off the grid)
     single = [n == 1 for n in (sx, sy, sz)]
+    if not any(single) and not (m[:3, :3] - np.diag(np.diag(m[:3, :3]))).any():
+        return _resample_separable(volume, m, src.shape, dst.shape, mode=mode, fill=fill)
     m_index = np.linalg.inv(src.affine) @ dst.affine
     ij = torch.stack(torch.meshgrid(torch.arange(ny, dtype=torch.float64), torch.arange(nx, dtype=torch.float64),
                                     indexing="ij")[::-1], dim=-1)  # (ny, nx, 2): (i, j)
@@ -243,8 +245,75 @@ def _resample_inplane(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode:
     nz = dst.shape[0]
     for k0 in range(0, nz, chunk_slices):
         k1 = min(nz, k0 + chunk_slices)
-        src_t = torch.from_numpy(np.ascontiguousarray(volume[k0:k1], dtype=np.float32))[:, None] - fill
+        src_t = torch.from_numpy(np.ascontiguousarray(volume[k0:k1], dtype=np.float32))[:, None]
+        if fill != 0:  # (subtracting and adding 0 would only copy)
+            src_t = src_t - fill
         vals = F.grid_sample(src_t, grid.expand(k1 - k0, -1, -1, -1), mode=mode, padding_mode="zeros",
-                             align_corners=True) + fill
+                             align_corners=True)
+        if fill != 0:
+            vals += fill
         out[k0:k1] = vals[:, 0].numpy()
+    return out
+
+
+def _axis_taps(norm: np.ndarray, size: int, mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The source indices and weights along one axis of grid_sample (align_corners=True, zero padding) at the
+    float32 normalised coordinates ``norm``, computed as its CPU kernel does: one (index, weight) pair per
+    tap, weight 0 (index clipped) where the tap falls off the grid."""
+    norm = np.asarray(norm, dtype=np.float32)
+    pos = ((norm + np.float32(1)) / np.float32(2)) * np.float32(size - 1)
+    if mode == "nearest":
+        taps = [(np.rint(pos).astype(np.int64), np.ones_like(pos))]
+    else:
+        lo = np.floor(pos)
+        taps = [(lo.astype(np.int64), (lo + np.float32(1)) - pos), (lo.astype(np.int64) + 1, pos - lo)]
+    out = []
+    for index, weight in taps:
+        inside = (index >= 0) & (index < size)
+        out.append((np.clip(index, 0, size - 1), np.where(inside, weight, np.float32(0)).astype(np.float32)))
+    return out
+
+
+def _support(taps: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
+    """The range of destination positions where some tap has a weight (elsewhere the result is 0)."""
+    hit = np.nonzero(np.any([w != 0 for _, w in taps], axis=0))[0]
+    return (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0)
+
+
+def _resample_separable(volume: np.ndarray, m: np.ndarray, src_shape: tuple[int, int, int],
+                        dst_shape: tuple[int, int, int], *, mode: str, fill: float,
+                        chunk_slices: int = 32) -> np.ndarray:
+    """:func:`resample` when each destination axis maps onto one source axis (``m`` diagonal: axis-aligned,
+    parallel grids): the same trilinear (or nearest) sampling as ``grid_sample`` from the same float32
+    coordinates, done axis by axis (rows, columns, then slices) on only the source slices that are used."""
+    sz, sy, sx = src_shape
+    nz, ny, nx = dst_shape
+    # normalised coordinates as the 3-D path builds its grid (float64 affine rounded to float32, then k steps
+    # added in float32)
+    gx = (np.arange(nx, dtype=np.float64) * m[0, 0] + m[0, 3]).astype(np.float32)
+    gy = (np.arange(ny, dtype=np.float64) * m[1, 1] + m[1, 3]).astype(np.float32)
+    gz = np.float32(m[2, 3]) + np.arange(nz, dtype=np.float32) * np.float32(m[2, 2])
+    tx, ty, tz = _axis_taps(gx, sx, mode), _axis_taps(gy, sy, mode), _axis_taps(gz, sz, mode)
+    used = np.unique(np.concatenate([i[w != 0] for i, w in tz]))
+    slot = np.zeros(sz, dtype=np.int64)
+    slot[used] = np.arange(used.size)
+    # only the destination rows and columns that see the source (the rest stay 0, i.e. fill)
+    y0, y1 = _support(ty)
+    x0, x1 = _support(tx)
+    ty = [(i[y0:y1], w[y0:y1]) for i, w in ty]
+    tx = [(i[x0:x1], w[x0:x1]) for i, w in tx]
+    planes = np.zeros((max(used.size, 1), ny, nx), dtype=np.float32)  # used source slices, resampled in-plane
+    for c0 in range(0, used.size, chunk_slices):
+        block = np.asarray(volume[used[c0:c0 + chunk_slices]], dtype=np.float32)
+        if fill != 0:
+            block = block - np.float32(fill)
+        rows = sum(np.take(block, i, axis=1) * w[None, :, None] for i, w in ty)
+        planes[c0:c0 + block.shape[0], y0:y1, x0:x1] = sum(np.take(rows, i, axis=2) * w[None, None, :]
+                                                            for i, w in tx)
+    out = np.empty(dst_shape, dtype=np.float32)
+    for k0 in range(0, nz, chunk_slices):
+        k = slice(k0, min(nz, k0 + chunk_slices))
+        out[k] = sum(planes[slot[i[k]]] * w[k, None, None] for i, w in tz)
+    if fill != 0:
+        out += np.float32(fill)
     return out

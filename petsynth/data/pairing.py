@@ -44,6 +44,17 @@ def slice_geometry(series: SeriesVolume, k: int) -> Geometry:
     return Geometry(shape=(1, *g.shape[1:]), spacing=g.spacing, origin=tuple(origin), direction=g.direction)
 
 
+def _slice_centres(series: SeriesVolume) -> np.ndarray:
+    """(nz, 3) world centres of every slice, as ``slice_geometry(series, k).center()`` computes them."""
+    g = series.geometry
+    nz, ny, nx = g.shape
+    normal = g.direction_matrix[:, 2]
+    origins = np.asarray(g.origin) + (series.positions_mm[:, None] - series.positions_mm[0]) * normal[None, :]
+    a = Geometry(shape=(1, ny, nx), spacing=g.spacing, origin=g.origin, direction=g.direction).affine
+    offset = np.array([(nx - 1) / 2, (ny - 1) / 2, 0.0]) @ a[:3, :3].T
+    return offset + origins
+
+
 def covered(source: SeriesVolume, points_mm: np.ndarray) -> np.ndarray:
     """Whether each world point (N, 3) lies within the source's slice coverage (half a step beyond the ends)."""
     normal = source.geometry.direction_matrix[:, 2]
@@ -81,10 +92,13 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
     """
     if source.irregular:
         raise ValueError("the source series has irregular slice steps; resampling it needs a regular grid")
-    centres = [slice_geometry(target, k).center() for k in range(target.array.shape[0])]
-    keep_idx = np.nonzero(covered(source, np.asarray(centres).reshape(-1, 3)))[0].astype(np.int64)
+    keep_idx = np.nonzero(covered(source, _slice_centres(target)))[0].astype(np.int64)
     if not target.irregular:  # one pass over the source for all slices
-        src = resample(source.array, source.geometry, target.geometry, fill=fill, mode=mode)[keep_idx]
+        src = resample(source.array, source.geometry, target.geometry, fill=fill, mode=mode)
+        if keep_idx.size and keep_idx[-1] - keep_idx[0] + 1 == keep_idx.size:  # a run of slices: a view, no copy
+            src = src[int(keep_idx[0]):int(keep_idx[-1]) + 1]
+        else:
+            src = src[keep_idx]
     elif len(keep_idx):  # exact per-slice grids (e.g. bed joins)
         src = np.stack([resample(source.array, source.geometry, slice_geometry(target, int(k)),
                                  fill=fill, mode=mode)[0] for k in keep_idx])
@@ -98,5 +112,7 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
             raise ValueError(f"target grid is {ny}x{nx}; resizing to {size}x{size} needs a square grid")
         src, tgt = resize_inplane(src, size, mode=mode), resize_inplane(tgt, size)
         dy, dx = dy * ny / size, dx * nx / size
-    return PairedSlices(source=src.astype(np.float32), target=tgt.astype(np.float32), target_index=keep_idx,
+    # both are fresh arrays already (resampled, or fancy-indexed): no copy needed
+    return PairedSlices(source=src.astype(np.float32, copy=False), target=tgt.astype(np.float32, copy=False),
+                        target_index=keep_idx,
                         z_mm=target.positions_mm[keep_idx], spacing_mm=(dy, dx))

@@ -190,13 +190,14 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         pairs = pair_slices(pet, source, fill=fill, size=size)
         if len(pairs.target_index) == 0:
             raise StudyError("no PET slice lies within the source series' coverage")
-        keep = np.arange(len(pairs.target_index))
+        keep = slice(0, len(pairs.target_index))  # a slice, not indices: the arrays below are views, not copies
         if slices_per_study is not None:
             rng = np.random.default_rng([seed, int(name[1:], 16)])  # per study, from its keyed pseudonym
             lo, hi = slices_per_study
-            n = min(len(keep), int(rng.integers(lo, hi + 1)))
-            start = int(rng.integers(0, len(keep) - n + 1))
-            keep = keep[start:start + n]  # contiguous slices, in order, as in the CPDM experiment
+            total = len(pairs.target_index)
+            n = min(total, int(rng.integers(lo, hi + 1)))
+            start = int(rng.integers(0, total - n + 1))
+            keep = slice(start, start + n)  # contiguous slices, in order, as in the CPDM experiment
         arrays = {"source": pairs.source[keep], "target": pairs.target[keep]}
         kvp = source.kvp
         if plan.guidance is not None:
@@ -212,7 +213,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
                           {"spacing_mm": list(pairs.spacing_mm), "kvp": kvp, "vendor": pet.manufacturer,
                            "units": pet.units, "dose_fraction": plan.dose_fraction, "task": task,
                            "patient": patient})
-        return StudyResult(name, patient, "ok", slices=len(keep))
+        return StudyResult(name, patient, "ok", slices=len(pairs.target_index[keep]))
     except (StudyError, SUVError, ValueError, OSError) as err:
         return StudyResult(name, patient, "failed", reason=_scrub(f"{type(err).__name__}: {err}", plan))
 
