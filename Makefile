@@ -25,6 +25,7 @@ bench: install
 	$(PY) benchmarks/bench_phantom.py --task ct2pet --preset default --studies 2
 	$(PY) benchmarks/bench_prepare.py --studies 3
 	$(PY) benchmarks/bench_cpdm.py speed
+	$(VENV)/bin/petsynth bench
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

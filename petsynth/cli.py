@@ -236,6 +236,73 @@ def train(
 
 
 @app.command()
+def evaluate(
+    models: list[str] = typer.Argument(..., help="Models to compare: run folders, model folders (RUN/model) or "
+                                       "bundled model names (phantom-cpdm)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (from `petsynth prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.csv, per_slice.csv, table.md, "
+                             "figure.png and evaluation.json."),
+    split: str = typer.Option("test", "--split", help="train, val, test or all."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps of diffusion models "
+                                        "(default: each model's)."),
+    eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="Sampler stochasticity of "
+                                        "diffusion models (0: deterministic; default: each model's)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per batch."),
+    max_slices: Optional[int] = typer.Option(None, "--max-slices", min=1, help="Evaluate this many evenly "
+                                             "spaced slices of the split (the same for every model)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the samplers' noise."),
+) -> None:
+    """Score models on a dataset split against the real PET (and the phantom truth): a CSV, a Markdown table
+    like the CPDM paper's Table 4, and an error-map figure like its Figure 3."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+    from rich.table import Table
+
+    from petsynth.data.store import DatasetError
+    from petsynth.evaluate import EvaluationError, evaluate as run_evaluation
+    from petsynth.inference import PredictOptions, set_threads
+    from petsynth.methods.base import MethodError
+    from petsynth.train.checkpoint import CheckpointError
+
+    set_threads(threads)
+    options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as bar:
+            jobs: dict[str, int] = {}
+
+            def advance(name: str, done: int, total: int) -> None:
+                if name not in jobs:
+                    jobs[name] = bar.add_task(f"evaluate {name}", total=total)
+                bar.update(jobs[name], completed=done, total=total)
+
+            report = run_evaluation(models, data, out, split=split, options=options, max_slices=max_slices,
+                                    progress=advance)
+    except (EvaluationError, DatasetError, MethodError, CheckpointError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=1) from None
+    n_studies = len(report.studies)
+    table = Table(title=f"{report.split}: {report.slices} slices of {n_studies} stud{'y' if n_studies == 1 else 'ies'} "
+                        f"({report.seconds:.0f} s); means over slices")
+    table.add_column("model")
+    table.add_column("ref")
+    for s in report.metrics:
+        table.add_column(s.label + (" (paper)" if s.convention == "cpdm" else ""), justify="right")
+    for model in report.models:
+        for ref in report.references:
+            row = report.overall[model][ref]
+            table.add_row(model, ref, *(f"{row[s.key]:.{s.digits}f}" for s in report.metrics))
+    Console().print(table)
+    for note in report.notes:
+        console.print(f"[dim]{note}[/dim]")
+    for name, path in report.files.items():
+        Console().print(f"{name:>10}: {path}")
+
+
+@app.command()
 def methods() -> None:
     """List the available methods and the tasks each can be trained for."""
     from petsynth.methods.base import available_methods, method_class
@@ -246,29 +313,171 @@ def methods() -> None:
 
 
 @app.command()
+def translate(
+    model: str = typer.Argument(..., help="A trained model: run folder, RUN/model folder, checkpoint folder, or "
+                                "the bundled 'phantom-cpdm' (phantoms only)."),
+    input: Path = typer.Argument(..., help="A DICOM study folder, a NIfTI CT (.nii.gz), or a prepared dataset."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder to create (NIfTI, DICOM series, JSON)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps of diffusion models "
+                                        "(default: the model's, 10 for CPDM)."),
+    eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="0: deterministic sampler; "
+                                        "1: CPDM's Algorithm 2 (stochastic)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per forward pass."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (fast on GPUs; slow on most CPUs)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu or cuda."),
+    kvp: Optional[float] = typer.Option(None, "--kvp", min=20.0, max=200.0, help="Tube voltage (kV) for the "
+                                        "attenuation map when the CT gives none (NIfTI); default 120."),
+    spacing: Optional[float] = typer.Option(None, "--spacing", help="In-plane output pixel spacing in mm "
+                                            "(default: the spacing the model was trained at)."),
+    split: str = typer.Option("test", "--split", help="Dataset inputs: train, val or test."),
+    dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="Also write the synthetic PET as a DICOM series."),
+    png: bool = typer.Option(False, "--png", help="Also write PNG panels of a few slices."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (stochastic samplers)."),
+    mask_body: bool = typer.Option(True, "--mask-body/--no-mask-body", help="SUV 0 outside the body (CT > -500 "
+                                   "HU, holes filled, + 10 mm); --no-mask-body keeps the network's raw output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Translate a CT study (DICOM or NIfTI) or a prepared dataset split into synthetic PET in SUV.
+
+    Writes OUT/synthetic_pet.nii.gz (it overlays the CT in a viewer), OUT/dicom/ (a PET series in the CT's
+    study, Units GML, marked synthetic and not for diagnosis), OUT/translate.json, and with --png panels."""
+    import warnings
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from petsynth.methods.base import MethodError
+    from petsynth.train.checkpoint import CheckpointError
+    from petsynth.translation import TranslateError, translate as run_translate
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as bar, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            job = bar.add_task("translate", total=None)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(job, completed=done, total=total, description="translating slices")
+
+            result = run_translate(model, input, out, steps=steps, eta=eta, batch_size=batch_size, bf16=bf16,
+                                   threads=threads, kvp=kvp, spacing_mm=spacing, split=split, write_dicom=dicom,
+                                   png=png, seed=seed, overwrite=overwrite, mask_body=mask_body, device=device,
+                                   progress=advance,
+                                   say=lambda msg: bar.update(job, description=msg))
+        for w in caught:
+            console.print(f"[yellow]warning:[/yellow] {w.message}")
+    except (TranslateError, MethodError, CheckpointError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=1) from None
+    console.print(f"translated {result.slices} slices in {result.seconds:.1f} s "
+                  f"({result.seconds / max(result.slices, 1):.3f} s/slice) into {result.out_dir}")
+    for name, path in result.files.items():
+        Console().print(f"{name:>10}: {path}")
+    if result.info.get("model", {}).get("name") == "phantom-cpdm":
+        console.print("[yellow]phantom-cpdm knows digital phantoms only: its output for a real patient means "
+                      "nothing. Train on real data with `petsynth prepare` and `petsynth train`.[/yellow]")
+
+
+@app.command()
+def bench(
+    model: str = typer.Option("phantom-cpdm", "--model", help="Model to time (default: the bundled one)."),
+    steps: str = typer.Option("1,5,10,20", "--steps", help="Comma-separated sampling step counts."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per forward pass."),
+    slices: int = typer.Option(32, "--slices", min=1, help="Slices timed per step count."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast."),
+    prepare_studies: int = typer.Option(1, "--prepare-studies", min=0, help="Phantom studies for the prepare "
+                                        "timing (0: skip it)."),
+    study: bool = typer.Option(True, "--study/--no-study", help="Also time one whole translate of a phantom "
+                               "DICOM study, end to end."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Folder for the phantom studies (reused)."),
+) -> None:
+    """Measure on this machine: translate slices/s and seconds per 250-slice study at several step counts,
+    peak memory, and prepare pairs/s next to the pydicom floor. Prints a table; asserts nothing."""
+    import torch
+    from rich.table import Table
+
+    from petsynth import bench as b
+    from petsynth.inference import set_threads
+
+    try:
+        step_list = [int(v) for v in steps.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{steps!r}; use e.g. 1,5,10", param_hint="--steps") from None
+    set_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Console()
+    out.print(f"machine: {b.machine()}")
+    with console.status("bench") as status:
+        say = lambda msg: status.update(f"bench: {msg}")  # noqa: E731
+        rows = b.translate_speed(model, step_list, batch_size=batch_size, slices=slices, device=device,
+                                 bf16=bf16, say=say)
+        whole = b.study_translate_time(model, workdir=workdir, say=say) if study else None
+        peak = b.peak_rss_mb()
+        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+        prep = b.prepare_speed(prepare_studies, workdir=workdir, say=say) if prepare_studies else None
+    table = Table(title=f"translate: {model}, batch {batch_size}, {'bf16' if bf16 else 'fp32'}, {device}")
+    for name in ("steps", "slices/s", f"s per {b.STUDY_SLICES}-slice study"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(str(r.steps), f"{r.slices_per_s:.2f}", f"{r.seconds_per_study:.1f}")
+    out.print(table)
+    if whole:
+        out.print(f"whole translate of a phantom DICOM study (read, resample, translate, write NIfTI + DICOM; "
+                  f"default steps): {whole[0]} slices in {whole[1]:.1f} s = {whole[1] / whole[0]:.3f} s/slice")
+    out.print(f"peak memory (translate): {peak:.0f} MB resident" +
+              (f", {gpu_peak:.0f} MB GPU" if gpu_peak is not None else ""))
+    if prep:
+        out.print(f"prepare (1 worker, {prepare_studies} GE-like phantom studies, {prep.files} files, 256x256): "
+                  f"{prep.pairs} pairs in {prep.seconds:.1f} s = {prep.pairs_per_s:.1f} pairs/s; pydicom floor "
+                  f"{prep.floor_pairs_per_s:.1f} pairs/s (ratio {prep.floor_seconds / prep.seconds:.2f})")
+        out.print(f"peak memory (after prepare): {b.peak_rss_mb():.0f} MB resident")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder to write into (replaced files "
                              "inside it are overwritten)."),
     seed: int = typer.Option(0, "--seed", help="Phantom seed."),
-    preset: str = typer.Option("small", "--preset", help="Phantom size: small (default, fast) or default."),
+    preset: str = typer.Option("small", "--preset", help="Phantom size: small (default), default or tiny."),
+    model: str = typer.Option("phantom-cpdm", "--model", help="The ct2pet model (default: the bundled one)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the model's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
 ) -> None:
-    """The embedded default: a phantom PET/CT study, its attenuation map, and metrics against the truth."""
+    """The embedded default: a phantom PET/CT study, its CT translated to PET by the bundled CPDM, metrics
+    against the phantom's noise-free truth, NIfTI, DICOM and a PNG panel. No data, no download."""
     from rich.table import Table
 
     from petsynth.demo import run_demo
+    from petsynth.methods.base import MethodError
+    from petsynth.train.checkpoint import CheckpointError
+    from petsynth.translation import TranslateError
 
-    with console.status("demo") as status:
-        report = run_demo(out, seed=seed, preset=preset, progress=lambda msg: status.update(f"demo: {msg}"))
-    table = Table(title=f"petsynth demo ({report.seconds:.0f} s): reconstructed phantom PET vs noise-free truth")
+    try:
+        with console.status("demo") as status:
+            report = run_demo(out, seed=seed, preset=preset, model=model, steps=steps, threads=threads,
+                              progress=lambda msg: status.update(f"demo: {msg}"))
+    except (TranslateError, MethodError, CheckpointError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=1) from None
+    table = Table(title=f"petsynth demo ({report.seconds:.0f} s, translation {report.translate_seconds:.0f} s): "
+                        "scores against the phantom's noise-free truth")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column(f"synthetic PET ({model})", justify="right")
+    table.add_column("scanner PET (simulated)", justify="right")
     for name, value in report.metrics.items():
-        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+        ref = report.reference.get(name, "")
+        fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+        table.add_row(name, fmt(value), fmt(ref))
     Console().print(table)
     for name, path in report.files.items():
         Console().print(f"{name:>16}: {path}")
-    console.print("[yellow]The demo knows phantoms only; real use means preparing and training on real data."
-                  "[/yellow]")
+    console.print("[yellow]The bundled model knows digital phantoms only; real use means preparing your own data "
+                  "(`petsynth prepare`) and training on it (`petsynth train`).[/yellow]")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,14 @@
-"""The embedded default (``petsynth demo``): everything petsynth can do today, on a built-in phantom.
+"""The embedded default (``petsynth demo``): CT -> PET on a built-in phantom with the bundled model.
 
-No data and no download: it simulates one whole-body PET/CT phantom study, writes it as DICOM and NIfTI
-with its ground truth, computes CPDM's Attenuation map from the CT (HU and the header's kVp, resampled
-onto the PET grid in world coordinates), scores the reconstructed PET against the phantom's noise-free
-truth with petsynth's metrics (in SUV), and draws a PNG panel. Until the CT -> PET models land, the
-"PET" scored here is the simulator's own reconstruction; the demo then runs the bundled model instead.
+No data and no download: it simulates one whole-body PET/CT phantom study and writes it as DICOM and
+NIfTI with its ground truth, translates the CT (the DICOM series, as a user's study would be) with the
+bundled CPDM ``phantom-cpdm`` (trained by us on phantoms only), which writes the synthetic PET as NIfTI
+and as a DICOM series in the phantom's study, then scores the synthetic PET against the phantom's
+noise-free truth (and, for reference, the simulated scanner's own reconstruction against the same truth)
+with petsynth's metrics in SUV, and draws a PNG panel.
+
+The synthetic PET lies on the translation grid (the model's pixel spacing over the CT's field of view); it is
+resampled onto the phantom's PET grid in world coordinates for scoring.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import numpy as np
 import torch
 
 from petsynth import metrics
-from petsynth.data.phantom import make_torso, write_study
 from petsynth.data.geometry import resample
+from petsynth.data.phantom import make_torso, write_study
+from petsynth.inference import DEMO_MODEL
 from petsynth.io.nifti import write_nifti
 from petsynth.physics import attenuation_map
 from petsynth.physics.constants import HU_AIR
@@ -34,90 +39,100 @@ DEMO_HIGH_UPTAKE_SUV: float = 2.5
 
 @dataclass
 class DemoReport:
-    """What the demo wrote and measured."""
+    """What the demo wrote and measured: ``metrics[name]`` for the synthetic PET, ``reference[name]`` for the
+    simulated scanner's reconstruction, both against the noise-free truth."""
 
     out_dir: Path
     study_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    translate_seconds: float = 0.0
 
 
-def _panel(path: Path, ct: np.ndarray, mu_map: np.ndarray, pet: np.ndarray, truth: np.ndarray,
-           title: str) -> None:
-    import matplotlib
+def score(pred: np.ndarray, truth: np.ndarray, data_range: float = DEMO_SUV_RANGE,
+          high_uptake_suv: float = DEMO_HIGH_UPTAKE_SUV) -> dict[str, float]:
+    """Whole-volume scores of ``pred`` against ``truth`` (both (nz, ny, nx) SUV on one grid): the mean over the
+    slices with body in the truth of MAE (SUV), PSNR and SSIM (data range ``data_range`` SUV), and the mean
+    relative SUVmean / SUVmax bias in the truth's high-uptake region (> ``high_uptake_suv``)."""
+    pred_t = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[:, None]
+    truth_t = torch.from_numpy(np.ascontiguousarray(truth, dtype=np.float32))[:, None]
+    body = truth_t.flatten(1).amax(1) > 0.1
+    pred_t, truth_t = pred_t[body], truth_t[body]
+    bias = metrics.suv_bias(pred_t, truth_t, threshold=high_uptake_suv)
+    return {
+        "slices": int(pred_t.shape[0]),
+        "mae_suv": float(metrics.mae(pred_t, truth_t, data_range=data_range).mean()),
+        "psnr_db": float(metrics.psnr(pred_t, truth_t, data_range=data_range).mean()),
+        "ssim": float(metrics.ssim(pred_t, truth_t, data_range=data_range).mean()),
+        "suvmean_bias_high_uptake": float(torch.nanmean(bias.suvmean_bias)),
+        "suvmax_bias_high_uptake": float(torch.nanmean(bias.suvmax_bias)),
+    }
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _panel(path: Path, images: list[tuple[np.ndarray, str, str]], title: str) -> None:
+    from petsynth.io.png import save_panel
+
+    ct = images[0][0]
     rows, cols = np.nonzero(ct > -500)  # crop to the body (and table) with a margin
     if rows.size:
         r0, r1 = max(rows.min() - 4, 0), rows.max() + 5
         c0, c1 = max(cols.min() - 4, 0), cols.max() + 5
-        ct, mu_map, pet, truth = (a[r0:r1, c0:c1] for a in (ct, mu_map, pet, truth))
-    fig, axes = plt.subplots(1, 5, figsize=(17, 3.8))
-    shown = [(ct, "CT (HU)", "gray", -250, 350), (mu_map, "Attenuation map exp(-mu L)", "gray", None, None),
-             (pet, "PET (SUV)", "gray_r", 0, 8), (truth, "noise-free truth (SUV)", "gray_r", 0, 8),
-             (pet - truth, "PET - truth (SUV)", "RdBu_r", -3, 3)]
-    for ax, (img, label, cmap, lo, hi) in zip(axes, shown):
-        im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi)
-        ax.set_title(label, fontsize=10)
-        ax.axis("off")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        images = [(img[r0:r1, c0:c1], caption, kind) for img, caption, kind in images]
+    save_panel(path, [images], title=title, dpi=90)
 
 
-def run_demo(out_dir: str | Path, *, seed: int = 0, preset: str = "small", overwrite: bool = True,
+def run_demo(out_dir: str | Path, *, seed: int = 0, preset: str = "small", model: str | Path = DEMO_MODEL,
+             steps: int | None = None, threads: int | None = None, overwrite: bool = True,
              progress: Callable[[str], None] | None = None) -> DemoReport:
-    """Run the demo into ``out_dir``; returns the report (also written as ``out_dir/metrics.json``)."""
+    """Run the demo into ``out_dir``; returns the report (also written as ``out_dir/metrics.json``).
+
+    ``steps``: the model's sampling steps (None: its default); ``model``: another trained ct2pet model."""
+    from petsynth.translation import translate
+
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say("simulating a whole-body PET/CT phantom")
     study = make_torso(seed, preset=preset)
-    say("writing DICOM and NIfTI")
-    dicom_dir = write_study(study, out / "dicom", fmt="dicom", overwrite=overwrite)
-    nifti_dir = write_study(study, out / "nifti", fmt="nifti", overwrite=overwrite)
+    say("writing the phantom as DICOM and NIfTI")
+    dicom_dir = write_study(study, out / "phantom-dicom", fmt="dicom", overwrite=overwrite)
+    nifti_dir = write_study(study, out / "phantom-nifti", fmt="nifti", overwrite=overwrite)
 
-    say("attenuation map from the CT")
+    say(f"translating the CT with {model}")
+    result = translate(model, dicom_dir / "CT", out / "synthetic", steps=steps, threads=threads, png=False,
+                       overwrite=True, say=lambda msg: say(f"translate: {msg}"))
+
+    say("scoring against the phantom truth")
     ct, pet = study.images["CT"], study.images["PT"]
     kvp = float(study.acquisition.kvp)
+    synthetic = resample(result.suv, result.geometry, pet.geometry, fill=0.0)
+    truth = study.truth_images["suv_truth_blurred"].volume.astype(np.float32)
+    scores = {**score(synthetic, truth), "kvp": kvp, "data_range_suv": DEMO_SUV_RANGE,
+              "sampling_steps": result.info["options"]["steps_used"]}
+    reference = score(pet.volume.astype(np.float32), truth)
+
     ct_on_pet = resample(ct.volume.astype(np.float32), ct.geometry, pet.geometry, fill=HU_AIR)
     mu_map = attenuation_map(ct_on_pet, kvp, method="bilinear", path_length_cm=1.0)
-    mu_path = out / "attenuation_map.nii.gz"
-    write_nifti(mu_path, mu_map.astype(np.float32), pet.geometry.affine)
-
-    say("scoring the PET against the phantom truth")
-    truth = study.truth_images["suv_truth_blurred"].volume.astype(np.float32)
-    pred_t = torch.from_numpy(pet.volume.astype(np.float32))[:, None]
-    truth_t = torch.from_numpy(truth)[:, None]
-    body = truth_t.flatten(1).amax(1) > 0.1
-    pred_t, truth_t = pred_t[body], truth_t[body]
-    bias = metrics.suv_bias(pred_t, truth_t, threshold=DEMO_HIGH_UPTAKE_SUV)
-    scores = {
-        "slices": int(pred_t.shape[0]),
-        "kvp": kvp,
-        "mae_suv": float(metrics.mae(pred_t, truth_t, data_range=DEMO_SUV_RANGE).mean()),
-        "psnr_db": float(metrics.psnr(pred_t, truth_t, data_range=DEMO_SUV_RANGE).mean()),
-        "ssim": float(metrics.ssim(pred_t, truth_t, data_range=DEMO_SUV_RANGE).mean()),
-        "suvmean_bias_high_uptake": float(torch.nanmean(bias.suvmean_bias)),
-        "suvmax_bias_high_uptake": float(torch.nanmean(bias.suvmax_bias)),
-        "data_range_suv": DEMO_SUV_RANGE,
-    }
+    mu_path = write_nifti(out / "attenuation_map.nii.gz", mu_map.astype(np.float32), pet.geometry.affine)
     labels = study.truth_images["labels"].volume
     k = int(np.argmax([len(np.unique(labels[i])) for i in range(labels.shape[0])]))  # most organs in view
     panel = out / "panel.png"
-    _panel(panel, ct_on_pet[k], mu_map[k], pet.volume[k], truth[k],
-           f"phantom {study.study_id}, slice {k}, {kvp:g} kVp: reconstructed PET vs truth "
-           f"(SSIM {scores['ssim']:.3f}, MAE {scores['mae_suv']:.3f} SUV)")
-    report = DemoReport(out_dir=out, study_dir=dicom_dir,
-                        files={"dicom": dicom_dir, "nifti": nifti_dir, "attenuation_map": mu_path, "panel": panel},
-                        metrics=scores, seconds=time.perf_counter() - start)
+    _panel(panel, [(ct_on_pet[k], f"CT ({kvp:g} kVp, HU)", "ct"), (mu_map[k], "attenuation map exp(-mu L)", "map"),
+                   (synthetic[k], "synthetic PET (SUV)", "pet"), (pet.volume[k], "scanner PET (SUV)", "pet"),
+                   (truth[k], "noise-free truth (SUV)", "pet"), (synthetic[k] - truth[k], "synthetic - truth", "error")],
+           f"phantom {study.study_id}, slice {k}: {model} vs truth (SSIM {scores['ssim']:.3f}, "
+           f"MAE {scores['mae_suv']:.3f} SUV); the scanner's PET: SSIM {reference['ssim']:.3f}, "
+           f"MAE {reference['mae_suv']:.3f} SUV")
+    report = DemoReport(out_dir=out, study_dir=dicom_dir, metrics=scores, reference=reference,
+                        files={"phantom_dicom": dicom_dir, "phantom_nifti": nifti_dir,
+                               "synthetic_nifti": result.files["nifti"], "synthetic_dicom": result.files["dicom"],
+                               "attenuation_map": mu_path, "panel": panel},
+                        seconds=time.perf_counter() - start, translate_seconds=result.seconds)
     atomic_write_text(out / "metrics.json", json.dumps(
-        {"study": study.study_id, "metrics": scores, "seconds": round(report.seconds, 2),
+        {"study": study.study_id, "model": str(model), "metrics": scores, "scanner_pet_metrics": reference,
+         "seconds": round(report.seconds, 2), "translate_seconds": round(result.seconds, 2),
          "files": {k: str(v) for k, v in report.files.items()}}, indent=2))
     return report

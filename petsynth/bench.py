@@ -1,0 +1,171 @@
+"""``petsynth bench``: speed and memory of translation and of dataset preparation on this machine.
+
+- :func:`translate_speed`: slices per second of a model's translate (CT encoding, maps, sampling, decoding)
+  at several step counts, on CT slices of a phantom resampled to the model's grid, after one warm-up batch;
+  seconds per 250-slice study are 250 divided by that rate (the network time of a study; reading and
+  writing are measured separately by :func:`study_translate_time`).
+- :func:`study_translate_time`: one whole ``translate`` of a phantom DICOM study, end to end.
+- :func:`prepare_speed`: ``prepare`` pairs per second on phantom DICOM studies (one worker), next to the
+  pydicom floor (dcmread + pixel_array of every file).
+- Peak memory: the process's peak resident set (and the GPU's peak allocation on CUDA).
+
+Nothing is asserted; numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from petsynth.inference import DEMO_MODEL, PredictOptions, load_model, predict_items
+
+#: Slices in the "per study" column (a whole-body PET/CT of about 250 slices).
+STUDY_SLICES = 250
+
+Say = Callable[[str], None]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> str:
+    """One line describing the machine: CPU, cores, torch threads, GPU."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads, {gpu}"
+
+
+@dataclass
+class SpeedRow:
+    steps: int | None
+    batch_size: int
+    slices: int
+    seconds: float
+
+    @property
+    def slices_per_s(self) -> float:
+        return self.slices / self.seconds
+
+    @property
+    def seconds_per_study(self) -> float:
+        return STUDY_SLICES / self.slices_per_s
+
+
+def _phantom_ct_slices(method, count: int) -> tuple[list[np.ndarray], float]:
+    """``count`` CT slices (HU) on the model's translation grid, from a small phantom (cycled), and its kVp."""
+    from petsynth.data.phantom import make_torso
+    from petsynth.translation import CTInput, ct_on_grid, model_size, model_spacing_mm, output_geometry
+
+    study = make_torso(0, preset="small")
+    ct = study.images["CT"]
+    spacing = model_spacing_mm(method) or max(ct.geometry.shape[1] * ct.geometry.spacing[1], 1.0) / 256
+    grid = output_geometry(ct.geometry, spacing, min_size=model_size(method))
+    hu = ct_on_grid(CTInput(ct.volume.astype(np.float32), ct.geometry, None), grid)
+    return [hu[k % hu.shape[0]] for k in range(count)], float(study.acquisition.kvp)
+
+
+def translate_speed(model: str | Path = DEMO_MODEL, steps: Sequence[int] = (1, 5, 10, 20), batch_size: int = 8,
+                    slices: int = 32, device: str = "cpu", bf16: bool = False, say: Say | None = None
+                    ) -> list[SpeedRow]:
+    """Slices per second of ``model``'s translate at each step count (see the module docstring)."""
+    say = say or (lambda _m: None)
+    method = load_model(model, device=device)
+    cts, kvp = _phantom_ct_slices(method, slices)
+    items = [{"source": s, "kvp": kvp} for s in cts]
+    rows = []
+    for n in steps:
+        options = PredictOptions(steps=n, batch_size=batch_size, bf16=bf16)
+        for _ in predict_items(method, items[:batch_size], options=options):  # warm-up
+            pass
+        if device != "cpu":
+            torch.cuda.synchronize()
+        say(f"{n} steps: {slices} slices")
+        t0 = time.perf_counter()
+        for _ in predict_items(method, items, options=options):
+            pass
+        if device != "cpu":
+            torch.cuda.synchronize()
+        rows.append(SpeedRow(n, batch_size, slices, time.perf_counter() - t0))
+    return rows
+
+
+def study_translate_time(model: str | Path = DEMO_MODEL, preset: str = "small", steps: int | None = None,
+                         workdir: Path | None = None, say: Say | None = None) -> tuple[int, float]:
+    """(slices, seconds) of one end-to-end ``translate`` of a phantom DICOM study (read, resample, translate,
+    write NIfTI and DICOM); the phantom's simulation is not timed."""
+    from petsynth.data.phantom import make_torso, write_study
+    from petsynth.translation import translate
+
+    say = say or (lambda _m: None)
+    work = Path(workdir or tempfile.mkdtemp(prefix="petsynth_bench_"))
+    say(f"simulating a {preset} phantom study (not timed)")
+    study_dir = write_study(make_torso(1, preset=preset), work / "phantom", overwrite=True)
+    say("translating the study end to end")
+    t0 = time.perf_counter()
+    result = translate(model, study_dir / "CT", work / "translated", steps=steps, overwrite=True)
+    return result.slices, time.perf_counter() - t0
+
+
+@dataclass
+class PrepareSpeed:
+    pairs: int
+    files: int
+    seconds: float
+    floor_seconds: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds
+
+    @property
+    def floor_pairs_per_s(self) -> float:
+        return self.pairs / self.floor_seconds
+
+
+def prepare_speed(studies: int = 1, preset: str = "default", size: int = 256, workdir: Path | None = None,
+                  say: Say | None = None, progress: Callable[[int, int, str], None] | None = None) -> PrepareSpeed:
+    """``prepare`` (one worker) on GE-like phantom DICOM studies vs the pydicom floor. The phantoms are
+    written once into ``workdir/raw`` (not timed) and reused by later calls with the same ``workdir``."""
+    import pydicom
+
+    from petsynth.data import phantom as ph
+    from petsynth.data.prepare import prepare_dataset
+
+    say = say or (lambda _m: None)
+    work = Path(workdir or tempfile.mkdtemp(prefix="petsynth_bench_"))
+    raw = work / f"raw-{preset}-{studies}"
+    if not raw.exists():
+        say(f"simulating {studies} {preset} phantom studies (not timed)")
+        ph.write_studies(raw, task="ct2pet", studies=studies, seed=0, fmt="dicom", preset=preset, flavour="ge")
+    files = sorted(raw.rglob("*.dcm"))
+    say("pydicom floor: reading every file")
+    t0 = time.perf_counter()
+    for f in files:
+        pydicom.dcmread(f).pixel_array
+    floor = time.perf_counter() - t0
+    say("prepare")
+    out = work / f"dataset-{time.time_ns()}"
+    t0 = time.perf_counter()
+    report = prepare_dataset([raw], out, "ct2pet", size=size, workers=1, key=b"petsynth-bench", progress=progress)
+    seconds = time.perf_counter() - t0
+    return PrepareSpeed(pairs=sum(r.slices for r in report.results), files=len(files), seconds=seconds,
+                        floor_seconds=floor)
