@@ -55,7 +55,8 @@ def score(pred: np.ndarray, truth: np.ndarray, data_range: float = DEMO_SUV_RANG
           high_uptake_suv: float = DEMO_HIGH_UPTAKE_SUV) -> dict[str, float]:
     """Whole-volume scores of ``pred`` against ``truth`` (both (nz, ny, nx) SUV on one grid): the mean over the
     slices with body in the truth of MAE (SUV), PSNR and SSIM (data range ``data_range`` SUV), and the mean
-    relative SUVmean / SUVmax bias in the truth's high-uptake region (> ``high_uptake_suv``)."""
+    SUVmean / SUVmax bias (pred - truth, in SUV and relative to the truth) in the truth's high-uptake region
+    (> ``high_uptake_suv``) over the slices that have one."""
     pred_t = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[:, None]
     truth_t = torch.from_numpy(np.ascontiguousarray(truth, dtype=np.float32))[:, None]
     body = truth_t.flatten(1).amax(1) > 0.1
@@ -66,8 +67,10 @@ def score(pred: np.ndarray, truth: np.ndarray, data_range: float = DEMO_SUV_RANG
         "mae_suv": float(metrics.mae(pred_t, truth_t, data_range=data_range).mean()),
         "psnr_db": float(metrics.psnr(pred_t, truth_t, data_range=data_range).mean()),
         "ssim": float(metrics.ssim(pred_t, truth_t, data_range=data_range).mean()),
-        "suvmean_bias_high_uptake": float(torch.nanmean(bias.suvmean_bias)),
-        "suvmax_bias_high_uptake": float(torch.nanmean(bias.suvmax_bias)),
+        "suvmean_bias_high_uptake_suv": float(torch.nanmean(bias.suvmean_bias)),
+        "suvmean_rel_bias_high_uptake": float(torch.nanmean(bias.suvmean_rel_bias)),
+        "suvmax_bias_high_uptake_suv": float(torch.nanmean(bias.suvmax_bias)),
+        "suvmax_rel_bias_high_uptake": float(torch.nanmean(bias.suvmax_rel_bias)),
     }
 
 
