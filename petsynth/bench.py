@@ -73,12 +73,11 @@ class SpeedRow:
 def _phantom_ct_slices(method, count: int) -> tuple[list[np.ndarray], float]:
     """``count`` CT slices (HU) on the model's translation grid, from a small phantom (cycled), and its kVp."""
     from petsynth.data.phantom import make_torso
-    from petsynth.translation import CTInput, ct_on_grid, model_size, model_spacing_mm, output_geometry
+    from petsynth.translation import CTInput, ct_on_grid, translation_grid
 
     study = make_torso(0, preset="small")
     ct = study.images["CT"]
-    spacing = model_spacing_mm(method) or max(ct.geometry.shape[1] * ct.geometry.spacing[1], 1.0) / 256
-    grid = output_geometry(ct.geometry, spacing, min_size=model_size(method))
+    grid = translation_grid(method, ct.geometry)
     hu = ct_on_grid(CTInput(ct.volume.astype(np.float32), ct.geometry, None), grid)
     return [hu[k % hu.shape[0]] for k in range(count)], float(study.acquisition.kvp)
 

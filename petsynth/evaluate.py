@@ -67,7 +67,8 @@ import torch
 import petsynth
 from petsynth.data.intensity import DEFAULT_PET_WINDOW_SUV
 from petsynth.data.store import SPLITS, PreparedDataset, open_dataset
-from petsynth.inference import BUNDLED_MODELS_DIR, PredictOptions, bundled_models, load_model, predict_items
+from petsynth.inference import (BUNDLED_MODELS_DIR, PredictOptions, load_model, model_name,
+                                predict_items)
 from petsynth.methods.base import Method
 from petsynth.metrics import (
     CPDM_PET_SCALE,
@@ -248,20 +249,6 @@ def select_slices(n: int, max_slices: int | None) -> list[int]:
     if max_slices == 1:
         return [(n - 1) // 2]
     return sorted({int(math.floor(x + 0.5)) for x in np.linspace(0, n - 1, max_slices)})
-
-
-def model_name(spec: str | Path) -> str:
-    """A model's display name: a bundled model's name, else the run folder's name (for RUN/model and
-    RUN/checkpoints/step_N, RUN's name, the latter with @step_N), else the folder's name."""
-    text = str(spec)
-    if text in bundled_models():
-        return text
-    path = Path(spec).resolve()
-    if path.name == "model" and path.parent.name:
-        return path.parent.name
-    if path.parent.name == "checkpoints" and path.parent.parent.name:
-        return f"{path.parent.parent.name}@{path.name}"
-    return path.name or text
 
 
 def _named_models(models: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, str | Path]:

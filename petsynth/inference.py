@@ -57,6 +57,20 @@ def resolve_model(spec: str | Path) -> Path:
                           f"{path / 'checkpoints'} (give a run folder, RUN/model, or a bundled model name)")
 
 
+def model_name(spec: str | Path) -> str:
+    """A model's display name: a bundled model's name, else the run folder's name (for RUN/model and
+    RUN/checkpoints/step_N, RUN's name, the latter with @step_N), else the folder's name."""
+    text = str(spec)
+    if text in bundled_models():
+        return text
+    path = Path(spec).resolve()
+    if path.name == "model" and path.parent.name:
+        return path.parent.name
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}@{path.name}"
+    return path.name or text
+
+
 def load_model(spec: str | Path, *, task: str | None = None, device: str | torch.device = "cpu") -> Method:
     """Load a model by :func:`resolve_model` spec; ``task`` makes a model of another task an error."""
     path = resolve_model(spec)

@@ -40,7 +40,7 @@ import petsynth
 from petsynth.data.batch import DEFAULT_KVP
 from petsynth.data.geometry import Geometry, resample
 from petsynth.data.store import DATASET_FILE, open_dataset
-from petsynth.inference import PredictOptions, load_model, predict_dataset, predict_items, set_threads
+from petsynth.inference import PredictOptions, load_model, model_name, predict_dataset, predict_items, set_threads
 from petsynth.io.nifti import read_nifti, write_nifti
 from petsynth.methods.base import Method, MethodError
 from petsynth.physics.constants import HU_AIR
@@ -194,6 +194,17 @@ def output_geometry(ct: Geometry, spacing_mm: float, multiple: int = GRID_MULTIP
                     direction=ct.direction)
 
 
+def translation_grid(method: Method, ct: Geometry, spacing_mm: float | None = None) -> Geometry:
+    """The grid ``method`` translates the CT on ``ct`` at: :func:`output_geometry` with ``spacing_mm``, else the
+    model's training spacing, else the CT's field of view over :data:`FALLBACK_SIZE` pixels; at least the
+    model's training size."""
+    spacing = spacing_mm or model_spacing_mm(method)
+    if spacing is None:
+        _, dy, dx = ct.spacing
+        spacing = max(ct.shape[1] * dy, ct.shape[2] * dx) / FALLBACK_SIZE
+    return output_geometry(ct, spacing, min_size=model_size(method))
+
+
 def ct_on_grid(ct: CTInput, grid: Geometry) -> np.ndarray:
     """The CT in HU on ``grid`` (same slices): antialiased shrink to about the grid's spacing, then
     world-space resampling (air outside the CT)."""
@@ -232,8 +243,7 @@ def body_mask(hu: np.ndarray, spacing_mm: float, threshold_hu: float = BODY_THRE
 # --- the whole job ----------------------------------------------------------------------------------------
 def _model_info(method: Method, spec: str | Path) -> dict[str, Any]:
     card = getattr(method, "card", None)
-    name = str(spec) if not Path(str(spec)).exists() else Path(str(spec)).resolve().name
-    return {"name": name, "method": method.name, "task": method.task, "step": getattr(card, "step", None),
+    return {"name": model_name(spec), "method": method.name, "task": method.task, "step": getattr(card, "step", None),
             "training_data": dict(getattr(card, "data", {}) or {})}
 
 
@@ -277,11 +287,8 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     say("loading the model")
-    if isinstance(model, Method):
-        method, model_info = model, {"name": model.name, "method": model.name, "task": model.task}
-    else:
-        method = load_model(model, device=device)
-        model_info = _model_info(method, model)
+    method = model if isinstance(model, Method) else load_model(model, device=device)
+    model_info = _model_info(method, method.name if isinstance(model, Method) else model)
     options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed)
     if input_path.is_dir() and (input_path / DATASET_FILE).is_file():
         return _translate_dataset(method, model_info, input_path, out, split, options, overwrite, png, start,
@@ -297,11 +304,8 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
         if kvp is None and method.needs_mu_map:
             warnings.warn(f"{input_path}: the CT gives no kVp; its attenuation map assumes {DEFAULT_KVP:g} kV "
                           "(pass --kvp to set it)", stacklevel=2)
-    spacing = spacing_mm or model_spacing_mm(method)
-    if spacing is None:
-        _, dy, dx = ct.geometry.spacing
-        spacing = max(ct.geometry.shape[1] * dy, ct.geometry.shape[2] * dx) / FALLBACK_SIZE
-    grid = output_geometry(ct.geometry, spacing, min_size=model_size(method))
+    grid = translation_grid(method, ct.geometry, spacing_mm)
+    spacing = grid.spacing[1]
     say(f"resampling the CT onto {grid.shape[1]}x{grid.shape[2]} pixels of {spacing:.3g} mm")
     ct_grid = ct_on_grid(ct, grid)
 
@@ -379,7 +383,7 @@ def _translate_dataset(method: Method, model_info: dict, root: Path, out: Path, 
                                 origin=(-(suv.shape[2] - 1) / 2 * dx, -(suv.shape[1] - 1) / 2 * dy, float(zs[0])))
             files[study] = write_nifti(tmp / study / "synthetic_pet.nii.gz", suv, geometry.affine,
                                        description=NIFTI_DESCRIPTION)
-            if png and dataset.task != "mr2pet":
+            if png and dataset.task == "ct2pet":  # the panel's first column is the CT
                 _write_panels(tmp / study / "panels", np.stack(sources[study]), suv)
         result.seconds = time.perf_counter() - start
         result.info = {"petsynth_version": petsynth.__version__, "model": model_info, "input_kind": "dataset",

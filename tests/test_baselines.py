@@ -65,7 +65,7 @@ def test_cascade_has_one_unet_per_stage_and_refines_the_first(batch):
     assert len(three.net.stages) == 3 and len(one.net.stages) == 1
     first = [m for m in three.net.stages[1].modules() if isinstance(m, nn.Conv2d)][0]
     assert first.in_channels == 2  # the source and stage 1's output
-    x = one.network_input(batch)
+    x = one.source_with_maps(batch)
     with torch.no_grad():
         a, b = one.net(x), three.net(x)
     torch.testing.assert_close(a[0], b[0])  # the same first stage (same seed) ...

@@ -121,6 +121,14 @@ class GuidanceMaps:
         return torch.cat(maps, dim=1) if maps else None
 
 
+    def source_with_maps(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """concat(source in network units, maps): (B, 1 + num_maps, H, W), the input of the pixel-space
+        baselines (unet, pix2pix's generator and discriminator condition)."""
+        x = self.config.transforms["source"].forward(batch["source"])
+        maps = self.maps(batch)
+        return x if maps is None else torch.cat([x, maps.to(x.dtype)], dim=1)
+
+
 class LatentSpace:
     """Mixin for a diffusion method with an optional frozen ``autoencoder`` (config flag ``pixel_space``):
     the space its process runs in, and the networks its EMA follows."""

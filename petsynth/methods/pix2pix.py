@@ -71,12 +71,6 @@ class Pix2Pix(GuidanceMaps, Method):
         return {"generator": list(self.generator.parameters()),
                 "discriminator": list(self.discriminator.parameters())}
 
-    def condition(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Generator input and discriminator condition: concat(source in network units, maps)."""
-        x = self.config.transforms["source"].forward(batch["source"])
-        maps = self.maps(batch)
-        return x if maps is None else torch.cat([x, maps.to(x.dtype)], dim=1)
-
     def _gan(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
         logits = logits.float()
         want = torch.full_like(logits, 1.0 if real else 0.0)
@@ -85,7 +79,7 @@ class Pix2Pix(GuidanceMaps, Method):
         return F.mse_loss(logits, want)
 
     def losses(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
-        cond = self.condition(batch)
+        cond = self.source_with_maps(batch)
         real = self.config.transforms["target"].forward(batch["target"])
         if step != self._fakes_step:  # fakes of this step's micro-batches, for the discriminator's turn
             self._fakes, self._fakes_step = {}, step
@@ -108,4 +102,4 @@ class Pix2Pix(GuidanceMaps, Method):
     @torch.no_grad()
     def translate(self, batch: Mapping[str, Any], **_: Any) -> torch.Tensor:
         """Synthetic PET in SUV, (B, 1, H, W) (eval mode: dropout off)."""
-        return self.config.transforms["target"].inverse(self.generator(self.condition(batch)).float())
+        return self.config.transforms["target"].inverse(self.generator(self.source_with_maps(batch)).float())

@@ -61,15 +61,9 @@ class UNetRegression(GuidanceMaps, Method):
     def ema_module_names(self) -> list[str]:
         return ["net"]
 
-    def network_input(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """concat(source in network units, maps): (B, 1 + num_maps, H, W)."""
-        x = self.config.transforms["source"].forward(batch["source"])
-        maps = self.maps(batch)
-        return x if maps is None else torch.cat([x, maps.to(x.dtype)], dim=1)
-
     def losses(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
         target = self.config.transforms["target"].forward(batch["target"])
-        outputs = self.net(self.network_input(batch))
+        outputs = self.net(self.source_with_maps(batch))
         mse = [F.mse_loss(y.float(), target.float()) for y in outputs]
         loss = torch.stack(mse).mean() if self.config.deep_supervision else mse[-1]
         out = {"loss": loss}
@@ -80,4 +74,4 @@ class UNetRegression(GuidanceMaps, Method):
     @torch.no_grad()
     def translate(self, batch: Mapping[str, Any], **_: Any) -> torch.Tensor:
         """Synthetic PET in SUV, (B, 1, H, W): the last stage's output, inverted from network units."""
-        return self.config.transforms["target"].inverse(self.net(self.network_input(batch))[-1].float())
+        return self.config.transforms["target"].inverse(self.net(self.source_with_maps(batch))[-1].float())

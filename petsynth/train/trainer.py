@@ -26,7 +26,6 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +37,7 @@ from pydantic import Field
 from petsynth.config import Config
 from petsynth.data.batch import to_device
 from petsynth.data.store import DatasetError, open_dataset
+from petsynth.inference import autocast
 from petsynth.methods.base import Method, MethodError, build_method
 from petsynth.train.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 
@@ -355,9 +355,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.device, self.cfg.precision == "bf16")
 
     def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         grads = [p.grad for p in params if p.grad is not None]
