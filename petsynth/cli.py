@@ -434,7 +434,7 @@ def bench(
     if prep:
         out.print(f"prepare (1 worker, {prepare_studies} GE-like phantom studies, {prep.files} files, 256x256): "
                   f"{prep.pairs} pairs in {prep.seconds:.1f} s = {prep.pairs_per_s:.1f} pairs/s; pydicom floor "
-                  f"{prep.floor_pairs_per_s:.1f} pairs/s (ratio {prep.floor_seconds / prep.seconds:.2f})")
+                  f"{prep.floor_pairs_per_s:.1f} pairs/s (ratio {prep.ratio:.2f}; best of {len(prep.run_seconds)})")
         out.print(f"peak memory (after prepare): {b.peak_rss_mb():.0f} MB resident")
 
 

@@ -40,6 +40,25 @@ def test_phantom_series_round_trip_to_physical_units_and_geometry(phantom, modal
         assert vol.suv is not None and vol.suv.units == "BQML"
 
 
+def test_a_lazy_series_reads_the_same_values_slice_by_slice(phantom):
+    from petsynth.data.dicom_series import SliceReader
+    from petsynth.data.pairing import pair_slices
+
+    _, found = phantom
+    (ct_info,), (pet_info,) = found.of_modality("CT"), found.of_modality("PT")
+    eager, lazy = load_series(ct_info), load_series(ct_info, lazy=True)
+    assert isinstance(lazy.array, SliceReader) and lazy.array.shape == eager.array.shape
+    np.testing.assert_array_equal(lazy.array[3], eager.array[3])
+    np.testing.assert_array_equal(lazy.array[2:5], eager.array[2:5])
+    np.testing.assert_array_equal(np.asarray(lazy.array), eager.array)
+    assert lazy.geometry == eager.geometry and lazy.kvp == eager.kvp
+    pet = load_series(pet_info, lazy=True)
+    assert isinstance(pet.array, np.ndarray)  # PET is scaled to SUV as a whole
+    a, b = pair_slices(pet, eager, fill=-1000.0, size=32), pair_slices(pet, lazy, fill=-1000.0, size=32)
+    np.testing.assert_array_equal(a.source, b.source)
+    np.testing.assert_array_equal(a.target, b.target)
+
+
 def test_real_ge_slices_are_ordered_by_position_not_name(tmp_path):
     files = sorted((DATA / "raw_pet").glob("*.dcm"))
     for i, f in enumerate(files):  # names now sort in the opposite order of the positions

@@ -82,3 +82,40 @@ def test_resample_matches_scipy_map_coordinates_on_an_oblique_grid(single_slice)
     assert inside.any() and (~inside).any()
     np.testing.assert_allclose(got[inside], want[inside], atol=5e-4)  # float32 grid coordinates
     np.testing.assert_allclose(got[~inside & (np.abs(got + 1000) < 1e-3)], -1000.0)
+
+
+class _Slices:
+    """A volume seen only slice by slice (like a lazy DICOM reader), to check resample never needs it whole."""
+
+    def __init__(self, volume):
+        self.volume, self.shape, self.reads = volume, volume.shape, 0
+
+    def __getitem__(self, k):
+        assert isinstance(k, int), "read one slice at a time"
+        self.reads += 1
+        return self.volume[k].copy()
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_parallel_grids_match_scipy_with_the_fill_blended_at_the_edges(mode):
+    from scipy.ndimage import map_coordinates
+
+    from petsynth.data.geometry import resample
+
+    rng = np.random.default_rng(5)
+    src = Geometry((9, 20, 24), (2.5, 1.5, 1.2), (-14.0, -12.0, 3.0))
+    volume = rng.normal(size=src.shape).astype(np.float32) * 100
+    dst = Geometry((13, 23, 19), (1.7, 1.3, 1.9), (-16.1, -15.2, 1.4))  # overhangs the source on every side
+    slices = _Slices(volume)
+    got = resample(slices, src, dst, fill=-1000.0, mode=mode)
+    assert slices.reads <= src.shape[0]  # each source slice read once at most
+    np.testing.assert_array_equal(got, resample(volume, src, dst, fill=-1000.0, mode=mode))
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in dst.shape), indexing="ij")
+    pts = dst.index_to_world(np.stack([i, j, k], -1).reshape(-1, 3))
+    idx = (np.linalg.inv(src.affine) @ np.c_[pts, np.ones(len(pts))].T)[:3][::-1]  # (z, y, x) source indices
+    if mode == "nearest":
+        idx = np.rint(idx)
+    # outside the source, samples blend with the fill as if the volume were padded with it
+    want = map_coordinates(volume, idx, order=1, mode="grid-constant", cval=-1000.0).reshape(dst.shape)
+    assert (want == -1000.0).any() and (np.abs(want + 1000) > 1).any()
+    np.testing.assert_allclose(got, want, atol=0.05)  # float32 coordinates, values up to ~1000

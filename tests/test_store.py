@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from petsynth.data import open_dataset
-from petsynth.data.store import (DatasetError, create_dataset, finished_studies, write_splits,
-                                 write_study)
+from petsynth.data.store import (_COMPRESSOR, SLICES_PER_SHARD, DatasetError, create_dataset, finished_studies,
+                                 write_splits, write_study)
 
 
 def _study(root, name, n, offset):
@@ -59,3 +60,57 @@ def test_resume_checks_settings_and_interrupted_study_leaves_nothing(tmp_path):
     assert finished_studies(root) == [] and list((root / "studies").iterdir()) == []
     with pytest.raises(DatasetError, match="not a petsynth dataset"):
         open_dataset(tmp_path)
+
+
+def _slices(n, dtype, seed):
+    """Random slices with constant ones mixed in: zero (the fill value, which zarr skips), -0.0, and 7."""
+    rng = np.random.default_rng(seed)
+    a = (rng.normal(0, 100, (n, 8, 8)) if dtype == np.float32 else rng.integers(0, 5, (n, 8, 8))).astype(dtype)
+    a[n // 2] = 0
+    a[-1] = 7
+    if dtype == np.float32 and n > 2:
+        a[1] = -0.0
+    return a
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 130])
+def test_sharded_write_reads_back_bit_for_bit_through_zarr_and_dataset(tmp_path, n):
+    src, tgt, lab = _slices(n, np.float32, n), _slices(n, np.float32, n + 1), _slices(n, np.uint8, n + 2)
+    root = create_dataset(tmp_path / "ds", task="ct2pet", size=8)
+    path = write_study(root, "s1", {"source": src, "target": tgt, "labels": lab},
+                       {"index": list(range(n)), "z_mm": [float(k) for k in range(n)]}, {})
+    group = zarr.open_group(path, mode="r")
+    for name, a in (("source", src), ("target", tgt), ("labels", lab)):
+        back = group[name][:]
+        assert back.dtype == a.dtype and back.tobytes() == a.tobytes()
+    ds = open_dataset(root)
+    assert len(ds) == n
+    for k in {k % n for k in (0, 1, n // 2, 63, 64, n - 1)}:
+        item = ds[k]
+        assert item["index"] == k and item["source"].tobytes() == src[k].tobytes()
+        assert item["target"].tobytes() == tgt[k].tobytes() and item["labels"].tobytes() == lab[k].tobytes()
+
+
+@pytest.mark.parametrize("n", [63, 65])
+def test_sharded_write_matches_zarrs_own_write(tmp_path, n):
+    arrays = {"source": _slices(n, np.float32, 1), "target": _slices(n, np.float32, 2),
+              "labels": _slices(n, np.uint8, 3)}
+    ours = zarr.open_group(write_study(tmp_path, "s1", arrays, {"index": list(range(n)), "z_mm": [0.0] * n}, {}),
+                           mode="r")
+    theirs = zarr.open_group(tmp_path / "zarr", mode="w")
+    for name, a in arrays.items():
+        theirs.create_array(name, data=a, chunks=(1, 8, 8), shards=(min(n, SLICES_PER_SHARD), 8, 8),
+                            compressors=_COMPRESSOR)
+        assert ours[name].metadata.to_dict() == theirs[name].metadata.to_dict()  # the format does not drift
+        assert ours[name][:].tobytes() == theirs[name][:].tobytes() == a.tobytes()
+        assert ours[name][n - 1].tobytes() == theirs[name][n - 1].tobytes()
+
+
+def test_sharded_write_refuses_a_layout_it_does_not_produce(tmp_path, monkeypatch):
+    from petsynth.data import store
+
+    monkeypatch.setattr(store, "_COMPRESSOR", zarr.codecs.ZstdCodec(level=1))  # not blosc: must not guess
+    with pytest.raises(RuntimeError, match="does not produce"):
+        write_study(tmp_path, "s1", {"source": np.ones((2, 8, 8)), "target": np.ones((2, 8, 8))},
+                    {"index": [0, 1], "z_mm": [0.0, 1.0]}, {})
+    assert finished_studies(tmp_path) == []

@@ -4,12 +4,13 @@
 (CT, PT, MR) grouped by StudyInstanceUID, and names every file it ignores with the reason: not DICOM,
 unreadable, localizer/scout, secondary capture, structured report or dose report, RT objects, no pixel
 data, no slice geometry. Nothing here reads pixels; ordering by position is done when a series is loaded.
+Headers are read by :mod:`petsynth.data.dicom_header` (the 30 elements needed, several times faster than
+a full parse), and by pydicom for the files that reader leaves.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from petsynth.data.dicom_header import LITTLE_ENDIAN_SYNTAXES, HeaderFields, read_header_fields, wanted_tags
 
 #: SOP classes of image storage that petsynth reads, by modality.
 IMAGE_SOP_CLASSES: dict[str, str] = {
@@ -41,9 +44,9 @@ _HEADER_TAGS = ["SOPClassUID", "Modality", "ImageType", "StudyInstanceUID", "Ser
                 # read too so that loading the series need not parse the header again (InstanceHeader)
                 "RescaleSlope", "RescaleIntercept", "BitsAllocated", "BitsStored", "PixelRepresentation",
                 "SamplesPerPixel", "AcquisitionDate", "AcquisitionTime"]
-#: Uncompressed little-endian transfer syntaxes, whose pixels can be read straight from the file.
-_NATIVE_SYNTAXES = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # UID -> implicit VR
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+_WANTED = wanted_tags(_HEADER_TAGS)
+#: A header as the scan reads it: the fast reader's fields, or a pydicom dataset for the files it leaves.
+Header = HeaderFields | pydicom.Dataset
 
 
 @dataclass
@@ -126,7 +129,14 @@ def iter_files(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(files)
 
 
-def classify_header(ds: pydicom.Dataset) -> str | None:
+def _values(value) -> list[str]:
+    """A multi-valued code string's values, upper case (one value read as a list of one)."""
+    if value is None or value == "":
+        return []
+    return [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
+
+
+def classify_header(ds: Header) -> str | None:
     """The reason a header is not a usable image slice, or None when it is one (CT, PT or MR)."""
     sop = str(ds.get("SOPClassUID", ""))
     for prefix, reason in IGNORED_SOP_PREFIXES.items():
@@ -135,7 +145,7 @@ def classify_header(ds: pydicom.Dataset) -> str | None:
     if sop not in IMAGE_SOP_CLASSES:
         modality = ds.get("Modality", "?")
         return f"unsupported object (SOP class {sop or 'missing'}, modality {modality})"
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    image_type = _values(ds.get("ImageType"))
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return "localizer/scout image"
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
@@ -147,34 +157,20 @@ def classify_header(ds: pydicom.Dataset) -> str | None:
     return None
 
 
-def _pixel_data_offset(fh, ds: pydicom.Dataset) -> tuple[int, str]:
-    """(file offset, numpy dtype) of native single-frame grey pixel data right at ``fh``'s position (where
-    pydicom stopped before the pixels), or (-1, "") when the pixels need pydicom's decoders."""
-    meta = getattr(ds, "file_meta", None)
-    implicit = _NATIVE_SYNTAXES.get(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else None
-    if implicit is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+def _native_pixels(h: HeaderFields) -> tuple[int, str]:
+    """(file offset, numpy dtype) of native single-frame grey pixel data that numpy can read straight from
+    the file, or (-1, "") when the pixels need pydicom's decoders (compressed, multi-frame, colour, odd)."""
+    if h.pixel_offset < 0 or h.transfer_syntax not in LITTLE_ENDIAN_SYNTAXES or (h.get("SamplesPerPixel") or 1) != 1:
         return -1, ""
-    bits, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if bits not in (8, 16, 32) or stored != bits or not rows or not columns:
+    bits, stored = h.get("BitsAllocated"), h.get("BitsStored")
+    rows, columns = h.get("Rows") or 0, h.get("Columns") or 0
+    if bits not in (8, 16, 32) or stored != bits or not rows or not columns \
+            or h.pixel_length != rows * columns * bits // 8:  # else encapsulated, multi-frame or odd
         return -1, ""
-    dtype = ("<i" if ds.get("PixelRepresentation") == 1 else "<u") + str(bits // 8)
-    start = fh.tell()
-    head = fh.read(12)
-    if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
-        return -1, ""
-    if implicit:
-        (length,), offset = struct.unpack("<I", head[4:8]), start + 8
-    elif len(head) == 12 and head[4:6] in (b"OW", b"OB"):
-        (length,), offset = struct.unpack("<I", head[8:12]), start + 12
-    else:
-        return -1, ""
-    if length != rows * columns * bits // 8:  # encapsulated, multi-frame or odd: let pydicom decide
-        return -1, ""
-    return offset, dtype
+    return h.pixel_offset, ("<i" if h.get("PixelRepresentation") == 1 else "<u") + str(bits // 8)
 
 
-def _instance_header(path: Path, ds: pydicom.Dataset, offset: int, dtype: str) -> InstanceHeader | None:
+def _instance_header(path: Path, ds: Header, offset: int, dtype: str) -> InstanceHeader | None:
     try:
         st = os.stat(path)
         date, time = ds.get("AcquisitionDate"), ds.get("AcquisitionTime")
@@ -189,18 +185,16 @@ def _instance_header(path: Path, ds: pydicom.Dataset, offset: int, dtype: str) -
         return None
 
 
-def _read_header_offset(path: Path) -> tuple[pydicom.Dataset | None, int, str]:
-    """:func:`read_header`, with the native pixel data's offset and dtype ((-1, "") where there is none)."""
+def _read_header_offset(path: Path) -> tuple[Header | None, int, str]:
+    """:func:`read_header`, with the native pixel data's offset and dtype ((-1, "") where there is none).
+    The fast reader first (:mod:`petsynth.data.dicom_header`); pydicom for every file it does not handle."""
+    fields = read_header_fields(path, _WANTED)
+    if fields is not None:
+        return fields, *_native_pixels(fields)
     with warnings.catch_warnings():  # malformed files warn; what matters is whether they parse
         warnings.simplefilter("ignore")
         try:
-            with open(path, "rb") as fh:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-                try:
-                    offset, dtype = _pixel_data_offset(fh, ds)
-                except Exception:  # noqa: BLE001 - the offset is only a shortcut
-                    offset, dtype = -1, ""
-                return ds, offset, dtype
+            return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS), -1, ""
         except InvalidDicomError:
             pass
         # files without preamble/meta: accept them only if they parse as DICOM with a standard SOP class
@@ -212,8 +206,9 @@ def _read_header_offset(path: Path) -> tuple[pydicom.Dataset | None, int, str]:
     return (ds if sop.startswith("1.2.840.10008.") else None), -1, ""
 
 
-def read_header(path: Path) -> pydicom.Dataset | None:
-    """Header of a DICOM file (no pixels), also without preamble; None when it is not DICOM."""
+def read_header(path: Path) -> Header | None:
+    """The header fields the scan uses (``_HEADER_TAGS``) of a DICOM file, also one without preamble;
+    None when it is not DICOM."""
     return _read_header_offset(path)[0]
 
 
@@ -247,7 +242,7 @@ def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None]
                 uid = str(ds.SeriesInstanceUID)
                 info = series.get(uid)
                 if info is None:
-                    corrected = [str(v).upper() for v in (ds.get("CorrectedImage") or [])]
+                    corrected = _values(ds.get("CorrectedImage"))
                     info = series[uid] = SeriesInfo(
                         series_uid=uid, modality=IMAGE_SOP_CLASSES[str(ds.SOPClassUID)],
                         study_uid=str(ds.StudyInstanceUID),

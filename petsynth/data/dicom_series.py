@@ -33,7 +33,8 @@ class SeriesVolume:
     """A loaded series.
 
     Attributes:
-        array: (nz, ny, nx) float32 in physical units (HU, SUVbw, or MR signal).
+        array: (nz, ny, nx) float32 in physical units (HU, SUVbw, or MR signal); a :class:`SliceReader`
+            with the same shape and values when loaded with ``lazy=True``.
         geometry: regular LPS grid with the median slice step; exact where ``irregular`` is False.
         positions_mm: (nz,) slice positions along the normal, ascending (exact even when irregular).
         irregular: slice steps differ from the median by more than 1 % (e.g. bed joins).
@@ -41,7 +42,7 @@ class SeriesVolume:
     """
 
     modality: str
-    array: np.ndarray
+    array: np.ndarray | SliceReader
     geometry: Geometry
     positions_mm: np.ndarray
     irregular: bool
@@ -64,19 +65,22 @@ def _axes(orientation) -> np.ndarray:
     return np.stack([row, col, np.cross(row, col)], axis=1)  # columns: i, j, normal
 
 
-def load_series(series: SeriesInfo | list[str | Path], modality: str | None = None) -> SeriesVolume:
+def load_series(series: SeriesInfo | list[str | Path], modality: str | None = None, *,
+                lazy: bool = False) -> SeriesVolume:
     """Read all instances of a series and stack them by position along the slice normal.
 
     Args:
         series: a :class:`SeriesInfo` from :func:`~petsynth.data.dicom_index.scan_dicom`, or its files.
         modality: "CT", "PT" or "MR" (default: the series' own).
+        lazy: for CT and MR series from the scan, let ``array`` be a :class:`SliceReader` that reads each
+            slice from its file when asked (a volume's memory is never held; ``np.asarray`` gives the whole).
     """
     files = list(series.files) if isinstance(series, SeriesInfo) else [Path(f) for f in series]
     if not files:
         raise SeriesError("empty series: no files")
     headers = _scanned_headers(series, files)
     if headers is not None:
-        return _load_scanned(series, files, headers, modality)
+        return _load_scanned(series, files, headers, modality, lazy=lazy)
     datasets = [pydicom.dcmread(f) for f in files]
     modality = modality or (series.modality if isinstance(series, SeriesInfo) else str(datasets[0].Modality))
     axes = _orientation(datasets[0])
@@ -134,20 +138,62 @@ class _Acquisition(dict):
             raise AttributeError(name) from None
 
 
-def _read_native(path: Path, h: InstanceHeader, out: np.ndarray) -> bool:
-    """Fill ``out`` with the stored pixel values read straight from the file; False if that is impossible."""
-    count = h.rows * h.columns
-    with open(path, "rb") as fh:
-        fh.seek(h.pixel_offset)
-        raw = np.fromfile(fh, dtype=h.pixel_dtype, count=count)
-    if raw.size != count:
-        return False
-    out[...] = raw.reshape(h.rows, h.columns)
-    return True
+class SliceReader:
+    """The slices of a series in position order, read from their files on demand.
+
+    ``reader[k]`` is slice k, float32 (rows, columns), rescaled by its instance's slope and intercept: the
+    values ``load_series`` stacks. Pixels are read natively where the scan found their offset, else decoded
+    by pydicom. ``np.asarray(reader)`` reads the whole (nz, rows, columns) volume.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, files: list[Path], headers: list[InstanceHeader]):
+        self.files, self.headers = files, headers
+        self.shape = (len(files), headers[0].rows, headers[0].columns)
+        self._scratch: dict[str, np.ndarray] = {}  # dtype -> reused buffer for the stored values
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read_into(self, k: int, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (rows, columns) float32 with slice ``k``."""
+        path, h = self.files[k], self.headers[k]
+        if h.pixel_offset < 0 or not self._read_native(path, h, out):
+            rescaled_pixels(pydicom.dcmread(path), out=out)
+        return out
+
+    def _read_native(self, path: Path, h: InstanceHeader, out: np.ndarray) -> bool:
+        count = h.rows * h.columns
+        buf = self._scratch.get(h.pixel_dtype)
+        if buf is None or buf.size != count:
+            buf = self._scratch[h.pixel_dtype] = np.empty(count, dtype=h.pixel_dtype)
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(h.pixel_offset)
+            if fh.readinto(buf) != buf.nbytes:  # shorter than its header says: pydicom reports it
+                return False
+        np.multiply(buf.reshape(h.rows, h.columns), np.float32(h.slope), out=out)  # as rescaled_pixels does
+        if h.intercept != 0.0:
+            out += np.float32(h.intercept)
+        return True
+
+    def __getitem__(self, k):
+        if isinstance(k, (int, np.integer)):
+            return self.read_into(int(k), np.empty(self.shape[1:], dtype=np.float32))
+        indices = np.arange(self.shape[0])[k]
+        out = np.empty((indices.size, *self.shape[1:]), dtype=np.float32)
+        for n, i in enumerate(np.atleast_1d(indices)):
+            self.read_into(int(i), out[n])
+        return out if indices.ndim else out[0]
+
+    def __array__(self, dtype=None, copy=None):
+        volume = self[:]
+        return volume if dtype is None else volume.astype(dtype, copy=False)
 
 
 def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceHeader],
-                  modality: str | None) -> SeriesVolume:
+                  modality: str | None, lazy: bool = False) -> SeriesVolume:
     """:func:`load_series` from the headers kept by the scan: each file's pixels are read once, natively
     where the transfer syntax allows (else decoded by pydicom); only the first instance's header is read
     again in full (spacing, SUV and scanner facts). Same checks, order and values as reading every file."""
@@ -155,7 +201,7 @@ def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceH
     axes = _axes(headers[0].orientation)
     h0 = headers[0]
     for h, f in zip(headers, files):
-        if np.abs(_axes(h.orientation) - axes).max() > ORIENTATION_TOLERANCE:
+        if h.orientation != h0.orientation and np.abs(_axes(h.orientation) - axes).max() > ORIENTATION_TOLERANCE:
             raise SeriesError(f"{f}: ImageOrientationPatient differs from {files[0]} within one series")
         if (h.rows, h.columns) != (h0.rows, h0.columns):
             raise SeriesError(f"{f}: {h.rows}x{h.columns} pixels, but {files[0]} has {h0.rows}x{h0.columns}")
@@ -180,15 +226,8 @@ def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceH
                                                   ("AcquisitionTime", h.acquisition_time)) if v is not None})
                   for h in headers[1:]]
         suv = suv_scale([first, *others])
-    array = np.empty((len(files), h0.rows, h0.columns), dtype=np.float32)
-    for k, (f, h) in enumerate(zip(files, headers)):
-        if h.pixel_offset < 0 or not _read_native(f, h, array[k]):
-            rescaled_pixels(pydicom.dcmread(f), out=array[k])
-            continue
-        if h.slope != 1.0:  # as rescaled_pixels does
-            array[k] *= np.float32(h.slope)
-        if h.intercept != 0.0:
-            array[k] += np.float32(h.intercept)
+    reader = SliceReader(files, headers)
+    array = reader if lazy and suv is None else np.asarray(reader)
     return _volume(first, modality, array, step, axes, positions, irregular, files, suv)
 
 

@@ -184,15 +184,18 @@ def resample(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str = "b
              fill: float = 0.0, chunk_slices: int = 32) -> np.ndarray:
     """Sample ``volume`` (on ``src``) at the voxel centres of ``dst``, in world coordinates.
 
+    ``volume``: (nz, ny, nx) array, or a lazy reader of its slices (``shape``, ``volume[k]``, ``np.asarray``;
+    parallel axis-aligned grids read it slice by slice, other cases read it whole).
     ``mode``: "bilinear" (trilinear) or "nearest" (labels). Points outside ``src`` get ``fill``.
     Works for any pair of orientations; done in slabs of ``chunk_slices`` destination slices.
     """
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if src.shape == dst.shape and np.allclose(src.affine, dst.affine, rtol=0, atol=1e-6):
+        return np.array(volume, dtype=np.float32)  # the same grid: sampling at the voxel centres is a copy
     if (src.is_axis_aligned and dst.is_axis_aligned and src.shape[0] == dst.shape[0]
             and np.allclose(src.z_positions(), dst.z_positions(), atol=1e-4)):
         return _resample_inplane(volume, src, dst, mode=mode, fill=fill)
-    src_t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
     nz, ny, nx = dst.shape
     sz, sy, sx = src.shape
     # dst index (i, j, k, 1) -> src index (x, y, z) -> grid_sample's normalised coordinates (align_corners=True:
@@ -204,6 +207,7 @@ def resample(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str = "b
     single = [n == 1 for n in (sx, sy, sz)]
     if not any(single) and not (m[:3, :3] - np.diag(np.diag(m[:3, :3]))).any():
         return _resample_separable(volume, m, src.shape, dst.shape, mode=mode, fill=fill)
+    src_t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
     m_index = np.linalg.inv(src.affine) @ dst.affine
     ij = torch.stack(torch.meshgrid(torch.arange(ny, dtype=torch.float64), torch.arange(nx, dtype=torch.float64),
                                     indexing="ij")[::-1], dim=-1)  # (ny, nx, 2): (i, j)
@@ -280,12 +284,16 @@ def _support(taps: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
     return (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0)
 
 
-def _resample_separable(volume: np.ndarray, m: np.ndarray, src_shape: tuple[int, int, int],
-                        dst_shape: tuple[int, int, int], *, mode: str, fill: float,
-                        chunk_slices: int = 32) -> np.ndarray:
+def _resample_separable(volume, m: np.ndarray, src_shape: tuple[int, int, int],
+                        dst_shape: tuple[int, int, int], *, mode: str, fill: float) -> np.ndarray:
     """:func:`resample` when each destination axis maps onto one source axis (``m`` diagonal: axis-aligned,
     parallel grids): the same trilinear (or nearest) sampling as ``grid_sample`` from the same float32
-    coordinates, done axis by axis (rows, columns, then slices) on only the source slices that are used."""
+    coordinates, done axis by axis: each source slice that is used is resampled in-plane (rows, then
+    columns) when the first destination slice needs it and dropped after the last, so only a couple of
+    source slices are held at once (``volume`` may be any sequence of (ny, nx) slices, e.g. a lazy reader).
+
+    Off the source the taps weigh 0 (``grid_sample``'s zero padding of ``volume - fill``); ``fill`` comes back
+    as ``fill * (1 - total weight)``, so the volume itself is never shifted (nor copied)."""
     sz, sy, sx = src_shape
     nz, ny, nx = dst_shape
     # normalised coordinates as the 3-D path builds its grid (float64 affine rounded to float32, then k steps
@@ -294,26 +302,62 @@ def _resample_separable(volume: np.ndarray, m: np.ndarray, src_shape: tuple[int,
     gy = (np.arange(ny, dtype=np.float64) * m[1, 1] + m[1, 3]).astype(np.float32)
     gz = np.float32(m[2, 3]) + np.arange(nz, dtype=np.float32) * np.float32(m[2, 2])
     tx, ty, tz = _axis_taps(gx, sx, mode), _axis_taps(gy, sy, mode), _axis_taps(gz, sz, mode)
-    used = np.unique(np.concatenate([i[w != 0] for i, w in tz]))
-    slot = np.zeros(sz, dtype=np.int64)
-    slot[used] = np.arange(used.size)
     # only the destination rows and columns that see the source (the rest stay 0, i.e. fill)
     y0, y1 = _support(ty)
     x0, x1 = _support(tx)
-    ty = [(i[y0:y1], w[y0:y1]) for i, w in ty]
+    # total weight in-plane: < 1 where taps fall off the source
+    fill_weight = np.float32(fill) * sum(w for _, w in ty)[:, None] * sum(w for _, w in tx)[None, :]
+    ty = [(i[y0:y1], w[y0:y1, None]) for i, w in ty]
     tx = [(i[x0:x1], w[x0:x1]) for i, w in tx]
-    planes = np.zeros((max(used.size, 1), ny, nx), dtype=np.float32)  # used source slices, resampled in-plane
-    for c0 in range(0, used.size, chunk_slices):
-        block = np.asarray(volume[used[c0:c0 + chunk_slices]], dtype=np.float32)
-        if fill != 0:
-            block = block - np.float32(fill)
-        rows = sum(np.take(block, i, axis=1) * w[None, :, None] for i, w in ty)
-        planes[c0:c0 + block.shape[0], y0:y1, x0:x1] = sum(np.take(rows, i, axis=2) * w[None, None, :]
-                                                            for i, w in tx)
+    # every temporary is allocated once and reused: fresh memory costs page faults, the main cost here
+    read_into = getattr(volume, "read_into", None)  # a lazy reader fills a buffer; an array gives views
+    source = np.empty((sy, sx), dtype=np.float32) if read_into is not None else None
+    rows, rows_part = (np.empty((y1 - y0, sx), dtype=np.float32) for _ in range(2))
+    cols_part = np.empty((y1 - y0, x1 - x0), dtype=np.float32)
+    scratch = np.empty((ny, nx), dtype=np.float32)
+    planes: dict[int, np.ndarray] = {}  # source slice -> resampled in-plane, while destination slices need it
+    spare: list[np.ndarray] = []  # planes no longer needed, reused
+
+    def plane(j: int) -> np.ndarray:
+        if j not in planes:
+            p = spare.pop() if spare else np.empty((ny, nx), dtype=np.float32)
+            p.fill(0)
+            if y1 > y0 and x1 > x0:
+                src = read_into(j, source) if read_into is not None else np.asarray(volume[j], dtype=np.float32)
+                _weighted_taps(src, ty, 0, rows, rows_part)
+                _weighted_taps(rows, tx, 1, p[y0:y1, x0:x1], cols_part)
+            planes[j] = p
+        return planes[j]
+
     out = np.empty(dst_shape, dtype=np.float32)
-    for k0 in range(0, nz, chunk_slices):
-        k = slice(k0, min(nz, k0 + chunk_slices))
-        out[k] = sum(planes[slot[i[k]]] * w[k, None, None] for i, w in tz)
-    if fill != 0:
-        out += np.float32(fill)
+    for k in range(nz):
+        taps = [(int(i[k]), w[k]) for i, w in tz if w[k] != 0]
+        if not taps:
+            out[k] = 0
+        else:
+            (j, w), *rest = taps
+            np.multiply(plane(j), w, out=out[k])
+            for j, w in rest:
+                out[k] += np.multiply(plane(j), w, out=scratch)
+        needed = {j for j, _ in taps}
+        for j in [j for j in planes if j not in needed]:  # monotonic in k: not needed again
+            spare.append(planes.pop(j))
+        if fill != 0:  # + fill * (1 - total weight)
+            out[k] += np.float32(fill)
+            if taps:
+                out[k] -= np.multiply(fill_weight, sum(w for _, w in taps), out=scratch)
+    return out
+
+
+def _weighted_taps(array: np.ndarray, taps: list[tuple[np.ndarray, np.ndarray]], axis: int,
+                   out: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """``out = sum_t take(array, index_t, axis) * weight_t`` (weights broadcast against ``out``), with ``part``
+    a buffer of ``out``'s shape."""
+    (i, w), *rest = taps
+    np.take(array, i, axis=axis, out=out)
+    out *= w
+    for i, w in rest:
+        np.take(array, i, axis=axis, out=part)
+        part *= w
+        out += part
     return out

@@ -47,8 +47,8 @@ def load_nifti_volume(path: str | Path, modality: str) -> SeriesVolume:
     geom = Geometry.from_affine(vol.shape, affine)
     normal = geom.direction_matrix[:, 2]
     positions = np.asarray(geom.origin) @ normal + geom.spacing[0] * np.arange(vol.shape[0])
-    return SeriesVolume(modality=modality, array=vol.astype(np.float32), geometry=geom, positions_mm=positions,
-                        irregular=False, files=[path], units="GML" if modality == "PT" else "")
+    return SeriesVolume(modality=modality, array=vol.astype(np.float32, copy=False), geometry=geom,
+                        positions_mm=positions, irregular=False, files=[path], units="GML" if modality == "PT" else "")
 
 
 def _fraction(text: str) -> float | None:

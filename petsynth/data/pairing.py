@@ -23,7 +23,8 @@ class PairedSlices:
     """Paired slices of one study, in slice order.
 
     Attributes:
-        source, target: (n, size, size) float32 in physical units.
+        source, target: (n, size, size) float32 in physical units (``target`` may be a view of the target
+            series' array: copy before changing it in place).
         target_index: (n,) index of each pair's slice in the target series.
         z_mm: (n,) position of each slice along the target's slice normal, mm.
         spacing_mm: (row, column) pixel spacing after resizing, mm.
@@ -93,18 +94,17 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
     if source.irregular:
         raise ValueError("the source series has irregular slice steps; resampling it needs a regular grid")
     keep_idx = np.nonzero(covered(source, _slice_centres(target)))[0].astype(np.int64)
+    # a run of slices (the usual case) is taken as a view, without a copy
+    keep = slice(int(keep_idx[0]), int(keep_idx[-1]) + 1) \
+        if keep_idx.size and keep_idx[-1] - keep_idx[0] + 1 == keep_idx.size else keep_idx
     if not target.irregular:  # one pass over the source for all slices
-        src = resample(source.array, source.geometry, target.geometry, fill=fill, mode=mode)
-        if keep_idx.size and keep_idx[-1] - keep_idx[0] + 1 == keep_idx.size:  # a run of slices: a view, no copy
-            src = src[int(keep_idx[0]):int(keep_idx[-1]) + 1]
-        else:
-            src = src[keep_idx]
+        src = resample(source.array, source.geometry, target.geometry, fill=fill, mode=mode)[keep]
     elif len(keep_idx):  # exact per-slice grids (e.g. bed joins)
         src = np.stack([resample(source.array, source.geometry, slice_geometry(target, int(k)),
                                  fill=fill, mode=mode)[0] for k in keep_idx])
     else:
         src = np.zeros((0, *target.array.shape[1:]), np.float32)
-    tgt = target.array[keep_idx]
+    tgt = target.array[keep]
     dy, dx = target.geometry.spacing[1:]
     if size is not None:
         ny, nx = target.array.shape[1:]
@@ -112,7 +112,6 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
             raise ValueError(f"target grid is {ny}x{nx}; resizing to {size}x{size} needs a square grid")
         src, tgt = resize_inplane(src, size, mode=mode), resize_inplane(tgt, size)
         dy, dx = dy * ny / size, dx * nx / size
-    # both are fresh arrays already (resampled, or fancy-indexed): no copy needed
     return PairedSlices(source=src.astype(np.float32, copy=False), target=tgt.astype(np.float32, copy=False),
                         target_index=keep_idx,
                         z_mm=target.positions_mm[keep_idx], spacing_mm=(dy, dx))

@@ -86,8 +86,9 @@ class StudyPlan:
             self.source_modality = getattr(self.source, "modality", "")
 
 
-def _load(item: Input, modality: str) -> SeriesVolume:
-    return load_nifti_volume(item, modality) if isinstance(item, Path) else load_series(item, modality)
+def _load(item: Input, modality: str, lazy: bool = False) -> SeriesVolume:
+    """A series or NIfTI volume; ``lazy``: a DICOM CT/MR series may be read slice by slice while resampling."""
+    return load_nifti_volume(item, modality) if isinstance(item, Path) else load_series(item, modality, lazy=lazy)
 
 
 def _folders(item: Input | None) -> set[str]:
@@ -185,7 +186,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
     name, patient = pseudonym(key, plan.study_uid), pseudonym(key, plan.patient_id, prefix="p")
     try:
         pet = _load(plan.target, "PT")
-        source = _load(plan.source, plan.source_modality)
+        source = _load(plan.source, plan.source_modality, lazy=True)  # never held whole: resampled slice by slice
         fill = HU_AIR if plan.source_modality == "CT" else 0.0
         pairs = pair_slices(pet, source, fill=fill, size=size)
         if len(pairs.target_index) == 0:
@@ -201,7 +202,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         arrays = {"source": pairs.source[keep], "target": pairs.target[keep]}
         kvp = source.kvp
         if plan.guidance is not None:
-            ct = _load(plan.guidance, "CT")
+            ct = _load(plan.guidance, "CT", lazy=True)
             arrays["guidance"] = pair_slices(pet, ct, fill=HU_AIR, size=size).source[keep]
             kvp = ct.kvp
         for tname, tvol in _truth_series(pet).items():

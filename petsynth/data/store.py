@@ -6,8 +6,9 @@ Layout::
       dataset.yaml                 task, slice size, store version, arrays present, petsynth version
       splits.json                  study -> split (train/val/test), written when preparation finishes
       studies/<study>/             one zarr v3 group per study (built under a temporary name, then renamed)
-        source, target[, guidance, truth, labels]   (n, H, W) arrays, one compressed chunk per slice,
-                                                    sharded in files of SLICES_PER_SHARD slices
+        source, target[, guidance, truth, labels]   (n, H, W) arrays (float32; labels uint8), one blosc-compressed
+                                                    chunk per slice, sharded in files of SLICES_PER_SHARD slices
+                                                    (standard zarr v3 sharding, written by _write_shards for speed)
         attrs: per-slice metadata (z_mm, ...), study metadata
 
 Values are physical (CT in HU, PET in SUVbw, MR as read); nothing is rescaled. A study folder exists only
@@ -22,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
+import numcodecs
 import numpy as np
 import torch
 import yaml
@@ -46,8 +49,15 @@ STUDY_KEYS = ("spacing_mm", "kvp", "vendor", "units", "dose_fraction")
 #: Slices are compressed one per chunk (random access reads one slice) and stored in shards of this many
 #: slices (one file each), so a study is a handful of files rather than one per slice.
 SLICES_PER_SHARD = 64
-#: Fast lossless compression: byte-shuffled zstd at level 1 (about the ratio of level 3, at half the time).
-_COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+#: Lossless compression of each slice: byte-shuffled blosc lz4 at level 5. Measured on 893 prepared 256x256
+#: phantom slices (one thread; ratio, then encode/decode ms per slice), CT source | PET target:
+#:   zstd-1: 2.72, 0.77/0.39 | 3.12, 0.92/0.45      zstd-3: 2.82, 1.88/0.27 | 3.36, 2.56/0.42
+#:   lz4-1:  2.45, 0.18/0.20 | 2.20, 0.35/0.25      lz4-5:  2.56, 0.19/0.16 | 2.33, 0.38/0.20
+#: lz4 encodes 2.5-4x faster and decodes about 2x faster than zstd-1 for about 20% more disk (6% CT, 34% PET);
+#: preparation and loading speed matter more here. Readers need nothing new: the codec is in zarr.json.
+_COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+_LE_BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
+_NO_CHUNK = 2**64 - 1  # offset and length of an absent inner chunk in a shard index
 
 
 class DatasetError(ValueError):
@@ -105,13 +115,50 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
     with atomic_directory(Path(root) / STUDIES_DIR / study, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         for name, a in arrays.items():
-            dtype = "uint8" if name == "labels" else "float32"
-            group.create_array(name, data=np.ascontiguousarray(a, dtype=dtype), chunks=(1, *a.shape[1:]),
-                               shards=(min(n, SLICES_PER_SHARD), *a.shape[1:]), compressors=_COMPRESSOR)
+            a = np.ascontiguousarray(a, dtype="<u1" if name == "labels" else "<f4")
+            array = group.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(1, *a.shape[1:]),
+                                       shards=(min(n, SLICES_PER_SHARD), *a.shape[1:]), compressors=_COMPRESSOR)
+            _write_shards(array, tmp / name, a)
         group.attrs.update({"study": study, "slices": int(n),
                             "slice_meta": {k: [_plain(v) for v in vs] for k, vs in slice_meta.items()},
                             "study_meta": {k: _plain(v) for k, v in study_meta.items()}})
     return Path(root) / STUDIES_DIR / study
+
+
+def _write_shards(array: zarr.Array, folder: Path, data: np.ndarray) -> None:
+    """Write ``data`` (n, H, W), little-endian, values as given, into the shards of the new, empty ``array``.
+
+    zarr's own write costs about 1 ms of Python/async overhead per chunk (per slice), more than compressing it;
+    this writes the same standard zarr v3 files directly, following the sharding_indexed codec with the
+    settings zarr recorded in ``folder/zarr.json``. Each shard file (at zarr's key for it, ``c/<shard>/0/0``)
+    holds its slices' blosc streams back to back, then the index: (offset, nbytes) in bytes per slice as
+    little-endian uint64 (2**64-1 for both where absent: the slices past n in a last partial shard), then the
+    index's crc32c (uint32 LE). Unlike zarr, all-zero (fill value) slices are stored too, at a few bytes each;
+    they read back the same. Raises RuntimeError if zarr's metadata asks for any other layout.
+    """
+    meta = json.loads((folder / "zarr.json").read_text())  # as zarr wrote it
+    codecs = meta["codecs"]
+    shard = codecs[0]["configuration"] if [c["name"] for c in codecs] == ["sharding_indexed"] else {}
+    inner = shard.get("codecs", [])
+    bytes_ok = [_LE_BYTES] + ([{"name": "bytes"}] if data.itemsize == 1 else [])  # no endianness for 1 byte
+    if not (shard.get("chunk_shape") == [1, *data.shape[1:]] and shard.get("index_location") == "end"
+            and shard.get("index_codecs") == [_LE_BYTES, {"name": "crc32c"}]
+            and len(inner) == 2 and inner[0] in bytes_ok and inner[1]["name"] == "blosc"):
+        raise RuntimeError(f"zarr {zarr.__version__} wrote array codecs this writer does not produce: {codecs}")
+    config = dict(inner[1]["configuration"])  # cname, clevel, shuffle, typesize, blocksize
+    config["shuffle"] = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[config["shuffle"]]
+    blosc = numcodecs.Blosc(**config)
+    per_shard = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    for s, start in enumerate(range(0, len(data), per_shard)):
+        chunks = [blosc.encode(x) for x in data[start:start + per_shard]]
+        sizes = np.array([len(c) for c in chunks], dtype="<u8")
+        index = np.full((per_shard, 2), _NO_CHUNK, dtype="<u8")
+        index[:len(chunks)] = np.stack([np.cumsum(sizes) - sizes, sizes], axis=1)
+        index_bytes = index.tobytes()
+        path = folder / array.metadata.encode_chunk_key((s, 0, 0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.writelines([*chunks, index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")])
 
 
 def _plain(v):
