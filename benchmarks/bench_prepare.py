@@ -29,7 +29,6 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rss_before = peak_rss_mb()
     peaks: list[float] = []
     r = prepare_speed(args.studies, workdir=args.workdir, say=print, repeats=args.repeats,
                       with_truth=args.with_truth, progress=lambda done, total, status: peaks.append(peak_rss_mb()))
@@ -40,8 +39,10 @@ def main() -> None:
     print(f"pydicom read+decode floor: {r.floor_seconds:.2f} s = {r.floor_pairs_per_s:.1f} pairs/s")
     print(f"prepare (1 worker):        {r.seconds:.2f} s = {r.pairs_per_s:.1f} pairs/s ({r.ratio:.2f} of the floor); "
           f"CPU time {r.cpu_seconds:.2f} s = {r.pairs / r.cpu_seconds:.1f} pairs per CPU second")
-    print(f"peak RSS: {rss_before:.0f} MB before prepare; after each study: "
+    print(f"peak RSS: {r.peak_rss_before_mb:.0f} MB before prepare; after each study of the first run: "
           + ", ".join(f"{p:.0f}" for p in peaks) + " MB (flat = memory does not grow with studies)")
+    if r.peak_rss_before_mb > 1000:
+        print("(the phantoms were simulated in this process, which set the peak: run again to see prepare's own)")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,7 @@ class PrepareSpeed:
     run_seconds: list[float]
     floor_runs: list[float]
     run_cpu_seconds: list[float]  # CPU time (user + system, all threads) of each prepare run
+    peak_rss_before_mb: float = 0.0  # the process's peak before the first timed run (after any simulation)
 
     @property
     def seconds(self) -> float:
@@ -190,6 +191,7 @@ def prepare_speed(studies: int = 1, preset: str = "default", size: int = 256, wo
         tmp.rename(raw)
     files = sorted(raw.rglob("*.dcm"))
     floor_runs, run_seconds, run_cpu, pairs = [], [], [], 0
+    rss_before = peak_rss_mb()
     for k in range(repeats):
         say(f"pydicom floor: reading every file ({k + 1}/{repeats})")
         t0 = time.perf_counter()
@@ -206,7 +208,7 @@ def prepare_speed(studies: int = 1, preset: str = "default", size: int = 256, wo
         pairs = sum(r.slices for r in report.results)
         shutil.rmtree(out)
     return PrepareSpeed(pairs=pairs, files=len(files), run_seconds=run_seconds, floor_runs=floor_runs,
-                        run_cpu_seconds=run_cpu)
+                        run_cpu_seconds=run_cpu, peak_rss_before_mb=rss_before)
 
 
 def _cpu_seconds() -> float:
