@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from petsynth.data.dicom_header import HeaderFields
 from petsynth.data.dicom_index import InstanceHeader, SeriesInfo
 from petsynth.data.geometry import Geometry
 from petsynth.data.suv import SUVScale, rescaled_pixels, suv_scale
@@ -128,16 +129,6 @@ def _scanned_headers(series: SeriesInfo | list, files: list[Path]) -> list[Insta
     return headers
 
 
-class _Acquisition(dict):
-    """The acquisition date and time of one instance, read like a header by :func:`suv_scale`."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 class SliceReader:
     """The slices of a series in position order, read from their files on demand.
 
@@ -222,8 +213,8 @@ def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceH
 
     suv = None
     if modality == "PT":
-        others = [_Acquisition({k: v for k, v in (("AcquisitionDate", h.acquisition_date),
-                                                  ("AcquisitionTime", h.acquisition_time)) if v is not None})
+        others = [HeaderFields({k: v for k, v in (("AcquisitionDate", h.acquisition_date),  # read like headers
+                                                   ("AcquisitionTime", h.acquisition_time)) if v is not None})
                   for h in headers[1:]]
         suv = suv_scale([first, *others])
     reader = SliceReader(files, headers)
