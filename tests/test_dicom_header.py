@@ -79,6 +79,19 @@ def test_truncated_and_garbage_files_are_left_to_pydicom(tmp_path):
     assert read_header_fields(tmp_path / "junk.dcm", WANTED) is None
 
 
+def test_corrupted_bytes_never_raise(tmp_path):
+    good = bytearray((PYDICOM_FILES / "rtplan.dcm").read_bytes())  # nested sequences of undefined length
+    rng = np.random.default_rng(0)
+    path = tmp_path / "bad.dcm"
+    for _ in range(200):
+        bad = bytearray(good)
+        for pos in rng.integers(132, len(bad), size=3):
+            bad[pos] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(bad))
+        fields = read_header_fields(path, WANTED)  # fields or None (then pydicom judges), never an exception
+        assert fields is None or fields.transfer_syntax
+
+
 def test_headers_longer_than_the_first_read_are_followed(tmp_path):
     ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
     ds.add_new(0x00090010, "LO", "PETSYNTH TEST")  # a private block of 40 kB pushes the later elements and
