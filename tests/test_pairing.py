@@ -119,3 +119,16 @@ def test_parallel_grids_match_scipy_with_the_fill_blended_at_the_edges(mode):
     want = map_coordinates(volume, idx, order=1, mode="grid-constant", cval=-1000.0).reshape(dst.shape)
     assert (want == -1000.0).any() and (np.abs(want + 1000) > 1).any()
     np.testing.assert_allclose(got, want, atol=0.05)  # float32 coordinates, values up to ~1000
+
+
+def test_a_non_square_target_is_cropped_to_its_centred_square():
+    ct_geom = Geometry(shape=(40, 96, 96), spacing=(2.5, 2.0, 2.0), origin=(-95.0, -95.0, -50.0))
+    pet_geom = Geometry(shape=(30, 40, 34), spacing=(4.0, 4.4, 4.4), origin=(-85.8, -85.8, -70.0))
+    ct, pet = _series(_linear_field(ct_geom), ct_geom), _series(_linear_field(pet_geom), pet_geom)
+    pairs = pair_slices(pet, ct, fill=-1000.0, size=34)
+    kept = pet.array[pairs.target_index][:, 3:37, :]  # the middle 34 of the 40 rows
+    assert pairs.target.shape[1:] == (34, 34) and len(pairs.target_index) > 0
+    np.testing.assert_array_equal(pairs.target, kept)
+    # the CT is sampled at the world positions of the kept PET pixels (the field is linear: exact)
+    np.testing.assert_allclose(pairs.source, kept, atol=1e-2)
+    assert pairs.spacing_mm == pytest.approx((4.4, 4.4))

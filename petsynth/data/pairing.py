@@ -8,6 +8,7 @@ output size in-plane (bilinear, area-preserving for downsampling), and the pixel
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,21 @@ def resize_inplane(stack: np.ndarray, size: int, mode: str = "bilinear") -> np.n
     return out[:, 0].numpy()
 
 
+def centre_square(series: SeriesVolume) -> SeriesVolume:
+    """A series whose in-plane grid is not square, cropped to its centred square (side: the shorter one);
+    the geometry follows (origin moved along the row and column directions). Square series as they are."""
+    nz, ny, nx = series.array.shape
+    if ny == nx:
+        return series
+    n = min(ny, nx)
+    y0, x0 = (ny - n) // 2, (nx - n) // 2
+    g = series.geometry
+    origin = g.index_to_world(np.array([x0, y0, 0.0]))
+    geometry = Geometry(shape=(nz, n, n), spacing=g.spacing, origin=tuple(float(v) for v in origin),
+                        direction=g.direction)
+    return dataclasses.replace(series, array=series.array[:, y0:y0 + n, x0:x0 + n], geometry=geometry)
+
+
 def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size: int | None = None,
                 mode: str = "bilinear") -> PairedSlices:
     """Resample ``source`` onto every ``target`` slice it covers and resize both to ``size`` (default: keep).
@@ -88,11 +104,14 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
         target: the series whose slice positions define the pairs (PET).
         source: the series resampled onto them (CT in HU, MR, low-dose PET).
         fill: value outside the source's field (-1000 HU for CT, 0 for PET/MR).
-        size: output side in pixels; the target grid must be square to resize.
+        size: output side in pixels; a target grid that is not square is first cropped to its centred
+            square (:func:`centre_square`: every value kept is measured, none is padded in).
         mode: "bilinear", or "nearest" for label sources.
     """
     if source.irregular:
         raise ValueError("the source series has irregular slice steps; resampling it needs a regular grid")
+    if size is not None:
+        target = centre_square(target)
     keep_idx = np.nonzero(covered(source, _slice_centres(target)))[0].astype(np.int64)
     # a run of slices (the usual case) is taken as a view, without a copy
     keep = slice(int(keep_idx[0]), int(keep_idx[-1]) + 1) \
@@ -108,8 +127,6 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
     dy, dx = target.geometry.spacing[1:]
     if size is not None:
         ny, nx = target.array.shape[1:]
-        if ny != nx:
-            raise ValueError(f"target grid is {ny}x{nx}; resizing to {size}x{size} needs a square grid")
         src, tgt = resize_inplane(src, size, mode=mode), resize_inplane(tgt, size)
         dy, dx = dy * ny / size, dx * nx / size
     return PairedSlices(source=src.astype(np.float32, copy=False), target=tgt.astype(np.float32, copy=False),
