@@ -231,3 +231,24 @@ def test_compressed_studies_give_the_same_dataset(phantoms, tmp_path):
         for key in ("source", "target", "truth", "labels"):
             np.testing.assert_array_equal(a[i][key], b[i][key])
         assert a[i]["z_mm"] == b[i]["z_mm"] and a[i]["study"] == b[i]["study"]
+
+
+def test_undecodable_pixel_data_fails_its_study_only_and_names_the_file(phantoms, tmp_path):
+    from pydicom.uid import JPEG2000Lossless
+
+    first, second = sorted(p for p in phantoms.iterdir() if p.is_dir())[:2]
+    for study in (first, second):
+        shutil.copytree(study, tmp_path / "raw" / study.name)
+    slices = sorted((tmp_path / "raw" / first.name / "CT").glob("*.dcm"),
+                    key=lambda f: pydicom.dcmread(f).ImagePositionPatient[2])
+    damaged = slices[len(slices) // 2 - 1:len(slices) // 2 + 2]  # three in the middle: the pairing needs some
+    for path in damaged:
+        ds = pydicom.dcmread(path)
+        ds.compress(JPEG2000Lossless)
+        ds.PixelData = ds.PixelData[:40] + b"\xff" * (len(ds.PixelData) - 40)  # a broken codestream
+        ds.save_as(path)
+    report = prepare_dataset([tmp_path / "raw"], tmp_path / "ds", "ct2pet", size=64, key=KEY)
+    assert sorted(r.status for r in report.results) == ["failed", "ok"]
+    (failed,) = report.failed
+    assert any(f.name in failed.reason for f in damaged) and "pixel data cannot be decoded" in failed.reason
+    assert str(tmp_path) not in failed.reason  # the folder is scrubbed (it may carry a patient's name)

@@ -108,7 +108,7 @@ def load_series(series: SeriesInfo | list[str | Path], modality: str | None = No
     suv = suv_scale(datasets) if modality == "PT" else None
     array = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
     for k, ds in enumerate(datasets):
-        rescaled_pixels(ds, out=array[k])
+        _decode(ds, files[k], array[k])
     return _volume(datasets[0], modality, array, step, axes, positions, irregular, files, suv)
 
 
@@ -127,6 +127,15 @@ def _scanned_headers(series: SeriesInfo | list, files: list[Path]) -> list[Insta
     except OSError:
         return None
     return headers
+
+
+def _decode(ds: pydicom.Dataset, path: Path, out: np.ndarray) -> None:
+    """Fill ``out`` with the instance's rescaled pixels as pydicom decodes them; a SeriesError naming the file
+    when they cannot be decoded (damaged, or a compression without an installed decoder, e.g. JPEG-LS)."""
+    try:
+        rescaled_pixels(ds, out=out)
+    except Exception as err:  # noqa: BLE001 - pydicom's decoders raise many kinds
+        raise SeriesError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: {err})") from None
 
 
 class SliceReader:
@@ -152,7 +161,7 @@ class SliceReader:
         """Fill ``out`` (rows, columns) float32 with slice ``k``."""
         path, h = self.files[k], self.headers[k]
         if h.pixel_offset < 0 or not self._read_native(path, h, out):
-            rescaled_pixels(pydicom.dcmread(path), out=out)
+            _decode(pydicom.dcmread(path), path, out)
         return out
 
     def _read_native(self, path: Path, h: InstanceHeader, out: np.ndarray) -> bool:

@@ -217,6 +217,9 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         return StudyResult(name, patient, "ok", slices=len(pairs.target_index[keep]))
     except (StudyError, SUVError, ValueError, OSError) as err:
         return StudyResult(name, patient, "failed", reason=_scrub(f"{type(err).__name__}: {err}", plan))
+    except Exception as err:  # noqa: BLE001 - a fault in one study must not stop the batch: report it
+        return StudyResult(name, patient, "failed",
+                           reason=_scrub(f"unexpected {type(err).__name__}: {err} (please report)", plan))
 
 
 def assign_splits(patients: dict[str, str], fractions: Sequence[float], key: bytes, seed: int) -> dict[str, str]:
