@@ -31,7 +31,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peaks: list[float] = []
     r = prepare_speed(args.studies, workdir=args.workdir, say=print, repeats=args.repeats,
-                      with_truth=args.with_truth, progress=lambda done, total, status: peaks.append(peak_rss_mb()))
+                      with_truth=args.with_truth,
+                      progress=lambda done, total, status: status != "scanning" and peaks.append(peak_rss_mb()))
     print(f"machine: {machine()}")
     print(f"files: {r.files}, pairs: {r.pairs}, threads: {args.threads}, truth stored: {args.with_truth}")
     print("pydicom floor runs (s): " + ", ".join(f"{s:.2f}" for s in r.floor_runs))

@@ -141,7 +141,8 @@ def prepare(
         job = bar.add_task("scanning", total=None)
 
         def advance(done: int, total: int, status: str) -> None:
-            bar.update(job, completed=done, total=total, description=f"preparing ({status})")
+            bar.update(job, completed=done, total=total,
+                       description="scanning files" if status == "scanning" else f"preparing ({status})")
 
         try:
             report = prepare_dataset(inputs, out, task, size=size, workers=workers, resume=resume,

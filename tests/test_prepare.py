@@ -22,8 +22,14 @@ def phantoms(tmp_path_factory):
 
 
 def test_prepare_phantom_studies(phantoms, tmp_path):
-    report = prepare_dataset([phantoms], tmp_path / "ds", "ct2pet", size=64, key=KEY)
+    calls = []
+    report = prepare_dataset([phantoms], tmp_path / "ds", "ct2pet", size=64, key=KEY,
+                             progress=lambda *args: calls.append(args))
     assert [r.status for r in report.results] == ["ok"] * 3 and not report.failed
+    files = sum(1 for f in phantoms.rglob("*") if f.is_file())
+    scans = [c for c in calls if c[2] == "scanning"]
+    assert scans and scans[-1][:2] == (files, files)  # the scan reports its progress, ending at every file
+    assert calls[len(scans):] == [(1, 3, "ok"), (2, 3, "ok"), (3, 3, "ok")]
     ds = open_dataset(tmp_path / "ds")
     assert len(ds) == sum(r.slices for r in report.results) and len(ds.studies) == 3
     assert {ds.splits[s] for s in ds.studies} <= {"train", "val", "test"} and len(set(ds.splits.values())) == 3

@@ -308,7 +308,8 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
                     progress: Callable[[int, int, str], None] | None = None) -> PrepareReport:
     """Prepare every study found under ``inputs`` into the dataset ``out``; see the module docstring.
 
-    ``progress(done, total, status)`` is called after each study. Studies already in the dataset are
+    ``progress(done, total, status)`` is called while files are scanned (status "scanning", files done and
+    found, every 200 files and at the end), then after each study (its status). Studies already in the dataset are
     skipped when ``resume``. Returns the report (also written as ``out/prepare_report.json``).
     ``mapping_file``: only when asked, a CSV (outside the dataset) linking each pseudonym to the study's
     original identifier (StudyInstanceUID or NIfTI study name) and patient id; merged with an existing one.
@@ -322,7 +323,11 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
                              f"dataset folder {out}")
     key = key if key is not None else load_key(key_file)
     root = store.create_dataset(out, task, size, resume=resume)
-    studies, skipped = scan_dicom(inputs)
+    def scanned(done: int, total: int) -> None:
+        if progress is not None and (done % 200 == 0 or done == total):
+            progress(done, total, "scanning")
+
+    studies, skipped = scan_dicom(inputs, progress=scanned)
     nifti = find_nifti_studies(list(inputs))
     nifti_files = {f for st in nifti for f in (st.target, *st.sources.values())}
     skipped = [s for s in skipped if s.path not in nifti_files and not _is_phantom_truth(s.path)]
