@@ -258,3 +258,29 @@ def test_undecodable_pixel_data_fails_its_study_only_and_names_the_file(phantoms
     (failed,) = report.failed
     assert any(f.name in failed.reason for f in damaged) and "pixel data cannot be decoded" in failed.reason
     assert str(tmp_path) not in failed.reason  # the folder is scrubbed (it may carry a patient's name)
+
+
+def test_truth_stays_on_its_pet_slice_when_the_ct_covers_fewer_slices(phantoms, tmp_path):
+    """Pairs start where the CT starts; the truth and labels must follow the PET slice of each pair."""
+    import numpy as np
+
+    from petsynth.io.nifti import read_nifti
+
+    study = sorted(p for p in phantoms.iterdir() if p.is_dir())[0]
+    shutil.copytree(study, tmp_path / "raw" / study.name)
+    cts = sorted((tmp_path / "raw" / study.name / "CT").glob("*.dcm"),
+                 key=lambda f: pydicom.dcmread(f).ImagePositionPatient[2])
+    for f in cts[:8] + cts[-5:]:  # the CT now misses the first and last PET slices
+        f.unlink()
+    size = pydicom.dcmread(next((tmp_path / "raw" / study.name / "PT").glob("*.dcm"))).Rows  # no resize
+    report = prepare_dataset([tmp_path / "raw"], tmp_path / "ds", "ct2pet", size=size, key=KEY)
+    (result,) = report.results
+    assert result.status == "ok"
+    truth, _ = read_nifti(study / "truth" / "suv_truth_blurred.nii.gz")
+    labels, _ = read_nifti(study / "truth" / "labels.nii.gz")
+    ds = open_dataset(tmp_path / "ds")
+    assert 0 < len(ds) < len(truth) and ds[0]["index"] > 0  # the first PET slices were dropped
+    for i in range(len(ds)):
+        item = ds[i]
+        np.testing.assert_allclose(item["truth"], truth[item["index"]], atol=1e-4)  # NIfTI affine rounding
+        np.testing.assert_array_equal(item["labels"], labels[item["index"]])

@@ -96,9 +96,39 @@ def centre_square(series: SeriesVolume) -> SeriesVolume:
     return dataclasses.replace(series, array=series.array[:, y0:y0 + n, x0:x0 + n], geometry=geometry)
 
 
+def _as_run(index: np.ndarray) -> slice | np.ndarray:
+    """A run of consecutive indices (the usual case) as a slice, so that taking it gives a view, not a copy."""
+    if index.size and index[-1] - index[0] + 1 == index.size:
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
+def resample_onto(target: SeriesVolume, source: SeriesVolume, index: np.ndarray, *, fill: float,
+                  size: int | None = None, mode: str = "bilinear") -> np.ndarray:
+    """``source`` resampled in world space onto the ``target`` slices ``index`` (ascending), then resized to
+    ``size`` (a non-square target cropped first, as :func:`pair_slices` does): (len(index), size, size)
+    float32, ``fill`` outside the source's field. The one resampling step of every array of a pair."""
+    if source.irregular:
+        raise ValueError("the source series has irregular slice steps; resampling it needs a regular grid")
+    if size is not None:
+        target = centre_square(target)
+    index = np.asarray(index, dtype=np.int64)
+    if not target.irregular:  # one pass over the source for all slices
+        src = resample(source.array, source.geometry, target.geometry, fill=fill, mode=mode)[_as_run(index)]
+    elif index.size:  # exact per-slice grids (e.g. bed joins)
+        src = np.stack([resample(source.array, source.geometry, slice_geometry(target, int(k)),
+                                 fill=fill, mode=mode)[0] for k in index])
+    else:
+        src = np.zeros((0, *target.array.shape[1:]), np.float32)
+    if size is not None:
+        src = resize_inplane(src, size, mode=mode)
+    return src.astype(np.float32, copy=False)
+
+
 def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size: int | None = None,
                 mode: str = "bilinear") -> PairedSlices:
     """Resample ``source`` onto every ``target`` slice it covers and resize both to ``size`` (default: keep).
+    Further arrays of the same pairs (guidance, truth) follow with :func:`resample_onto` on ``target_index``.
 
     Args:
         target: the series whose slice positions define the pairs (PET).
@@ -108,27 +138,15 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
             square (:func:`centre_square`: every value kept is measured, none is padded in).
         mode: "bilinear", or "nearest" for label sources.
     """
-    if source.irregular:
-        raise ValueError("the source series has irregular slice steps; resampling it needs a regular grid")
     if size is not None:
         target = centre_square(target)
     keep_idx = np.nonzero(covered(source, _slice_centres(target)))[0].astype(np.int64)
-    # a run of slices (the usual case) is taken as a view, without a copy
-    keep = slice(int(keep_idx[0]), int(keep_idx[-1]) + 1) \
-        if keep_idx.size and keep_idx[-1] - keep_idx[0] + 1 == keep_idx.size else keep_idx
-    if not target.irregular:  # one pass over the source for all slices
-        src = resample(source.array, source.geometry, target.geometry, fill=fill, mode=mode)[keep]
-    elif len(keep_idx):  # exact per-slice grids (e.g. bed joins)
-        src = np.stack([resample(source.array, source.geometry, slice_geometry(target, int(k)),
-                                 fill=fill, mode=mode)[0] for k in keep_idx])
-    else:
-        src = np.zeros((0, *target.array.shape[1:]), np.float32)
-    tgt = target.array[keep]
+    src = resample_onto(target, source, keep_idx, fill=fill, size=size, mode=mode)
+    tgt = target.array[_as_run(keep_idx)]
     dy, dx = target.geometry.spacing[1:]
     if size is not None:
         ny, nx = target.array.shape[1:]
-        src, tgt = resize_inplane(src, size, mode=mode), resize_inplane(tgt, size)
+        tgt = resize_inplane(tgt, size)
         dy, dx = dy * ny / size, dx * nx / size
-    return PairedSlices(source=src.astype(np.float32, copy=False), target=tgt.astype(np.float32, copy=False),
-                        target_index=keep_idx,
+    return PairedSlices(source=src, target=tgt.astype(np.float32, copy=False), target_index=keep_idx,
                         z_mm=target.positions_mm[keep_idx], spacing_mm=(dy, dx))

@@ -32,7 +32,7 @@ from petsynth.data import store
 from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
 from petsynth.data.dicom_series import SeriesVolume, load_series
 from petsynth.data.nifti_layouts import NiftiStudy, find_nifti_studies, load_nifti_volume
-from petsynth.data.pairing import pair_slices
+from petsynth.data.pairing import pair_slices, resample_onto
 from petsynth.data.suv import SUVError
 from petsynth.physics.constants import HU_AIR
 from petsynth.utils.files import atomic_write_text
@@ -200,21 +200,22 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
             start = int(rng.integers(0, total - n + 1))
             keep = slice(start, start + n)  # contiguous slices, in order, as in the CPDM experiment
         arrays = {"source": pairs.source[keep], "target": pairs.target[keep]}
+        index = pairs.target_index[keep]  # the PET slices of the pairs kept: guidance and truth go onto these
         kvp = source.kvp
         if plan.guidance is not None:
             ct = _load(plan.guidance, "CT", lazy=True)
-            arrays["guidance"] = pair_slices(pet, ct, fill=HU_AIR, size=size).source[keep]
+            arrays["guidance"] = resample_onto(pet, ct, index, fill=HU_AIR, size=size)
             kvp = ct.kvp
         for tname, tvol in _truth_series(pet).items():
             mode = "nearest" if tname == "labels" else "bilinear"
-            arrays[tname] = pair_slices(pet, tvol, fill=0.0, size=size, mode=mode).source[keep]
+            arrays[tname] = resample_onto(pet, tvol, index, fill=0.0, size=size, mode=mode)
         store.write_study(root, name, arrays,
-                          {"index": [int(i) for i in pairs.target_index[keep]],
+                          {"index": [int(i) for i in index],
                            "z_mm": [float(z) for z in pairs.z_mm[keep]]},
                           {"spacing_mm": list(pairs.spacing_mm), "kvp": kvp, "vendor": pet.manufacturer,
                            "units": pet.units, "dose_fraction": plan.dose_fraction, "task": task,
                            "patient": patient})
-        return StudyResult(name, patient, "ok", slices=len(pairs.target_index[keep]))
+        return StudyResult(name, patient, "ok", slices=len(index))
     except (StudyError, SUVError, ValueError, OSError) as err:
         return StudyResult(name, patient, "failed", reason=_scrub(f"{type(err).__name__}: {err}", plan))
     except Exception as err:  # noqa: BLE001 - a fault in one study must not stop the batch: report it
