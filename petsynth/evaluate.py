@@ -379,7 +379,9 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
             unit, data range, mean, std, n), ``per_slice.csv``, ``table.md`` (Table 4 style), ``figure.png``
             (Figure 3 style) and ``evaluation.json`` (settings, models, slice counts, versions).
         split: "train", "val", "test" or "all".
-        options: sampling options (steps, eta, batch size, bf16, seed), the same for every model.
+        options: sampling options (steps, eta, other sampler options, batch size, bf16, seed), the same for
+            every model; each model gets the sampler options it has (a U-Net has none), and an option no
+            model has is an error.
         max_slices: evaluate this many evenly spaced slices of the split (the same for every model).
         progress: ``progress(model_name, done, total)`` after each batch.
         device: where the models run (default: CUDA when available, else CPU).
@@ -399,6 +401,12 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     dataset = _open(data, split)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     methods = {name: load_model(spec, task=dataset.task, device=device) for name, spec in named.items()}
+    given = set(options.translate_kwargs())
+    unused = sorted(given - {k for m in methods.values() for k in m.sampler_option_names()})
+    if unused:
+        raise EvaluationError(f"no model takes the sampler option {', '.join(map(repr, unused))} (their options: "
+                              + "; ".join(f"{n}: {', '.join(m.sampler_option_names()) or 'none'}"
+                                          for n, m in methods.items()) + ")")
     indices = select_slices(len(dataset), max_slices)
     first = dataset[indices[0]]
     size = int(np.asarray(first["target"]).shape[-1])
@@ -418,7 +426,8 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
         t0 = time.perf_counter()
         items = ({**dataset[i], "_position": pos} for pos, i in enumerate(indices))
         report = (lambda done, total, _n=name: progress(_n, done, total)) if progress is not None else None
-        for batch, pred in predict_items(method, items, total=len(indices), options=options, progress=report):
+        for batch, pred in predict_items(method, items, total=len(indices), options=options.for_method(method),
+                                         progress=report):
             positions = batch["_position"]
             pred = pred.to(torch.float64)
             labels = batch["labels"].cpu().to(torch.int64) if has_labels else None
@@ -475,8 +484,9 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
         "max_slices": max_slices,
         "studies": slices_per_study,
         "references": {r: REFERENCES[r][1] for r in references},
-        "options": {"steps": options.steps, "eta": options.eta, "batch_size": options.batch_size,
-                    "bf16": options.bf16, "seed": options.seed},
+        "options": {"batch_size": options.batch_size, "bf16": options.bf16, "seed": options.seed,
+                    "sampler": options.translate_kwargs(),
+                    "sampler_per_model": {n: options.for_method(m).translate_kwargs() for n, m in methods.items()}},
         "device": device.type,
         "models": [_model_info(name, m) for name, m in methods.items()],
         "seconds_per_model": {k: round(v, 3) for k, v in timings.items()},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +100,33 @@ def autocast(device: torch.device | str, bf16: bool) -> contextlib.AbstractConte
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """How to run a method: ``steps`` and ``eta`` (diffusion methods; None = the model's defaults), slices per
-    batch, bf16 autocast, and the seed of the sampler's noise (stochastic samplers, LDM's start noise)."""
+    """How to run a method: its sampler options (``steps``, ``eta`` and any others in ``sampler``, e.g.
+    ``{"snr": 0.16}``; None or absent: the model's defaults), slices per batch, bf16 autocast, and the seed of
+    the sampler's noise (stochastic samplers, LDM's start noise). The method validates the sampler options:
+    one it does not have is an error that names it."""
 
     steps: int | None = None
     eta: float | None = None
     batch_size: int = 8
     bf16: bool = False
     seed: int = 0
+    sampler: Mapping[str, Any] = field(default_factory=dict)
 
     def translate_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in (("steps", self.steps), ("eta", self.eta)) if v is not None}
+        """The sampler options given (not None), as keyword arguments of ``Method.translate``."""
+        given = {k: v for k, v in (("steps", self.steps), ("eta", self.eta)) if v is not None}
+        overlap = set(given) & set(self.sampler)
+        if overlap:
+            raise ValueError(f"sampler option {', '.join(sorted(overlap))} given twice")
+        return {**given, **{k: v for k, v in self.sampler.items() if v is not None}}
+
+    def for_method(self, method: Method) -> "PredictOptions":
+        """These options without the sampler options ``method`` does not have (for comparing models of
+        several methods under one set of options: a step count means nothing to a U-Net)."""
+        names = set(method.sampler_option_names())
+        return replace(self, steps=self.steps if "steps" in names else None,
+                       eta=self.eta if "eta" in names else None,
+                       sampler={k: v for k, v in self.sampler.items() if k in names})
 
 
 def _batches(items: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]], size: int) -> Iterator[list]:

@@ -1,9 +1,10 @@
 """Baselines (unet with its 1-6 stage cascade, pix2pix, ldm), each with the optional Attention and
 Attenuation maps: the seed's U-Net layout, training through the one trainer, reload and translation to SUV,
-and DDIM sampling with an oracle denoiser."""
+and ldm's DDIM against the MONAI scheduler it used to run on."""
 
 import pytest
 import torch
+from monai.networks.schedulers import DDIMScheduler
 from torch import nn
 
 from petsynth.config import ConfigError
@@ -11,7 +12,6 @@ from petsynth.data.batch import Collate
 from petsynth.data.store import open_dataset
 from petsynth.methods import build_method, load_method
 from petsynth.methods.base import MethodError
-from petsynth.methods.ldm import ddim_sample
 from petsynth.nn.unet import UNetConfig, build_unet
 from petsynth.train.trainer import RunConfig, train
 from conftest import TINY_DENOISER, tiny_train_config
@@ -129,20 +129,24 @@ def test_baseline_trains_saves_reloads_and_translates_in_suv(name, tiny_dataset,
     _check_suv(method, pet)
 
 
-def test_ddim_with_an_oracle_denoiser_recovers_x0():
-    method = build_method("ldm", {"pixel_space": True, "denoiser": TINY_DENOISER})
-    sched = method.sampler()
-    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
-    abar = sched.alphas_cumprod
-
-    def oracle(x_t, t):  # the exact noise of x_t for this x0
-        a = abar[t].view(-1, 1, 1, 1)
-        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
-
-    for steps in (50, 7):
-        out = ddim_sample(oracle, torch.randn(2, 1, 8, 8), sched, steps)
-        torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
-    assert sched.timesteps.tolist()[-3:] == [2 * (1000 // 7), 1000 // 7, 0]
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ldm_translates_as_monai_ddim_did(eta):
+    """ldm's sampling moved from MONAI's schedulers onto petsynth.diffusion: same seed, same output as the
+    former implementation (MONAI's DDIMScheduler stepping on the DDIM grid, x0 clipped in pixel space)."""
+    torch.manual_seed(0)
+    method = build_method("ldm", {"pixel_space": True, "denoiser": TINY_DENOISER}).eval()
+    batch = {"source": torch.rand(2, 1, 32, 32) * 1000 - 500, "target": torch.rand(2, 1, 32, 32) * 5}
+    got = method.translate(batch, steps=5, eta=eta, generator=torch.Generator().manual_seed(3))
+    sched = DDIMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015,
+                          beta_end=0.0195, clip_sample=True, set_alpha_to_one=True)
+    sched.set_timesteps(5)
+    g = torch.Generator().manual_seed(3)
+    cond = method._conditions(batch)
+    x = torch.randn((2, 1, 32, 32), generator=g)
+    for t in (torch.arange(4, -1, -1) * 200).tolist():
+        eps = method.denoiser(torch.cat([x, cond], dim=1), torch.full((2,), t)).float()
+        x, _ = sched.step(eps, t, x, eta=eta, generator=g)
+    torch.testing.assert_close(got, method.config.transforms["target"].inverse(x), rtol=0, atol=0)
 
 
 def test_ldm_needs_a_vqgan_and_other_tasks_build():

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from petsynth.diffusion import (
-    BrownianBridge,
-    bridge_step,
-    sample_bridge,
-    sample_deterministic,
-    sample_stochastic,
-)
+from petsynth.diffusion import BrownianBridge, NoiseProcess, bridge_step, samplers
 
 OBJECTIVES = ("grad", "noise", "ysubx")
 
@@ -88,17 +82,17 @@ def test_q_sample_given_noise_and_predict_x0(objective):
     b = BrownianBridge(100, mt_type="sin", max_var=0.5, objective=objective)
     x0, y, eps = rand(3, 2, 4, 4, seed=1), rand(3, 2, 4, 4, seed=2), rand(3, 2, 4, 4, seed=3)
     t = torch.tensor([0, 37, 99])
-    x_t, target = b.q_sample(x0, y, t, noise=eps)
+    x_t, target = b.q_sample(x0, t, noise=eps, y=y)
     m = torch.as_tensor(ref_m(100, "sin"))[t].view(-1, 1, 1, 1)
     d = ref_delta(m, 0.5)
     torch.testing.assert_close(x_t, (1 - m) * x0 + m * y + d.sqrt() * eps)
     expected = {"grad": m * (y - x0) + d.sqrt() * eps, "noise": eps, "ysubx": y - x0}[objective]
     torch.testing.assert_close(target, expected)
-    torch.testing.assert_close(b.predict_x0(x_t, y, t, target), x0, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(b.predict_noise(x_t, y, t, x0), eps)
+    torch.testing.assert_close(b.predict_x0(x_t, t, target, y=y), x0, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(b.predict_noise(x_t, t, x0, y=y), eps)
     # per-sample t: the same as doing each sample alone with an int t
     for i in range(3):
-        xi, _ = b.q_sample(x0[i:i + 1], y[i:i + 1], int(t[i]), noise=eps[i:i + 1])
+        xi, _ = b.q_sample(x0[i:i + 1], int(t[i]), noise=eps[i:i + 1], y=y[i:i + 1])
         torch.testing.assert_close(xi, x_t[i:i + 1])
 
 
@@ -108,7 +102,7 @@ def test_q_sample_moments():
     t = torch.tensor([0, 250, 500, 999])
     n = 20000
     g = torch.Generator().manual_seed(6)
-    x_t, _ = b.q_sample(x0.repeat(n, 1, 1, 1), y.repeat(n, 1, 1, 1), t.repeat(n), generator=g)
+    x_t, _ = b.q_sample(x0.repeat(n, 1, 1, 1), t.repeat(n), y=y.repeat(n, 1, 1, 1), generator=g)
     x_t = x_t.view(n, 4, 1, 3, 3)
     m = torch.as_tensor(ref_m(1000))[t].view(-1, 1, 1, 1)
     d = ref_delta(m, 1.3)
@@ -121,12 +115,12 @@ def test_q_sample_moments():
 def test_dtype_and_shape_preserved():
     b = BrownianBridge(50)
     x0, y = torch.zeros(2, 3, 5, 5), torch.ones(2, 3, 5, 5)
-    x_t, target = b.q_sample(x0, y, torch.tensor([3, 40]))
+    x_t, target = b.q_sample(x0, torch.tensor([3, 40]), y=y)
     assert x_t.dtype == torch.float32 and x_t.shape == x0.shape and target.shape == x0.shape
     with pytest.raises(ValueError):
-        b.q_sample(x0, y, torch.tensor([3, 50]))
+        b.q_sample(x0, torch.tensor([3, 50]), y=y)
     with pytest.raises(ValueError):
-        b.q_sample(x0, y, torch.tensor([3, 4, 5]))
+        b.q_sample(x0, torch.tensor([3, 4, 5]), y=y)
 
 
 # -- posterior ----------------------------------------------------------------------------------------------
@@ -246,7 +240,7 @@ def test_deterministic_sampler_recovers_x0_and_stays_on_path(objective, mt_type)
     eps0 = (1 - m[-1]) * (y - x0) / math.sqrt(d[-1])  # the noise implied by the start x = y at t = T-1
     for n in (1, 2, 5, 50, 200):
         seen = []
-        out = b.sample(fn, y, n, eta=0.0, callback=seen.append)
+        out = samplers.bridge(b, fn, y, n, eta=0.0, callback=seen.append)
         torch.testing.assert_close(out, x0, rtol=0, atol=1e-8)
         assert [c["t"] for c in seen] == b.sample_steps(n)
         # consistency: every visited state is x0's forward path with one fixed eps
@@ -255,7 +249,7 @@ def test_deterministic_sampler_recovers_x0_and_stays_on_path(objective, mt_type)
             torch.testing.assert_close(c["x"], expected, rtol=0, atol=1e-8)
     # float32 too
     x32, y32 = x0.float(), y.float()
-    out32 = sample_deterministic(b, oracle(b, x32, y32, objective, mt_type=mt_type, s=s), y32, b.sample_steps(50))
+    out32 = samplers.bridge_deterministic(b, oracle(b, x32, y32, objective, mt_type=mt_type, s=s), y32, b.sample_steps(50))
     assert out32.dtype == torch.float32
     tol = 1e-4 if (objective == "noise" and mt_type == "sin") else 1e-5  # sin: 1 - m_{T-1} ~ 2.5e-6
     torch.testing.assert_close(out32, x32, rtol=0, atol=tol * 50)
@@ -268,7 +262,7 @@ def test_stochastic_sampler_with_oracle_follows_the_bridge():
     b = BrownianBridge(T, max_var=s)
     x0, y = rand(1, 1, 150, 150, seed=15), rand(1, 1, 150, 150, seed=16)
     seen = []
-    out = sample_stochastic(b, oracle(b, x0, y, "grad", s=s), y, b.sample_steps(6),
+    out = samplers.bridge_stochastic(b, oracle(b, x0, y, "grad", s=s), y, b.sample_steps(6),
                             generator=torch.Generator().manual_seed(17), callback=seen.append)
     torch.testing.assert_close(out, x0)
     m = ref_m(T)
@@ -297,9 +291,9 @@ def test_stochastic_sampler_mean_with_bayes_denoiser():
         return x_t - x0_mean
 
     y = torch.full((4, 1, 64, 64), yv, dtype=torch.float64)
-    out = b.sample(bayes, y, 20, eta=1.0, generator=torch.Generator().manual_seed(18))
+    out = samplers.bridge(b, bayes, y, 20, eta=1.0, generator=torch.Generator().manual_seed(18))
     assert abs(float(out.mean()) - mu0) < 0.01
-    det = b.sample(bayes, y, 20, eta=0.0)
+    det = samplers.bridge(b, bayes, y, 20, eta=0.0)
     assert abs(float(det.mean()) - mu0) < 0.01
 
 
@@ -310,14 +304,14 @@ def test_generator_reproducibility():
     def rough(x_t, t):  # an imperfect model, so that the noise matters
         return 0.5 * x_t
 
-    a1 = b.sample(rough, y, 10, eta=1.0, generator=torch.Generator().manual_seed(1))
-    a2 = b.sample(rough, y, 10, eta=1.0, generator=torch.Generator().manual_seed(1))
-    a3 = b.sample(rough, y, 10, eta=1.0, generator=torch.Generator().manual_seed(2))
+    a1 = samplers.bridge(b, rough, y, 10, eta=1.0, generator=torch.Generator().manual_seed(1))
+    a2 = samplers.bridge(b, rough, y, 10, eta=1.0, generator=torch.Generator().manual_seed(1))
+    a3 = samplers.bridge(b, rough, y, 10, eta=1.0, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a1, a2) and not torch.allclose(a1, a3)
-    d1 = b.sample(rough, y, 10, eta=0.0, generator=torch.Generator().manual_seed(1))
-    d2 = sample_bridge(b, rough, y, b.sample_steps(10), eta=0.0)
+    d1 = samplers.bridge(b, rough, y, 10, eta=0.0, generator=torch.Generator().manual_seed(1))
+    d2 = samplers.bridge(b, rough, y, b.sample_steps(10), eta=0.0)
     assert torch.equal(d1, d2)
-    h = b.sample(rough, y, [99, 50, 0], eta=0.5, generator=torch.Generator().manual_seed(1))
+    h = samplers.bridge(b, rough, y, [99, 50, 0], eta=0.5, generator=torch.Generator().manual_seed(1))
     assert h.shape == y.shape and torch.isfinite(h).all()
 
 
@@ -330,13 +324,13 @@ def test_sampler_argument_errors():
 
     for bad in ([50, 50, 0], [10, 20], [100, 0], []):
         with pytest.raises(ValueError):
-            b.sample(fn, y, bad)
+            samplers.bridge(b, fn, y, bad)
     for eta in (-0.1, 1.5):
         with pytest.raises(ValueError):
-            b.sample(fn, y, 5, eta=eta)
+            samplers.bridge(b, fn, y, 5, eta=eta)
     with pytest.raises(ValueError):
-        b.sample(fn, y, 0)
-    clipped = b.sample(lambda x, t: x - 5.0, y, 3, clip_x0=(-1.0, 1.0))  # x0_hat = 5, clamped
+        samplers.bridge(b, fn, y, 0)
+    clipped = samplers.bridge(b, lambda x, t: x - 5.0, y, 3, clip_x0=(-1.0, 1.0))  # x0_hat = 5, clamped
     assert torch.equal(clipped, torch.ones_like(y))
 
 

@@ -313,3 +313,31 @@ def test_denoiser_config_checks():
         DenoiserConfig.from_dict({"channels": [32, 64], "attention_levels": [False, False, True]})
     with pytest.raises(ConfigError):
         DenoiserConfig.from_dict({"channels": [24, 48, 96, 128], "norm_num_groups": 16})
+
+
+def test_denoiser_cross_attention_context():
+    """Cross-attention: the output depends on each sample's own context, and attention is an average over
+    the context tokens (softmax over keys): L copies of one token act as that one token."""
+    cfg = DenoiserConfig(in_channels=2, out_channels=1, channels=(8, 16), attention_levels=(False, True),
+                         num_head_channels=8, norm_num_groups=4, with_conditioning=True, cross_attention_dim=6)
+    torch.manual_seed(0)
+    net = build_denoiser(cfg).eval()
+    with torch.no_grad():  # MONAI starts output projections at zero (the context has no effect yet): untrain it
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+    x, t = torch.randn(2, 2, 16, 16), torch.tensor([3, 700])
+    ctx = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        out = net(x, t, context=ctx)
+        assert out.shape == (2, 1, 16, 16)
+        other = ctx.clone()
+        other[1] = torch.randn(5, 6)
+        changed = net(x, t, context=other)
+        torch.testing.assert_close(changed[0], out[0])  # sample 0's context is the same
+        assert not torch.allclose(changed[1], out[1], atol=1e-4)
+        one = ctx[:, :1]
+        torch.testing.assert_close(net(x, t, context=one.expand(2, 7, 6)), net(x, t, context=one), rtol=1e-4,
+                                   atol=1e-5)
+    with pytest.raises(ConfigError, match="together"):
+        DenoiserConfig.from_dict({"with_conditioning": True})

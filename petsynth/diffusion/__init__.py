@@ -1,19 +1,16 @@
-"""Noise processes and samplers: pure maths with torch, no networks."""
+"""Noise processes and samplers: pure maths with torch, no networks.
 
-from petsynth.diffusion.bridge import (
-    BrownianBridge,
-    PosteriorCoefficients,
-    bridge_step,
-    sample_bridge,
-    sample_deterministic,
-    sample_stochastic,
-)
+One module per process, each implementing :class:`~petsynth.diffusion.base.NoiseProcess`:
+:mod:`~petsynth.diffusion.bridge` (Brownian bridge, CPDM/BBDM), :mod:`~petsynth.diffusion.gaussian` (DDPM
+with the LDM schedules), :mod:`~petsynth.diffusion.ve_sde` (variance-exploding SDE, JDAM). Samplers are small
+pure functions with one signature in :mod:`~petsynth.diffusion.samplers`.
+"""
 
-__all__ = [
-    "BrownianBridge",
-    "PosteriorCoefficients",
-    "bridge_step",
-    "sample_bridge",
-    "sample_deterministic",
-    "sample_stochastic",
-]
+from petsynth.diffusion import samplers
+from petsynth.diffusion.base import NoiseProcess
+from petsynth.diffusion.bridge import BrownianBridge, PosteriorCoefficients, bridge_step
+from petsynth.diffusion.gaussian import GaussianDiffusion
+from petsynth.diffusion.ve_sde import VESDE
+
+__all__ = ["BrownianBridge", "GaussianDiffusion", "NoiseProcess", "PosteriorCoefficients", "VESDE", "bridge_step",
+           "samplers"]

@@ -10,9 +10,11 @@ m: given x_t, the earlier state x_s only depends on x0 and x_t (a bridge from x0
 That makes every posterior below closed-form for any pair s < t, so skip-step samplers need no extra
 approximation.
 
-Samplers are small pure functions with one signature, ``fn(bridge, model_fn, y, timesteps, ...)``
-(k-diffusion style); ``BrownianBridge.sample`` calls them. ``model_fn(x_t, t)`` predicts the objective, with
-``t`` a LongTensor of shape (B,).
+The process implements :class:`petsynth.diffusion.base.NoiseProcess` with the condition ``y`` as its end
+point; :func:`bridge_step` is its one reverse move, and the samplers that loop over it are
+:func:`petsynth.diffusion.samplers.bridge` (:func:`~petsynth.diffusion.samplers.bridge_stochastic`,
+:func:`~petsynth.diffusion.samplers.bridge_deterministic`). ``model_fn(x_t, t)`` predicts the objective,
+with ``t`` a LongTensor of shape (B,).
 """
 
 from __future__ import annotations
@@ -20,28 +22,16 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "MT_TYPES",
-    "OBJECTIVES",
-    "BrownianBridge",
-    "PosteriorCoefficients",
-    "bridge_step",
-    "sample_bridge",
-    "sample_deterministic",
-    "sample_stochastic",
-]
+__all__ = ["MT_TYPES", "OBJECTIVES", "BrownianBridge", "PosteriorCoefficients", "bridge_step", "check_timesteps"]
 
 MT_TYPES = ("linear", "sin")
 OBJECTIVES = ("grad", "noise", "ysubx")
-
-ModelFn = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[dict[str, Any]], None]
 
 
 class PosteriorCoefficients(NamedTuple):
@@ -104,6 +94,7 @@ class BrownianBridge:
         self.mt_type = mt_type
         self.max_var = max_var
         self.objective = objective
+        self.prediction = objective
 
         T = num_timesteps
         if mt_type == "linear":
@@ -142,9 +133,9 @@ class BrownianBridge:
             raise ValueError(f"t must be a scalar or of shape (B,), got {tuple(t.shape)}")
         return v
 
-    # -- forward process ----------------------------------------------------------------------------
+    # -- forward process (the NoiseProcess protocol) -------------------------------------------------------
     def q_sample(
-        self, x0: Tensor, y: Tensor, t: Tensor | int, noise: Tensor | None = None,
+        self, x0: Tensor, t: Tensor | int, noise: Tensor | None = None, *, y: Tensor,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw x_t ~ q(x_t | x0, y) and the matching objective target.
@@ -171,24 +162,49 @@ class BrownianBridge:
             target = y - x0
         return x_t, target
 
-    def predict_x0(self, x_t: Tensor, y: Tensor, t: Tensor | int, model_output: Tensor) -> Tensor:
+    def predict_x0(self, x_t: Tensor, t: Tensor | int, output: Tensor, *, y: Tensor) -> Tensor:
         """Recover x0 from a predicted objective (inverse of ``q_sample``'s target); all tensors alike.
 
         grad: x0 = x_t - out;  noise: x0 = (x_t - m_t y - sqrt(delta_t) out) / (1 - m_t);  ysubx: x0 = y - out.
         """
         if self.objective == "grad":
-            return x_t - model_output
+            return x_t - output
         if self.objective == "ysubx":
-            return y - model_output
+            return y - output
         m = self._gather("m_t", t, x_t)
         sd = self._gather("variance_t", t, x_t).sqrt()
-        return (x_t - m * y - sd * model_output) / (1.0 - m)
+        return (x_t - m * y - sd * output) / (1.0 - m)
 
-    def predict_noise(self, x_t: Tensor, y: Tensor, t: Tensor | int, x0: Tensor) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Tensor | int, x0: Tensor, *, y: Tensor) -> Tensor:
         """eps_hat = (x_t - (1 - m_t) x0 - m_t y) / sqrt(delta_t), the noise implied by x_t, x0 and y."""
         m = self._gather("m_t", t, x_t)
         sd = self._gather("variance_t", t, x_t).sqrt()
         return (x_t - (1.0 - m) * x0 - m * y) / sd
+
+    def score(self, x_t: Tensor, t: Tensor | int, output: Tensor, *, y: Tensor) -> Tensor:
+        """The score of q(x_t | x0_hat, y): -eps_hat / sqrt(delta_t), with x0_hat from ``output``."""
+        x0 = self.predict_x0(x_t, t, output, y=y)
+        return -self.predict_noise(x_t, t, x0, y=y) / self._gather("variance_t", t, x_t).sqrt()
+
+    def timesteps(self, n: int) -> Tensor:
+        """The descending timesteps of an n-step sampler (:meth:`sample_steps`, rule "linear") as a LongTensor."""
+        return torch.tensor(self.sample_steps(n), dtype=torch.long)
+
+    def prior_sample(self, shape: tuple[int, ...] | None = None, *, y: Tensor | None = None,
+                     generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> Tensor:
+        """The bridge starts at its end point: x_T = y (no noise; m_{T-1} = 0.999 ~ 1)."""
+        if y is None:
+            raise ValueError("the bridge starts at its end point y: give y")
+        return y
+
+    def training_times(self, batch: int, device: torch.device | str | None = None,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """t ~ U{0, ..., T-1}, a LongTensor (batch,)."""
+        return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+
+    def model_time(self, t: Tensor) -> Tensor:
+        return t
 
     # -- posterior ----------------------------------------------------------------------------------
     def posterior_coefficients(
@@ -271,38 +287,7 @@ class BrownianBridge:
         mid = [1 + (2 * (T - 2) * (k - i) + k) // (2 * k) for i in range(k + 1)] if k > 0 else [T - 1]
         return mid + [0]
 
-    def sample(
-        self,
-        model_fn: ModelFn,
-        y: Tensor,
-        steps: int | Sequence[int] | Tensor = 200,
-        eta: float = 1.0,
-        generator: torch.Generator | None = None,
-        callback: Callback | None = None,
-        clip_x0: tuple[float, float] | None = None,
-    ) -> Tensor:
-        """Translate y (B, C, H, W) into an x0 estimate of the same shape, starting at x_T = y.
-
-        Args:
-            model_fn: ``model_fn(x_t, t) -> objective`` with t a LongTensor (B,).
-            steps: number of steps n (timesteps from ``sample_steps(n)``) or an explicit strictly
-                descending sequence of timesteps.
-            eta: 1 = the stochastic sampler of Algorithm 2 (posterior variance delta_tilde); 0 = the
-                deterministic, consistent sampler; values between interpolate the noise (0 <= eta <= 1).
-            generator: torch.Generator for the noise (on y's device), for reproducibility.
-            callback: called after each model call with dict(i, t, x, x0_hat) (x is the state at t).
-            clip_x0: optional (lo, hi) clamp of each x0 estimate (the public pixel-space BBDM clamps to
-                [-1, 1]; its latent model does not).
-        """
-        if isinstance(steps, (Tensor, Sequence)) and not (isinstance(steps, Tensor) and steps.ndim == 0):
-            timesteps = steps
-        else:
-            timesteps = self.sample_steps(steps)
-        return sample_bridge(self, model_fn, y, timesteps, eta=eta, generator=generator,
-                             callback=callback, clip_x0=clip_x0)
-
-
-# -- samplers: small pure functions -----------------------------------------------------------------------
+# -- the reverse move -------------------------------------------------------------------------------------
 def bridge_step(
     bridge: BrownianBridge, x_t: Tensor, y: Tensor, x0_hat: Tensor, t: int, s: int, eta: float = 1.0,
     generator: torch.Generator | None = None,
@@ -332,7 +317,8 @@ def bridge_step(
     return x_s
 
 
-def _check_timesteps(bridge: BrownianBridge, timesteps: Sequence[int] | Tensor) -> list[int]:
+def check_timesteps(bridge: BrownianBridge, timesteps: Sequence[int] | Tensor) -> list[int]:
+    """``timesteps`` as a list of ints, checked: non-empty, within [0, T-1], strictly descending."""
     ts = [int(v) for v in (timesteps.tolist() if isinstance(timesteps, Tensor) else timesteps)]
     if not ts:
         raise ValueError("need at least one timestep")
@@ -341,54 +327,3 @@ def _check_timesteps(bridge: BrownianBridge, timesteps: Sequence[int] | Tensor) 
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError("timesteps must be strictly descending")
     return ts
-
-
-@torch.no_grad()
-def sample_bridge(
-    bridge: BrownianBridge,
-    model_fn: ModelFn,
-    y: Tensor,
-    timesteps: Sequence[int] | Tensor,
-    eta: float = 1.0,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    clip_x0: tuple[float, float] | None = None,
-) -> Tensor:
-    """Reverse bridge from x = y through ``timesteps`` (strictly descending); returns the last x0_hat.
-
-    At each t: out = model_fn(x, t), x0_hat = bridge.predict_x0(x, y, t, out); at the last timestep return
-    x0_hat, else x = bridge_step(..., t, next t, eta). Shapes: y (B, C, H, W) -> (B, C, H, W).
-    """
-    eta = float(eta)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    ts = _check_timesteps(bridge, timesteps)
-    x = y
-    batch = y.shape[0]
-    for i, t in enumerate(ts):
-        t_vec = torch.full((batch,), t, dtype=torch.long, device=y.device)
-        x0_hat = bridge.predict_x0(x, y, t_vec, model_fn(x, t_vec))
-        if clip_x0 is not None:
-            x0_hat = x0_hat.clamp(*clip_x0)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0_hat": x0_hat})
-        if i == len(ts) - 1:
-            return x0_hat
-        x = bridge_step(bridge, x, y, x0_hat, t, ts[i + 1], eta=eta, generator=generator)
-    raise AssertionError("unreachable")
-
-
-def sample_stochastic(
-    bridge: BrownianBridge, model_fn: ModelFn, y: Tensor, timesteps: Sequence[int] | Tensor,
-    generator: torch.Generator | None = None, callback: Callback | None = None,
-) -> Tensor:
-    """Algorithm 2 of CPDM (BBDM ancestral sampling) over ``timesteps``: ``sample_bridge`` with eta = 1."""
-    return sample_bridge(bridge, model_fn, y, timesteps, eta=1.0, generator=generator, callback=callback)
-
-
-def sample_deterministic(
-    bridge: BrownianBridge, model_fn: ModelFn, y: Tensor, timesteps: Sequence[int] | Tensor,
-    callback: Callback | None = None,
-) -> Tensor:
-    """Deterministic DDIM-like bridge sampler: ``sample_bridge`` with eta = 0 (no noise drawn)."""
-    return sample_bridge(bridge, model_fn, y, timesteps, eta=0.0, callback=callback)

@@ -8,7 +8,10 @@ intensity transforms. The one trainer (:mod:`petsynth.train.trainer`) only calls
 - ``losses(batch, group, step)``: a dict with the scalar "loss" to back-propagate for that group, plus any
   other scalars to log. ``batch`` is in physical units (see :mod:`petsynth.data.batch`); the method applies
   its own intensity transforms.
-- ``translate(batch, **options)``: the prediction in the target's physical units (SUV), (B, 1, H, W).
+- ``translate(batch, generator=None, **options)``: the prediction in the target's physical units (SUV),
+  (B, 1, H, W). ``options`` are the method's sampler options, typed by ``sampler_options_class`` (e.g. steps,
+  eta): :meth:`Method.sampler_options` validates them, and an option the method does not have is an error
+  that names it, never ignored.
 - ``validation_pair(batch)``: (prediction, reference) in the same physical units, for validation metrics.
 
 Methods are built from their config (a :class:`~petsynth.config.Config`), so a checkpoint card (method
@@ -22,8 +25,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 
-from petsynth.config import Config
+from petsynth.config import Config, ConfigError
 from petsynth.data.batch import Collate
 from petsynth.data.intensity import IntensityTransform
 from petsynth.train.checkpoint import CheckpointError, ModelCard, load_checkpoint
@@ -33,6 +37,18 @@ _REGISTRY: dict[str, type["Method"]] = {}
 
 class MethodError(ValueError):
     """A method name, config or checkpoint does not fit what was asked; the message says what to do."""
+
+
+class NoSamplerOptions(Config):
+    """Methods that translate in one pass take no sampler options."""
+
+
+class StepsEtaOptions(Config):
+    """Sampler options of the diffusion methods with a step count and a stochasticity (None: the model's
+    config default: ``sample_steps``, ``eta``)."""
+
+    steps: int | None = Field(None, ge=1, description="sampling steps (network evaluations)")
+    eta: float | None = Field(None, ge=0, le=1, description="0: deterministic; 1: fully stochastic")
 
 
 class Method(torch.nn.Module):
@@ -52,6 +68,8 @@ class Method(torch.nn.Module):
     default_lr: ClassVar[float] = 1e-4
     #: how validation panels show predictions ("pet", "ct", "map"; see petsynth.io.png.DISPLAY)
     display_kind: ClassVar[str] = "pet"
+    #: the typed options of ``translate`` (see :meth:`sampler_options`)
+    sampler_options_class: ClassVar[type[Config]] = NoSamplerOptions
 
     def __init__(self, config: Config, task: str = "ct2pet", load_parts: bool = True):
         super().__init__()
@@ -69,8 +87,29 @@ class Method(torch.nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def translate(self, batch: Mapping[str, Any], **options: Any) -> torch.Tensor:
+    def translate(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                  **options: Any) -> torch.Tensor:
         raise NotImplementedError(f"method {self.name!r} does not translate images")
+
+    @classmethod
+    def sampler_option_names(cls) -> tuple[str, ...]:
+        """The names of the options ``translate`` takes."""
+        return tuple(cls.sampler_options_class.model_fields)
+
+    def sampler_options(self, options: Mapping[str, Any]) -> Config:
+        """``options`` validated against ``sampler_options_class``; unknown or invalid ones are a
+        :class:`MethodError` that names them (None values are dropped: the model's defaults apply)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        names = self.sampler_option_names()
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            takes = ", ".join(names) if names else "none"
+            raise MethodError(f"{self.name} has no sampler option {', '.join(map(repr, unknown))} "
+                              f"(its options: {takes})")
+        try:
+            return self.sampler_options_class.from_dict(given, source=f"{self.name} sampler options")
+        except ConfigError as err:
+            raise MethodError(str(err)) from None
 
     @torch.no_grad()
     def validation_pair(self, batch: Mapping[str, Any], **options: Any) -> tuple[torch.Tensor, torch.Tensor]:

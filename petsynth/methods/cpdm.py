@@ -27,8 +27,8 @@ from pydantic import Field
 from petsynth.config import Config
 from petsynth.data.batch import ct_of
 from petsynth.data.intensity import IntensityTransform
-from petsynth.diffusion import BrownianBridge
-from petsynth.methods.base import Method, MethodError, register
+from petsynth.diffusion import BrownianBridge, samplers
+from petsynth.methods.base import Method, MethodError, StepsEtaOptions, register
 from petsynth.methods.parts import GuidanceMaps, LatentSpace, frozen_autoencoder
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
@@ -68,6 +68,7 @@ class CPDM(LatentSpace, GuidanceMaps, Method):
     summary = "latent Brownian bridge CT -> PET with the Attention and Attenuation maps (CPDM)"
     tasks = ("ct2pet",)
     config_class = CPDMConfig
+    sampler_options_class = StepsEtaOptions
     needs_mu_map = True
     default_lr = 1e-4
 
@@ -117,21 +118,23 @@ class CPDM(LatentSpace, GuidanceMaps, Method):
         y = self.encode(self._ct_network(ct_of(batch, self.task)))
         maps = self.maps(batch)
         cond = self.map_encoder(maps) if maps is not None else None
-        t = torch.randint(0, self.bridge.num_timesteps, (x0.shape[0],), device=x0.device)
-        x_t, objective = self.bridge.q_sample(x0, y, t)
+        t = self.bridge.training_times(x0.shape[0], device=x0.device)
+        x_t, objective = self.bridge.q_sample(x0, t, y=y)
         pred = self._model_fn(cond)(x_t, t)
         return {"loss": F.l1_loss(pred.float(), objective.float())}
 
     # --- sampling (Algorithm 2 / deterministic) ---------------------------------------------------------
     @torch.no_grad()
-    def translate(self, batch: Mapping[str, Any], steps: int | None = None, eta: float | None = None,
-                  generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:
-        """Synthetic PET in SUV, (B, 1, H, W), from the batch's CT (HU) and maps."""
+    def translate(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                  **options: Any) -> torch.Tensor:
+        """Synthetic PET in SUV, (B, 1, H, W), from the batch's CT (HU) and maps. Options: ``steps`` (default
+        ``sample_steps``), ``eta`` (default ``eta``; 0 deterministic, 1 Algorithm 2)."""
+        opts = self.sampler_options(options)
         y = self.encode(self._ct_network(ct_of(batch, self.task)))
         maps = self.maps(batch)
         cond = self.map_encoder(maps) if maps is not None else None
-        x0 = self.bridge.sample(self._model_fn(cond), y, steps or self.config.sample_steps,
-                                eta=self.config.eta if eta is None else eta, generator=generator)
+        x0 = samplers.bridge(self.bridge, self._model_fn(cond), y, opts.steps or self.config.sample_steps,
+                             eta=self.config.eta if opts.eta is None else opts.eta, generator=generator)
         return self.config.transforms["target"].inverse(self.decode(x0).float())
 
 

@@ -1,12 +1,12 @@
 """``ldm``: conditional latent diffusion (Rombach et al. 2022), a baseline of the CPDM paper.
 
-Gaussian diffusion (DDPM, T = 1000, LDM's "linear" schedule: beta^(1/2) linear from 0.0015^(1/2) to
-0.0195^(1/2), MONAI's ``scaled_linear_beta``) in the latent of a trained, frozen ``vqgan`` autoencoder (the
-same continuous pre-quantisation latent as cpdm). The PET latent x0 is noised (MONAI ``DDPMScheduler``);
-the denoiser (MONAI ``DiffusionModelUNet``, as cpdm's) sees concat(x_t, CT latent, maps) and predicts the
-noise; loss: MSE. Sampling: DDIM (MONAI ``DDIMScheduler``), ``sample_steps`` (50) steps on the uniform
-timestep grid of the DDIM paper (0, c, 2c, .. with c = T // steps; MONAI's own ``set_timesteps`` grid does
-not match the step size its ``step`` assumes), ``eta`` 0 (deterministic) by default, then decoded.
+Gaussian diffusion (:class:`petsynth.diffusion.GaussianDiffusion`: DDPM, T = 1000, LDM's "linear" schedule:
+beta^(1/2) linear from 0.0015^(1/2) to 0.0195^(1/2), ``scaled_linear_beta``) in the latent of a trained,
+frozen ``vqgan`` autoencoder (the same continuous pre-quantisation latent as cpdm). The PET latent x0 is
+noised; the denoiser (MONAI ``DiffusionModelUNet``, as cpdm's) sees concat(x_t, CT latent, maps) and predicts
+the noise; loss: MSE. Sampling: DDIM (:func:`petsynth.diffusion.samplers.ddim`), ``sample_steps`` (50) steps
+on the uniform timestep grid of the DDIM paper (0, c, 2c, .. with c = T // steps), ``eta`` 0 (deterministic)
+by default, then decoded.
 
 Latents are multiplied by ``scale_factor`` (LDM's unit-variance scaling): given, or (None) estimated at the
 first training step as 1 / std of that batch's PET latents (averaged over processes) and kept in the
@@ -20,18 +20,18 @@ to the denoiser input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from pydantic import Field
 
 from petsynth.config import Config
 from petsynth.data.intensity import IntensityTransform, default_transforms
-from petsynth.methods.base import Method, MethodError, register
+from petsynth.diffusion import GaussianDiffusion, samplers
+from petsynth.methods.base import Method, MethodError, StepsEtaOptions, register
 from petsynth.methods.parts import GuidanceMaps, LatentSpace, GuidanceMapsConfig, frozen_autoencoder
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
@@ -41,15 +41,12 @@ from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
 class NoiseScheduleConfig(Config):
     num_train_timesteps: int = Field(1000, ge=2)
     schedule: Literal["scaled_linear_beta", "linear_beta", "cosine"] = Field(
-        "scaled_linear_beta", description="MONAI schedule name; scaled_linear_beta is LDM's 'linear'")
+        "scaled_linear_beta", description="beta schedule; scaled_linear_beta is LDM's 'linear'")
     beta_start: float = Field(0.0015, gt=0, lt=1, description="not used by cosine")
     beta_end: float = Field(0.0195, gt=0, lt=1, description="not used by cosine")
 
-    def scheduler_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"num_train_timesteps": self.num_train_timesteps, "schedule": self.schedule}
-        if self.schedule != "cosine":
-            args.update(beta_start=self.beta_start, beta_end=self.beta_end)
-        return args
+    def process(self) -> GaussianDiffusion:
+        return GaussianDiffusion(self.num_train_timesteps, self.schedule, self.beta_start, self.beta_end)
 
 
 class LDMConfig(GuidanceMapsConfig):
@@ -65,33 +62,13 @@ class LDMConfig(GuidanceMapsConfig):
     transforms: dict[str, IntensityTransform] | None = Field(None, description="filled in from the autoencoder")
 
 
-def ddim_timesteps(num_train_timesteps: int, steps: int) -> torch.Tensor:
-    """The DDIM paper's uniform grid, descending: (steps - 1) c, .., c, 0 with c = T // steps."""
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"sampling steps must be 1..{num_train_timesteps}, got {steps}")
-    return torch.arange(steps - 1, -1, -1) * (num_train_timesteps // steps)
-
-
-@torch.no_grad()
-def ddim_sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,
-                scheduler: DDIMScheduler, steps: int, eta: float = 0.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """DDIM from x_T to x_0 with ``model_fn(x_t, t) -> predicted noise`` (t: (B,) long)."""
-    scheduler.set_timesteps(steps)
-    scheduler.timesteps = ddim_timesteps(scheduler.num_train_timesteps, steps)
-    x = x_T
-    for t in scheduler.timesteps.tolist():
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        x, _ = scheduler.step(model_fn(x, tt).float(), t, x, eta=eta, generator=generator)
-    return x
-
-
 @register
 class LDM(LatentSpace, GuidanceMaps, Method):
     name = "ldm"
     summary = "conditional latent diffusion (DDPM training, DDIM sampling) given the source latent; optional maps"
     tasks = ("ct2pet", "mr2pet", "lpet2spet")
     config_class = LDMConfig
+    sampler_options_class = StepsEtaOptions
     default_lr = 1e-4
 
     def __init__(self, config: LDMConfig, task: str = "ct2pet", load_parts: bool = True):
@@ -112,7 +89,7 @@ class LDM(LatentSpace, GuidanceMaps, Method):
             "in_channels": 2 * cz + self.num_maps * config.map_channels, "out_channels": cz}).model_dump()))
         scale = config.scale_factor or (1.0 if config.pixel_space else 0.0)  # 0: estimate at the first step
         self.register_buffer("latent_scale", torch.tensor(float(scale)))
-        self.noise_schedule = DDPMScheduler(**config.diffusion.scheduler_args(), clip_sample=False)
+        self.process = config.diffusion.process()
 
     def intensity_transforms(self) -> dict[str, IntensityTransform]:
         return dict(self.config.transforms)
@@ -152,25 +129,24 @@ class LDM(LatentSpace, GuidanceMaps, Method):
         x0 = x0 * self.scale
         cond = self._conditions(batch)
         noise = torch.randn_like(x0)
-        t = torch.randint(0, self.noise_schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        x_t = self.noise_schedule.add_noise(x0, noise, t)
+        t = self.process.training_times(x0.shape[0], device=x0.device)
+        x_t, target = self.process.q_sample(x0, t, noise)
         pred = self._model_fn(cond)(x_t, t)
-        return {"loss": F.mse_loss(pred.float(), noise)}
+        return {"loss": F.mse_loss(pred.float(), target)}
 
     # --- sampling -----------------------------------------------------------------------------------------------
-    def sampler(self) -> DDIMScheduler:
-        """A fresh DDIM scheduler on the training noise schedule (x0 clipped to [-1, 1] in pixel space only)."""
-        return DDIMScheduler(**self.config.diffusion.scheduler_args(), clip_sample=self.config.pixel_space,
-                             set_alpha_to_one=True, prediction_type="epsilon")
-
     @torch.no_grad()
-    def translate(self, batch: Mapping[str, Any], steps: int | None = None, eta: float | None = None,
-                  generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:
-        """Synthetic PET in SUV, (B, 1, H, W), by DDIM from Gaussian noise given the batch's source (and maps)."""
+    def translate(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                  **options: Any) -> torch.Tensor:
+        """Synthetic PET in SUV, (B, 1, H, W), by DDIM from Gaussian noise given the batch's source (and maps).
+        Options: ``steps`` (default ``sample_steps``), ``eta`` (default ``eta``)."""
+        opts = self.sampler_options(options)
         cond = self._conditions(batch)
         shape = (cond.shape[0], self.latent_channels, *cond.shape[-2:])
         x_T = torch.randn(shape, generator=generator, device=generator.device if generator else cond.device)
-        x0 = ddim_sample(self._model_fn(cond), x_T.to(cond.device), self.sampler(),
-                         steps or self.config.sample_steps, eta=self.config.eta if eta is None else eta,
-                         generator=generator)
+        model_fn = self._model_fn(cond)
+        x0 = samplers.ddim(self.process, lambda x, t: model_fn(x, t).float(), x_T.to(cond.device),
+                           opts.steps or self.config.sample_steps,
+                           eta=self.config.eta if opts.eta is None else opts.eta,
+                           clip_x0=(-1.0, 1.0) if self.config.pixel_space else None, generator=generator)
         return self.config.transforms["target"].inverse(self.decode(x0 / self.scale).float())

@@ -100,6 +100,8 @@ class Pix2Pix(GuidanceMaps, Method):
         return {"loss": 0.5 * (d_real + d_fake), "d_real": d_real.detach(), "d_fake": d_fake.detach()}
 
     @torch.no_grad()
-    def translate(self, batch: Mapping[str, Any], **_: Any) -> torch.Tensor:
+    def translate(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                  **options: Any) -> torch.Tensor:
         """Synthetic PET in SUV, (B, 1, H, W) (eval mode: dropout off)."""
+        self.sampler_options(options)  # none: an option given is an error
         return self.config.transforms["target"].inverse(self.generator(self.source_with_maps(batch)).float())

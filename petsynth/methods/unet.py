@@ -72,6 +72,8 @@ class UNetRegression(GuidanceMaps, Method):
         return out
 
     @torch.no_grad()
-    def translate(self, batch: Mapping[str, Any], **_: Any) -> torch.Tensor:
+    def translate(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                  **options: Any) -> torch.Tensor:
         """Synthetic PET in SUV, (B, 1, H, W): the last stage's output, inverted from network units."""
+        self.sampler_options(options)  # none: an option given is an error
         return self.config.transforms["target"].inverse(self.net(self.source_with_maps(batch))[-1].float())

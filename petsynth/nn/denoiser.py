@@ -5,6 +5,11 @@ t (B,) timesteps (int or float, e.g. 0..T-1); returns (B, out_channels, h, w) (w
 method's choice: BBDM's "grad" objective, noise, score...). h, w must be divisible by
 2 ** (len(channels) - 1). The middle block always has self-attention.
 
+Two ways to condition: channels concatenated to x (``in_channels`` counts them), and/or cross-attention
+(``with_conditioning``): ``net(x, t, context=c)`` with c (B, L, cross_attention_dim), L tokens (e.g. a CT's
+features, uPETe's guidance), attended to at every ``attention_levels`` level and in the middle block
+(queries from x, keys and values from c: MONAI's spatial transformer blocks).
+
 Differences from the openai/BBDM U-Net of the public CPDM code: the time embedding is added to the
 residual block features (no scale-shift norm); no dropout.
 """
@@ -34,6 +39,9 @@ class DenoiserConfig(Config):
     norm_num_groups: int = Field(16, ge=1)
     resblock_updown: bool = Field(False, description="residual blocks for down/upsampling (BBDM: True)")
     use_flash_attention: bool = Field(True, description="torch scaled_dot_product_attention (CPU too)")
+    with_conditioning: bool = Field(False, description="cross-attention to a context (B, L, cross_attention_dim)")
+    cross_attention_dim: int | None = Field(None, ge=1, description="feature size of the context tokens")
+    transformer_num_layers: int = Field(1, ge=1, description="transformer blocks per attention level")
 
     @model_validator(mode="after")
     def _check(self) -> DenoiserConfig:
@@ -45,6 +53,8 @@ class DenoiserConfig(Config):
         bad = [c for c, a in zip(self.channels, self.attention_levels) if a and c % self.num_head_channels]
         if bad or self.channels[-1] % self.num_head_channels:
             raise ValueError(f"attention channels must be divisible by num_head_channels={self.num_head_channels}")
+        if self.with_conditioning != (self.cross_attention_dim is not None):
+            raise ValueError("with_conditioning and cross_attention_dim go together: set both or neither")
         return self
 
     @classmethod
@@ -98,6 +108,9 @@ def build_denoiser(cfg: DenoiserConfig | str | None = None) -> DiffusionModelUNe
         norm_num_groups=cfg.norm_num_groups,
         resblock_updown=cfg.resblock_updown,
         use_flash_attention=cfg.use_flash_attention,
+        with_conditioning=cfg.with_conditioning,
+        cross_attention_dim=cfg.cross_attention_dim,
+        transformer_num_layers=cfg.transformer_num_layers,
     )
 
 
