@@ -225,7 +225,7 @@ _TABLE_ORDER = {"suv": ("MAE", "PSNR", "SSIM", "MS-SSIM", "VIF", "LPIPS"), "cpdm
 def label_regions(labels_present: Iterable[int]) -> dict[str, list[int]]:
     """Regions (name -> label ids) of the phantom label table found among ``labels_present``: "lesions"
     (every lesion label) and the :data:`MAIN_ORGANS`."""
-    from petsynth.data.phantom import LESION_BASE, label_table
+    from petsynth.phantom import LESION_BASE, label_table
 
     present = {int(v) for v in labels_present}
     regions: dict[str, list[int]] = {}
@@ -520,7 +520,7 @@ def _json_default(value: Any) -> Any:
 def _accumulate_regions(acc: dict, model: str, ref_name: str, studies: Sequence[str], pred: torch.Tensor,
                         ref: torch.Tensor, labels: torch.Tensor | None) -> None:
     """Add one batch's voxels to the per-study region sums and maxima: [n, sum_pred, sum_ref, max_pred, max_ref]."""
-    from petsynth.data.phantom import LESION_BASE
+    from petsynth.phantom import LESION_BASE
 
     masks: dict[str, torch.Tensor] = {HIGH_UPTAKE: high_uptake_mask(ref)}
     if labels is not None:
@@ -543,7 +543,7 @@ def _accumulate_regions(acc: dict, model: str, ref_name: str, studies: Sequence[
 
 
 def _organ_ids() -> dict[int, str]:
-    from petsynth.data.phantom import label_table
+    from petsynth.phantom import label_table
 
     ids = {row["name"]: int(row["label"]) for row in label_table()}
     return {ids[o]: o for o in MAIN_ORGANS if o in ids}

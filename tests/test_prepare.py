@@ -7,8 +7,8 @@ import pydicom
 import pytest
 
 from petsynth.data import open_dataset
-from petsynth.data.phantom import write_studies
 from petsynth.data.prepare import assign_splits, prepare_dataset
+from petsynth.phantom import write_studies
 
 KEY = b"test-key"
 
