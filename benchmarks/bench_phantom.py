@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_erosion
 
-from petsynth.data import phantom as ph
-from petsynth.data.phantom import tissues as T
+from petsynth import phantom as ph
+from petsynth.phantom import tissues as T
 
 
 def _liver_stats(study) -> dict:

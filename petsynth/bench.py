@@ -72,7 +72,7 @@ class SpeedRow:
 
 def _phantom_ct_slices(method, count: int) -> tuple[list[np.ndarray], float]:
     """``count`` CT slices (HU) on the model's translation grid, from a small phantom (cycled), and its kVp."""
-    from petsynth.data.phantom import make_torso
+    from petsynth.phantom import make_torso
     from petsynth.translation import CTInput, ct_on_grid, translation_grid
 
     study = make_torso(0, preset="small")
@@ -111,7 +111,7 @@ def study_translate_time(model: str | Path = DEMO_MODEL, preset: str = "small", 
                          workdir: Path | None = None, say: Say | None = None) -> tuple[int, float]:
     """(slices, seconds) of one end-to-end ``translate`` of a phantom DICOM study (read, resample, translate,
     write NIfTI and DICOM); the phantom's simulation is not timed."""
-    from petsynth.data.phantom import make_torso, write_study
+    from petsynth.phantom import make_torso, write_study
     from petsynth.translation import translate
 
     say = say or (lambda _m: None)
@@ -175,7 +175,7 @@ def prepare_speed(studies: int = 1, preset: str = "default", size: int = 256, wo
 
     import pydicom
 
-    from petsynth.data import phantom as ph
+    from petsynth import phantom as ph
     from petsynth.data.prepare import prepare_dataset
 
     say = say or (lambda _m: None)

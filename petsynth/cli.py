@@ -53,7 +53,7 @@ def phantom(
     """Write digital phantom studies (CT/PET, MR/PET or low-dose PET) with their ground truth."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from petsynth.data import phantom as ph
+    from petsynth import phantom as ph
 
     if task not in ph.TASKS:
         raise typer.BadParameter(f"{task!r}; choose one of {', '.join(ph.TASKS)}", param_hint="--task")

@@ -24,9 +24,9 @@ import torch
 
 from petsynth import metrics
 from petsynth.data.geometry import resample
-from petsynth.data.phantom import make_torso, write_study
 from petsynth.inference import DEMO_MODEL
 from petsynth.io.nifti import write_nifti
+from petsynth.phantom import make_torso, write_study
 from petsynth.physics import attenuation_map
 from petsynth.physics.constants import HU_AIR
 from petsynth.utils.files import atomic_write_text

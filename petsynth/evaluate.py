@@ -22,11 +22,12 @@ Image metrics, per slice, in two intensity conventions (:func:`metric_specs`):
   ours in kind, not in absolute value.
 
 Region metrics (SUV, against each reference): SUVmean and SUVmax of prediction and reference, their bias
-(pred - ref, SUV) and relative bias ((pred - ref) / ref), inside regions defined on the slices' labels
-(phantom datasets: "lesions" = every lesion label, and the main organs of the phantom label table) and in
-the reference's high-uptake region (SUV >= 2.5, :func:`petsynth.metrics.high_uptake_mask`). Voxels are
-pooled over a study's evaluated slices; "overall" is the mean (and population std) over the studies that
-have the region.
+(pred - ref, SUV) and relative bias ((pred - ref) / ref), inside regions named by each study's label table
+(:meth:`petsynth.data.store.PreparedDataset.label_table`, written at prepare time; :func:`label_regions`):
+one per organ row found in the evaluated slices, by name, and "lesions", every lesion row together; and in
+the reference's high-uptake region (SUV >= 2.5, :func:`petsynth.metrics.high_uptake_mask`). Studies with
+different tables are matched by region name. Voxels are pooled over a study's evaluated slices; "overall" is
+the mean (and population std) over the studies that have the region.
 
 Aggregation: per study and "overall" are the mean and population standard deviation of the per-slice
 values over the slices (non-finite per-slice values, e.g. the PSNR of identical slices or the VIF of a flat
@@ -111,9 +112,11 @@ REFERENCES: dict[str, tuple[str, str]] = {
     "real": ("target", "the real (reconstructed) PET"),
     "truth": ("truth", "the noise-free phantom truth"),
 }
-#: Organs of the phantom label table reported when a dataset has labels (those present in the slices).
+#: Order of the regions in the outputs: "lesions", then these organs, then every other organ (table order).
 MAIN_ORGANS: tuple[str, ...] = ("brain", "grey_matter", "white_matter", "myocardium", "blood_pool", "lung",
                                 "liver", "spleen", "kidney", "bladder")
+#: The region of every lesion row of a label table.
+LESIONS = "lesions"
 #: Region statistics per study (the fields of :class:`petsynth.metrics.SUVBias` but n_voxels).
 BIAS_FIELDS: tuple[str, ...] = ("suvmean_ref", "suvmean_pred", "suvmean_bias", "suvmean_rel_bias",
                                 "suvmax_ref", "suvmax_pred", "suvmax_bias", "suvmax_rel_bias")
@@ -222,21 +225,28 @@ def metric_specs(size: int, window: tuple[float, float] = SUV_WINDOW,
 _TABLE_ORDER = {"suv": ("MAE", "PSNR", "SSIM", "MS-SSIM", "VIF", "LPIPS"), "cpdm": ("LPIPS", "MAE", "SSIM", "PSNR")}
 
 
-def label_regions(labels_present: Iterable[int]) -> dict[str, list[int]]:
-    """Regions (name -> label ids) of the phantom label table found among ``labels_present``: "lesions"
-    (every lesion label) and the :data:`MAIN_ORGANS`."""
-    from petsynth.data.phantom import LESION_BASE, label_table
-
-    present = {int(v) for v in labels_present}
+def label_regions(table: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Regions (name -> label ids) of one study's label table: one per organ row, named as the row (an organ
+    named "lesions" or "high_uptake" gets " (organ)" added), and "lesions", the labels of every lesion row.
+    Label 0 (background) is never in a region."""
     regions: dict[str, list[int]] = {}
-    lesions = sorted(v for v in present if v >= LESION_BASE)
-    if lesions:
-        regions["lesions"] = lesions
-    ids = {row["name"]: int(row["label"]) for row in label_table()}
-    for organ in MAIN_ORGANS:
-        if ids.get(organ) in present:
-            regions[organ] = [ids[organ]]
+    for row in table:
+        label, name = int(row["label"]), str(row["name"])
+        if label == 0:
+            continue
+        if row["kind"] == "lesion":
+            name = LESIONS
+        elif name in (LESIONS, HIGH_UPTAKE):
+            name += " (organ)"
+        regions.setdefault(name, []).append(label)
     return regions
+
+
+def _region_order(names: Iterable[str]) -> list[str]:
+    """"lesions", then :data:`MAIN_ORGANS` in their order, then the other names as given."""
+    names = list(dict.fromkeys(names))
+    first = [n for n in (LESIONS, *MAIN_ORGANS) if n in names]
+    return first + [n for n in names if n not in first]
 
 
 # --- slices, models -------------------------------------------------------------------------------------
@@ -420,7 +430,8 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     regions_acc: dict[tuple[str, str, str, str], list[float]] = {}  # (model, ref, study, region) -> n, sums, maxes
     figure_preds: dict[str, dict[int, np.ndarray]] = {name: {} for name in methods}
     figure_items: dict[int, dict[str, np.ndarray]] = {}
-    labels_seen: set[int] = set()
+    study_regions = {s: label_regions(dataset.label_table(s)) for s in dataset.studies}
+    labels_seen: dict[str, set[int]] = {}  # study -> label values in its evaluated slices
     timings: dict[str, float] = {}
     for name, method in methods.items():
         t0 = time.perf_counter()
@@ -432,7 +443,8 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
             pred = pred.to(torch.float64)
             labels = batch["labels"].cpu().to(torch.int64) if has_labels else None
             if labels is not None and name == next(iter(methods)):
-                labels_seen.update(int(v) for v in torch.unique(labels))
+                for b, study in enumerate(batch["study"]):
+                    labels_seen.setdefault(study, set()).update(int(v) for v in torch.unique(labels[b]))
             for ref_name in references:
                 ref = batch[REFERENCES[ref_name][0]].cpu().to(torch.float64)
                 values = {s.key: s.compute(pred, ref).cpu().numpy() for s in specs}
@@ -441,7 +453,7 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
                            "slice": batch["index"][b], "z_mm": batch["z_mm"][b], "position": pos}
                     row.update({k: float(v[b]) for k, v in values.items()})
                     per_slice.append(row)
-                _accumulate_regions(regions_acc, name, ref_name, batch["study"], pred, ref, labels)
+                _accumulate_regions(regions_acc, name, ref_name, batch["study"], pred, ref, labels, study_regions)
             for b, pos in enumerate(positions):
                 if pos in figure_set:
                     figure_preds[name][pos] = pred[b, 0].numpy().astype(np.float32)
@@ -451,13 +463,22 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
         timings[name] = time.perf_counter() - t0
 
     studies = list(dict.fromkeys(row["study"] for row in per_slice))
-    regions = label_regions(labels_seen) if has_labels else {}
+    found: dict[str, set[int]] = {}  # region -> its labels found in the evaluated slices, over the studies
+    for study, seen in labels_seen.items():
+        for region, ids in study_regions[study].items():
+            if hits := seen & set(ids):
+                found.setdefault(region, set()).update(hits)
+    regions = {r: sorted(found[r]) for r in _region_order(found)}
     region_names = [*regions, HIGH_UPTAKE]
     slices_per_study = {s: sum(1 for r in per_slice if r["study"] == s and r["model"] == next(iter(methods))
                                and r["reference"] == "real") for s in studies}
     if not has_labels:
         notes.append("The dataset has no organ/lesion labels: region biases are given for the high-uptake "
                      f"region only (reference SUV >= {DEFAULT_SUV_THRESHOLD:g}).")
+    elif not regions:
+        notes.append("No label in the evaluated slices is named by its study's label table (datasets prepared "
+                     "before label tables were stored have none: prepare them again): region biases are given "
+                     f"for the high-uptake region only (reference SUV >= {DEFAULT_SUV_THRESHOLD:g}).")
 
     metric_rows, overall = _image_rows(per_slice, specs, list(methods), references, studies)
     region_rows, region_overall = _region_rows(regions_acc, list(methods), references, studies, region_names)
@@ -528,18 +549,17 @@ def _json_default(value: Any) -> Any:
 
 
 def _accumulate_regions(acc: dict, model: str, ref_name: str, studies: Sequence[str], pred: torch.Tensor,
-                        ref: torch.Tensor, labels: torch.Tensor | None) -> None:
-    """Add one batch's voxels to the per-study region sums and maxima: [n, sum_pred, sum_ref, max_pred, max_ref]."""
-    from petsynth.data.phantom import LESION_BASE
-
-    masks: dict[str, torch.Tensor] = {HIGH_UPTAKE: high_uptake_mask(ref)}
-    if labels is not None:
-        masks["lesions"] = labels >= LESION_BASE
-        for organ_id, organ in _organ_ids().items():
-            masks[organ] = labels == organ_id
+                        ref: torch.Tensor, labels: torch.Tensor | None,
+                        study_regions: Mapping[str, Mapping[str, list[int]]]) -> None:
+    """Add one batch's voxels to the per-study region sums and maxima: [n, sum_pred, sum_ref, max_pred, max_ref].
+    ``study_regions``: study -> region -> label ids (:func:`label_regions` of its table)."""
+    high = high_uptake_mask(ref)
     for b, study in enumerate(studies):
-        for region, mask in masks.items():
-            m = mask[b]
+        masks = {HIGH_UPTAKE: high[b]}
+        if labels is not None:
+            for region, ids in study_regions.get(study, {}).items():
+                masks[region] = torch.isin(labels[b], torch.tensor(ids, dtype=labels.dtype))
+        for region, m in masks.items():
             n = int(m.sum())
             if n == 0:
                 continue
@@ -550,13 +570,6 @@ def _accumulate_regions(acc: dict, model: str, ref_name: str, studies: Sequence[
             a[2] += float(r.sum())
             a[3] = max(a[3], float(p.max()))
             a[4] = max(a[4], float(r.max()))
-
-
-def _organ_ids() -> dict[int, str]:
-    from petsynth.data.phantom import label_table
-
-    ids = {row["name"]: int(row["label"]) for row in label_table()}
-    return {ids[o]: o for o in MAIN_ORGANS if o in ids}
 
 
 def _region_values(a: Sequence[float]) -> dict[str, float]:
@@ -726,7 +739,7 @@ def _table_markdown(dataset: PreparedDataset, split: str, n_slices: int, studies
         "- SUV bias: relative bias (pred − ref) / ref of the region's SUVmean and SUVmax, absolute bias in SUV in "
         "brackets; voxels pooled over each study's evaluated slices, then averaged over the studies with the "
         "region (bold: the smallest |relative bias|). Regions: "
-        + (f"{region_text} of the phantom label table; " if region_text else "")
+        + (f"{region_text}, named by the studies' label tables; " if region_text else "")
         + f"{HIGH_UPTAKE} = reference SUV ≥ {DEFAULT_SUV_THRESHOLD:g}.",
     ]
     lines += [f"- {note}" for note in notes]

@@ -32,8 +32,8 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
-    from petsynth.data.phantom import write_studies
     from petsynth.data.prepare import prepare_dataset
+    from petsynth.phantom import write_studies
 
     root = tmp_path_factory.mktemp("tiny")
     write_studies(root / "raw", task="ct2pet", studies=3, seed=5, fmt="dicom", preset="tiny")

@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from petsynth.data import phantom as ph
+from petsynth import phantom as ph
 from petsynth.data.dicom_header import read_header_fields, wanted_tags
 from petsynth.data.dicom_index import _HEADER_TAGS, _native_pixels, scan_dicom
 

@@ -9,7 +9,7 @@ import pytest
 
 from petsynth.data.dicom_index import scan_dicom
 from petsynth.data.dicom_series import SeriesError, load_series
-from petsynth.data.phantom import make_torso, write_study
+from petsynth.phantom import make_torso, write_study
 
 DATA = Path(__file__).parent / "data" / "tcia-sts-001"
 

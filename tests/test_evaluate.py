@@ -1,6 +1,7 @@
 """`petsynth evaluate`: two tiny models on the tiny phantom dataset; the CSV equals the metric functions on the
 same arrays, the Table-4-style Markdown bolds the best and states the relative gap, truth rows for phantoms,
-region SUV biases equal numpy on the label masks, clear errors, and the CLI end to end."""
+region SUV biases equal numpy on the label masks, regions named by each study's own label table (a hand-made
+one too), clear errors, and the CLI end to end."""
 
 import csv
 import json
@@ -16,9 +17,9 @@ import yaml
 from typer.testing import CliRunner
 
 from petsynth.cli import app
-from petsynth.data.store import DatasetError, open_dataset
-from petsynth.evaluate import (EvaluationError, evaluate, metric_specs, model_name, relative_gap, select_slices,
-                               suv_to_cpdm_stored)
+from petsynth.data.store import DatasetError, create_dataset, open_dataset, write_study
+from petsynth.evaluate import (EvaluationError, evaluate, label_regions, metric_specs, model_name, relative_gap,
+                               select_slices, suv_to_cpdm_stored)
 from petsynth.inference import PredictOptions, load_model, predict_dataset, predict_items
 from petsynth.methods import build_method
 from petsynth.methods.base import MethodError
@@ -173,7 +174,7 @@ def test_table_bolds_the_best_and_states_the_relative_gap(evaluation, heading):
         assert (gap < 0) == (not higher) or gap == 0
 
 
-def test_region_biases_equal_numpy_on_the_label_masks(evaluation, predictions):
+def test_region_biases_equal_numpy_on_the_label_masks(evaluation, predictions, tiny_dataset):
     report, out = evaluation
     preds, arrays, studies = predictions
     rows = {(r["model"], r["reference"], r["study"], r["region"], r["metric"]): r
@@ -212,6 +213,77 @@ def test_region_biases_equal_numpy_on_the_label_masks(evaluation, predictions):
     assert checked["lesions"] >= 2 and checked["high_uptake"] >= 2  # lesions in two of the three studies
     _, bias_rows = _table((out / "table.md").read_text(), "SUVmean / SUVmax bias against the real")
     assert [row[0] for row in bias_rows][0] == "lesions" and "high_uptake" in [row[0] for row in bias_rows]
+    # every organ of the studies' tables found in the slices is a region, the main organs first, then the others
+    ds = open_dataset(tiny_dataset)
+    found = {}
+    for study in ds.studies:
+        seen = set(np.unique(labels[study_of == study]).tolist())
+        for row in ds.label_table(study):
+            if row["label"] in seen:
+                found.setdefault("lesions" if row["kind"] == "lesion" else row["name"], set()).add(row["label"])
+    order = [r for r in ("lesions", "brain", "grey_matter", "white_matter", "myocardium", "blood_pool", "lung",
+                         "liver", "spleen", "kidney", "bladder") if r in found]
+    order += sorted((r for r in found if r not in order), key=lambda r: min(found[r]))  # phantom table order
+    settings = json.loads((out / "evaluation.json").read_text())
+    assert list(settings["regions"]) == [*order, "high_uptake"] and {"lesions", "lung", "fat", "muscle"} <= set(order)
+    assert {r: set(v) for r, v in settings["regions"].items() if r != "high_uptake"} == found
+    assert [row[0] for row in bias_rows] == [*order, "high_uptake"]
+
+
+def test_any_labelled_dataset_is_scored_by_the_names_of_its_own_label_tables(models, tmp_path):
+    """Hand-made tables, not the phantom's: "widget" is label 3 in one study and 5 in another, lesion rows of any
+    label form "lesions", unnamed labels and a study without a table give no region."""
+    root = create_dataset(tmp_path / "ds", task="ct2pet", size=32)
+    labels = np.zeros((2, 32, 32), np.uint8)
+    labels[:, 4:12, 4:20] = 3
+    labels[:, 14:18, 4:20] = 5
+    labels[0, 20:24, 4:8], labels[1, 20:24, 10:14] = 7, 8
+    labels[:, 26:30, 4:20] = 9  # in the slices, but in no table
+    target = np.full((2, 32, 32), 0.5, np.float32)
+    target[labels == 3], target[labels == 5], target[labels == 7], target[labels == 8] = 4.0, 6.0, 9.0, 12.0
+    source = np.where(labels > 0, 40.0, -1000.0).astype(np.float32)
+    tables = {"sa": [{"label": 3, "name": "widget", "kind": "organ"}, {"label": 7, "name": "blob", "kind": "lesion"},
+                     {"label": 8, "name": "blob2", "kind": "lesion"}, {"label": 11, "name": "absent", "kind": "organ"}],
+              "sb": [{"label": 5, "name": "widget", "kind": "organ"}, {"label": 3, "name": "gizmo", "kind": "organ"}],
+              "sc": None}  # labels without a table (a dataset prepared before tables were stored)
+    for study, table in tables.items():
+        meta = {"spacing_mm": [4.0, 4.0], "kvp": 120.0, "units": "GML"}
+        write_study(root, study, {"source": source, "target": target, "labels": labels},
+                    {"index": [0, 1], "z_mm": [0.0, 3.0]}, meta if table is None else {**meta, "label_table": table})
+    assert label_regions(tables["sa"]) == {"widget": [3], "lesions": [7, 8], "absent": [11]}
+    report = evaluate({"a": models["run-a"]}, root, tmp_path / "out", split="all", options=OPTIONS)
+    settings = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert list(settings["regions"]) == ["lesions", "widget", "gizmo", "high_uptake"]
+    assert settings["regions"]["widget"] == [3, 5] and settings["regions"]["lesions"] == [7, 8]
+    ds = open_dataset(root)
+    pred = torch.cat([p for _, p in predict_items(load_model(models["run-a"], task="ct2pet"),
+                                                  [ds[i] for i in range(len(ds))], options=OPTIONS)])
+    pred = pred[:, 0].double().numpy().reshape(3, 2, 32, 32)  # studies sa, sb, sc
+    rows = {(r["study"], r["region"], r["metric"]): float(r["mean"])
+            for r in _read_csv(tmp_path / "out" / "metrics.csv") if r["reference"] == "real" and r["region"]}
+    want = {("sa", "widget"): pred[0][labels == 3].mean() - 4.0, ("sb", "widget"): pred[1][labels == 5].mean() - 6.0,
+            ("sb", "gizmo"): pred[1][labels == 3].mean() - 4.0,
+            ("sa", "lesions"): pred[0][(labels == 7) | (labels == 8)].mean() - (9.0 * 16 + 12.0 * 16) / 32}
+    for (study, region), bias in want.items():
+        assert rows[(study, region, "suvmean_bias")] == pytest.approx(bias, rel=1e-6, abs=1e-9), (study, region)
+    assert rows[("overall", "widget", "suvmean_bias")] == pytest.approx(
+        (want[("sa", "widget")] + want[("sb", "widget")]) / 2, rel=1e-6)
+    assert report.regions["a"]["real"]["widget"]["suvmean_ref"] == pytest.approx(5.0)  # (4 + 6) / 2
+    assert rows[("sa", "widget", "suvmax_ref")] == 4.0 and ("sb", "lesions", "suvmean_bias") not in rows
+    assert {study for study, region, _ in rows if region != "high_uptake"} == {"sa", "sb", "overall"}
+    assert ("sc", "high_uptake", "suvmean_bias") in rows
+
+
+def test_old_datasets_without_label_tables_score_the_high_uptake_region_only(models, tmp_path):
+    root = create_dataset(tmp_path / "ds", task="ct2pet", size=32)
+    labels = np.zeros((2, 32, 32), np.uint8)
+    labels[:, 4:12, 4:20] = 6
+    target = np.where(labels > 0, 3.0, 0.5).astype(np.float32)
+    write_study(root, "s", {"source": np.where(labels > 0, 40.0, -1000.0), "target": target, "labels": labels},
+                {"index": [0, 1], "z_mm": [0.0, 3.0]}, {"spacing_mm": [4.0, 4.0], "kvp": 120.0})
+    report = evaluate({"a": models["run-a"]}, root, tmp_path / "out", split="all", options=OPTIONS)
+    assert list(report.regions["a"]["real"]) == ["high_uptake"]
+    assert any("label table" in note for note in report.notes)
 
 
 def test_max_slices_takes_the_same_evenly_spaced_slices_for_every_model(tiny_dataset, models, tmp_path):

@@ -17,9 +17,9 @@ import torch
 from scipy.ndimage import binary_erosion
 from typer.testing import CliRunner
 
-from petsynth.data import phantom as ph
-from petsynth.data.phantom import ct as ctmod
-from petsynth.data.phantom import tissues as T
+from petsynth import phantom as ph
+from petsynth.phantom import ct as ctmod
+from petsynth.phantom import tissues as T
 from petsynth.physics import hu_to_mu
 
 torch.set_num_threads(1)
@@ -310,7 +310,7 @@ def test_label_table_ranges_are_published_ranges():
 
 
 def test_atomic_write_leaves_no_partial_study(tmp_path, monkeypatch):
-    from petsynth.data.phantom import writer
+    from petsynth.phantom import writer
 
     study = ph.make_torso(2, preset="tiny")
     calls = {"n": 0}

@@ -3,12 +3,13 @@
 import json
 import shutil
 
+import numpy as np
 import pydicom
 import pytest
 
 from petsynth.data import open_dataset
-from petsynth.data.phantom import write_studies
 from petsynth.data.prepare import assign_splits, prepare_dataset
+from petsynth.phantom import write_studies
 
 KEY = b"test-key"
 
@@ -284,3 +285,51 @@ def test_truth_stays_on_its_pet_slice_when_the_ct_covers_fewer_slices(phantoms, 
         item = ds[i]
         np.testing.assert_allclose(item["truth"], truth[item["index"]], atol=1e-4)  # NIfTI affine rounding
         np.testing.assert_array_equal(item["labels"], labels[item["index"]])
+
+
+def test_phantom_label_table_is_stored_with_each_study(phantoms, tmp_path):
+    """truth.json's tissues (air left out) and lesions ("lesion_n", label 100 + n) become the study's table."""
+    prepare_dataset([phantoms], tmp_path / "ds", "ct2pet", size=32, key=KEY)
+    ds = open_dataset(tmp_path / "ds")
+    truths = [json.loads(p.read_text()) for p in sorted(phantoms.glob("*/truth/truth.json"))]
+    tables = sorted((ds.label_table(s) for s in ds.studies), key=json.dumps)
+    assert tables == sorted(
+        ([{"label": r["label"], "name": r["name"], "kind": "organ"} for r in t["labels"] if r["label"] != 0]
+         + [{"label": 100 + n, "name": f"lesion_{n}", "kind": "lesion"} for n in range(len(t["lesions"]))]
+         for t in truths), key=json.dumps)
+    assert {"label": 6, "name": "liver", "kind": "organ"} in tables[0]
+    assert any(row["kind"] == "lesion" for table in tables for row in table)
+    for study in ds.studies:
+        named = {row["label"] for row in ds.label_table(study)}
+        seen = {int(v) for i in ds.study_slices(study) for v in np.unique(ds[i]["labels"])}
+        assert seen - {0} <= named  # every stored label has a name
+
+
+def test_autopet_seg_is_stored_as_lesion_labels(tmp_path):
+    """A tiny autoPET study: SEG.nii.gz is resampled (nearest) onto the pairs like phantom labels, named "lesion"."""
+    from petsynth.io.nifti import write_nifti
+
+    study = tmp_path / "autopet" / "p1"
+    study.mkdir(parents=True)
+    affine = np.diag([4.0, 4.0, 3.0, 1.0])  # (x, y, z) mm per voxel; arrays are (z, y, x)
+    suv = np.ones((5, 16, 16), np.float32)
+    seg = np.zeros((5, 16, 16), np.uint8)
+    seg[1:4, 4:8, 6:12] = 1
+    suv[seg == 1] = 7.0
+    write_nifti(study / "CTres.nii.gz", np.full((5, 16, 16), 40.0), affine)
+    write_nifti(study / "SUV.nii.gz", suv, affine)
+    write_nifti(study / "SEG.nii.gz", seg, affine, dtype=np.uint8)
+    report = prepare_dataset([tmp_path / "autopet"], tmp_path / "ds", "ct2pet", size=16, key=KEY)
+    assert [r.status for r in report.results] == ["ok"] and report.skipped_files == []
+    ds = open_dataset(tmp_path / "ds")
+    (name,) = ds.studies
+    assert ds.label_table(name) == [{"label": 1, "name": "lesion", "kind": "lesion"}]
+    labels = np.stack([ds[i]["labels"] for i in range(len(ds))])
+    np.testing.assert_array_equal(labels, seg)
+    assert labels.dtype == np.uint8
+    np.testing.assert_allclose(np.stack([ds[i]["target"] for i in range(len(ds))])[labels == 1], 7.0)
+    # without SEG: no labels and an empty table
+    (study / "SEG.nii.gz").unlink()
+    prepare_dataset([tmp_path / "autopet"], tmp_path / "ds2", "ct2pet", size=16, key=KEY)
+    ds2 = open_dataset(tmp_path / "ds2")
+    assert "labels" not in ds2[0] and ds2.label_table(ds2.studies[0]) == []

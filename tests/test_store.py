@@ -114,3 +114,23 @@ def test_sharded_write_refuses_a_layout_it_does_not_produce(tmp_path, monkeypatc
         write_study(tmp_path, "s1", {"source": np.ones((2, 8, 8)), "target": np.ones((2, 8, 8))},
                     {"index": [0, 1], "z_mm": [0.0, 1.0]}, {})
     assert finished_studies(tmp_path) == []
+
+
+def test_label_table_is_stored_checked_and_empty_when_absent(tmp_path):
+    root = create_dataset(tmp_path / "ds", task="ct2pet", size=16)
+    _study(root, "old", 2, 0)  # no table, as datasets written before tables were stored
+    arrays = {"source": np.zeros((2, 16, 16)), "target": np.zeros((2, 16, 16)),
+              "labels": np.full((2, 16, 16), 3, np.uint8)}
+    meta = {"index": [0, 1], "z_mm": [0.0, 1.0]}
+    table = [{"label": np.int64(3), "name": "widget", "kind": "organ"}]
+    write_study(root, "new", arrays, meta, {"label_table": table})
+    ds = open_dataset(root)
+    assert ds.label_table("old") == [] and ds.label_table("new") == [{"label": 3, "name": "widget", "kind": "organ"}]
+    assert "labels" in ds[0] and "label_table" not in ds[0]  # items are unchanged
+    for bad in ([{"label": 0, "name": "air", "kind": "organ"}], [{"label": 3, "name": "a", "kind": "tumour"}],
+                [{"label": 3, "name": "a", "kind": "organ"}, {"label": 3, "name": "b", "kind": "lesion"}]):
+        with pytest.raises(ValueError, match="bad label table row"):
+            write_study(root, "bad", arrays, meta, {"label_table": bad})
+    with pytest.raises(ValueError, match="needs a labels array"):
+        write_study(root, "bad", {k: arrays[k] for k in ("source", "target")}, meta, {"label_table": table})
+    assert finished_studies(root) == ["new", "old"]

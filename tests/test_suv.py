@@ -132,8 +132,8 @@ def test_rescale_is_applied_per_instance():
 
 def test_phantom_dicom_study_is_found_and_its_suv_matches_the_truth(tmp_path):
     from petsynth.data.dicom_index import scan_dicom
-    from petsynth.data.phantom import write_studies
     from petsynth.io.nifti import read_nifti
+    from petsynth.phantom import write_studies
 
     (study_dir,) = write_studies(tmp_path, task="ct2pet", studies=1, seed=3, fmt="dicom", preset="tiny")
     (tmp_path / "README.txt").write_text("junk beside the study")

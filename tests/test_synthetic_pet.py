@@ -184,9 +184,9 @@ def test_package_reader_gives_the_same_suv_and_geometry(tmp_path, descending):
 def test_next_to_a_phantom_study_it_joins_the_study_but_is_never_a_training_target(tmp_path):
     """A phantom PET/CT study (tiny) as the source: the synthetic PET lands in its study and frame of
     reference, and the prepare step still picks the real PET (the synthetic one has no ATTN)."""
-    from petsynth.data.phantom import make_torso
-    from petsynth.data.phantom.writer import write_study
     from petsynth.data.prepare import plan_study
+    from petsynth.phantom import make_torso
+    from petsynth.phantom.writer import write_study
 
     study = make_torso(3, preset="tiny")
     folder = write_study(study, tmp_path / "raw")

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 import petsynth
 from petsynth.cli import app
 from petsynth.data.geometry import Geometry, resample
-from petsynth.data.phantom import make_torso, write_study
 from petsynth.inference import DEMO_MODEL, bundled_models, load_model, resolve_model
 from petsynth.io.nifti import lps_to_ras_affine, read_nifti
 from petsynth.methods.base import MethodError, build_method
+from petsynth.phantom import make_torso, write_study
 from petsynth.train.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from petsynth.translation import TranslateError, body_mask, ct_on_grid, output_geometry, read_ct, translate
 

@@ -1,4 +1,5 @@
-"""Data: DICOM/NIfTI reading, SUV, pairing, the dataset store, and the phantom simulator.
+"""Data: DICOM/NIfTI reading, SUV, pairing and the dataset store (studies written by :mod:`petsynth.phantom`
+are read like any other).
 
 ``petsynth.data.open_dataset(path)`` opens a prepared dataset (see :mod:`petsynth.data.store`).
 """

@@ -1,6 +1,7 @@
 """Studies given as NIfTI volumes, in three layouts, as inputs of ``petsynth prepare``.
 
-- autoPET: ``<study>/CTres.nii.gz`` (CT in HU on the PET grid) + ``SUV.nii.gz`` (+ optional ``SEG.nii.gz``).
+- autoPET: ``<study>/CTres.nii.gz`` (CT in HU on the PET grid) + ``SUV.nii.gz`` (+ optional ``SEG.nii.gz``, the
+  lesion mask: kept as the study's labels, label 1 named "lesion").
 - HECKTOR: ``<id>__CT.nii.gz`` + ``<id>__PT.nii.gz`` (PET in SUV) side by side in a folder.
 - plain: one folder per study with ``pet.nii.gz`` (SUV) and ``ct.nii.gz`` (HU), ``mr.nii.gz`` and/or
   ``pet_low_<fraction>.nii.gz`` (SUV of a low-dose reconstruction, e.g. ``pet_low_0.1.nii.gz``).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from petsynth.io.nifti import read_nifti
 
 LAYOUTS = ("autopet", "hecktor", "plain")
 _LOW_DOSE = re.compile(r"^pet_low_(.+)\.nii(\.gz)?$")
+#: Label table of an autoPET SEG.nii.gz (0 background, 1 lesion).
+AUTOPET_SEG_TABLE = ({"label": 1, "name": "lesion", "kind": "lesion"},)
 
 
 @dataclass
@@ -35,6 +38,8 @@ class NiftiStudy:
     target: Path
     sources: dict[str, Path]          # "CT", "MR", "PT_low" -> file
     dose_fraction: float | None = None
+    labels: Path | None = None        # a label volume (autoPET SEG.nii.gz), named by label_table
+    label_table: list[dict] = field(default_factory=list)
 
 
 def load_nifti_volume(path: str | Path, modality: str) -> SeriesVolume:
@@ -70,7 +75,10 @@ def find_nifti_studies(paths: list[str | Path]) -> list[NiftiStudy]:
             rel = str(folder_p.relative_to(root.parent))
             names = set(names)
             if {"CTres.nii.gz", "SUV.nii.gz"} <= names:
-                studies.append(NiftiStudy(rel, "autopet", folder_p / "SUV.nii.gz", {"CT": folder_p / "CTres.nii.gz"}))
+                seg = "SEG.nii.gz" in names
+                studies.append(NiftiStudy(rel, "autopet", folder_p / "SUV.nii.gz", {"CT": folder_p / "CTres.nii.gz"},
+                                          labels=folder_p / "SEG.nii.gz" if seg else None,
+                                          label_table=[dict(r) for r in AUTOPET_SEG_TABLE] if seg else []))
                 continue
             if "pet.nii.gz" in names:
                 sources = {m: folder_p / f for m, f in (("CT", "ct.nii.gz"), ("MR", "mr.nii.gz")) if f in names}

@@ -3,7 +3,9 @@
 One study at a time (each independent, so studies can run in parallel or on a cluster):
 choose the series for the task, load them in physical units, pair every target slice with the source
 resampled onto it in world space, resize, and write the study atomically under a keyed pseudonym.
-Phantom studies (a ``truth/`` folder beside the series) also carry the noise-free SUV and organ labels.
+Phantom studies (a ``truth/`` folder beside the series) also carry the noise-free SUV and organ labels, autoPET
+NIfTI studies their SEG.nii.gz lesion mask as labels; the labels' names go with the study as its label table
+(study metadata ``label_table``, read from the phantom's truth.json: its tissues, then lesion n as "lesion_n").
 
 Tasks: ``ct2pet`` (source CT in HU, target PET in SUV), ``mr2pet`` (MR -> PET), ``lpet2spet`` (source the
 lowest-count attenuation-corrected PET, target the standard PET, guidance the CT).
@@ -80,6 +82,8 @@ class StudyPlan:
     guidance: Input | None = None
     dose_fraction: float | None = None
     source_modality: str = ""
+    labels: Input | None = None  # a label volume named by label_table (autoPET SEG)
+    label_table: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.source_modality:
@@ -109,7 +113,8 @@ def plan_nifti_study(study: NiftiStudy, task: str) -> StudyPlan:
         guidance = study.sources["CT"]
     return StudyPlan(study.study_id, study.study_id, study.target, study.sources[need], guidance,
                      study.dose_fraction if task == "lpet2spet" else None,
-                     source_modality="PT" if need == "PT_low" else need)
+                     source_modality="PT" if need == "PT_low" else need,
+                     labels=study.labels, label_table=study.label_table)
 
 
 @dataclass
@@ -162,19 +167,32 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
     return plan
 
 
-def _truth_series(pet: SeriesVolume) -> dict[str, SeriesVolume]:
-    """Phantom truth (a ``truth/`` folder with truth.json beside the PET file or its series folder)."""
+def _truth_series(pet: SeriesVolume) -> tuple[dict[str, SeriesVolume], list[dict]]:
+    """Phantom truth (a ``truth/`` folder with truth.json beside the PET file or its series folder): the
+    volumes found ("truth", "labels") and, with labels, their table from truth.json."""
     for folder in (pet.files[0].parent / "truth", pet.files[0].parent.parent / "truth"):
         if (folder / "truth.json").is_file():
-            return {name: load_nifti_volume(folder / fname, name)
-                    for name, fname in (("truth", "suv_truth_blurred.nii.gz"), ("labels", "labels.nii.gz"))
-                    if (folder / fname).is_file()}
-    return {}
+            volumes = {name: load_nifti_volume(folder / fname, name)
+                       for name, fname in (("truth", "suv_truth_blurred.nii.gz"), ("labels", "labels.nii.gz"))
+                       if (folder / fname).is_file()}
+            if "labels" not in volumes:
+                return volumes, []
+            return volumes, _phantom_label_table(json.loads((folder / "truth.json").read_text()))
+    return {}, []
+
+
+def _phantom_label_table(record: dict) -> list[dict]:
+    """The label table of a phantom's truth.json: each tissue but air (label 0), then lesion n as "lesion_n"."""
+    rows = [{"label": int(r["label"]), "name": str(r["name"]), "kind": "organ"}
+            for r in record.get("labels", []) if int(r["label"]) != 0]
+    return rows + [{"label": int(r["label"]), "name": f"lesion_{n}", "kind": "lesion"}
+                   for n, r in enumerate(record.get("lesions", []))]
 
 
 def _scrub(text: str, plan: StudyPlan) -> str:
     """Replace the folders of the study's series (which may be named after the patient) by the modality."""
-    for role, item in (("target", plan.target), ("source", plan.source), ("guidance", plan.guidance)):
+    for role, item in (("target", plan.target), ("source", plan.source), ("guidance", plan.guidance),
+                       ("labels", plan.labels)):
         for folder in _folders(item):
             text = text.replace(folder, f"<{role} folder>")
     return text
@@ -206,15 +224,19 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
             ct = _load(plan.guidance, "CT", lazy=True)
             arrays["guidance"] = resample_onto(pet, ct, index, fill=HU_AIR, size=size)
             kvp = ct.kvp
-        for tname, tvol in _truth_series(pet).items():
+        volumes, table = _truth_series(pet)
+        if plan.labels is not None and "labels" not in volumes:  # phantom truth labels come first
+            volumes["labels"], table = _load(plan.labels, "SEG"), plan.label_table
+        for tname, tvol in volumes.items():
             mode = "nearest" if tname == "labels" else "bilinear"
             arrays[tname] = resample_onto(pet, tvol, index, fill=0.0, size=size, mode=mode)
+        meta = {"spacing_mm": list(pairs.spacing_mm), "kvp": kvp, "vendor": pet.manufacturer, "units": pet.units,
+                "dose_fraction": plan.dose_fraction, "task": task, "patient": patient}
+        if table:
+            meta[store.LABEL_TABLE] = table
         store.write_study(root, name, arrays,
                           {"index": [int(i) for i in index],
-                           "z_mm": [float(z) for z in pairs.z_mm[keep]]},
-                          {"spacing_mm": list(pairs.spacing_mm), "kvp": kvp, "vendor": pet.manufacturer,
-                           "units": pet.units, "dose_fraction": plan.dose_fraction, "task": task,
-                           "patient": patient})
+                           "z_mm": [float(z) for z in pairs.z_mm[keep]]}, meta)
         return StudyResult(name, patient, "ok", slices=len(index))
     except (StudyError, SUVError, ValueError, OSError) as err:
         return StudyResult(name, patient, "failed", reason=_scrub(f"{type(err).__name__}: {err}", plan))
@@ -330,7 +352,7 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
 
     studies, skipped = scan_dicom(inputs, progress=scanned)
     nifti = find_nifti_studies(list(inputs))
-    nifti_files = {f for st in nifti for f in (st.target, *st.sources.values())}
+    nifti_files = {f for st in nifti for f in (st.target, *st.sources.values(), st.labels)}
     skipped = [s for s in skipped if s.path not in nifti_files and not _is_phantom_truth(s.path)]
     report = PrepareReport(skipped_files=[(_relative(s.path, inputs), s.reason) for s in skipped])
     done = set(store.finished_studies(root))

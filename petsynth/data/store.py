@@ -9,11 +9,15 @@ Layout::
         source, target[, guidance, truth, labels]   (n, H, W) arrays (float32; labels uint8), one blosc-compressed
                                                     chunk per slice, sharded in files of SLICES_PER_SHARD slices
                                                     (standard zarr v3 sharding, written by _write_shards for speed)
-        attrs: per-slice metadata (z_mm, ...), study metadata
+        attrs: per-slice metadata (z_mm, ...), study metadata (with "label_table" when labels are stored)
 
 Values are physical (CT in HU, PET in SUVbw, MR as read); nothing is rescaled. A study folder exists only
 when complete, so a killed preparation resumes by skipping the studies present. Nothing is loaded into
 memory until an item is read; each DataLoader worker opens its own handles.
+
+A study's ``labels`` are named by its label table (study metadata ``label_table``, read with
+:meth:`PreparedDataset.label_table`): rows ``{"label": int, "name": str, "kind": "organ" | "lesion"}``; 0 is
+background and has no row. Studies written before tables were stored have none (an empty table).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ ARRAY_NAMES = ("source", "target", "guidance", "truth", "labels")
 SLICE_KEYS = ("index", "z_mm")
 #: Per-study metadata keys copied into every item.
 STUDY_KEYS = ("spacing_mm", "kvp", "vendor", "units", "dose_fraction")
+#: Study metadata key of the label table, and the kinds of its rows.
+LABEL_TABLE = "label_table"
+LABEL_KINDS = ("organ", "lesion")
 
 
 #: Slices are compressed one per chunk (random access reads one slice) and stored in shards of this many
@@ -100,7 +107,8 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
         study: pseudonymous study id (never a patient identifier).
         arrays: "source" and "target" (and optionally "guidance", "truth", "labels"), each (n, H, W).
         slice_meta: per-slice lists of length n (at least ``SLICE_KEYS``).
-        study_meta: JSON-safe study facts (``STUDY_KEYS`` and any others).
+        study_meta: JSON-safe study facts (``STUDY_KEYS`` and any others); ``label_table`` (optional, with a
+            "labels" array): rows ``{"label": 1..255, "name": str, "kind": "organ" | "lesion"}``, labels unique.
     """
     unknown = set(arrays) - set(ARRAY_NAMES)
     if unknown or not {"source", "target"} <= set(arrays):
@@ -112,6 +120,10 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
     for key in SLICE_KEYS:
         if len(slice_meta.get(key, ())) != n:
             raise ValueError(f"slice metadata {key!r} must have {n} entries")
+    if LABEL_TABLE in study_meta:
+        if "labels" not in arrays:
+            raise ValueError(f"a {LABEL_TABLE} needs a labels array")
+        study_meta = {**study_meta, LABEL_TABLE: check_label_table(study_meta[LABEL_TABLE])}
     with atomic_directory(Path(root) / STUDIES_DIR / study, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         for name, a in arrays.items():
@@ -123,6 +135,20 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
                             "slice_meta": {k: [_plain(v) for v in vs] for k, vs in slice_meta.items()},
                             "study_meta": {k: _plain(v) for k, v in study_meta.items()}})
     return Path(root) / STUDIES_DIR / study
+
+
+def check_label_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as plain ``{"label", "name", "kind"}`` dicts; ValueError naming the first bad row."""
+    table, seen = [], set()
+    for row in rows:
+        label, name, kind = row.get("label"), row.get("name"), row.get("kind")
+        if (isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 < label < 256
+                or not isinstance(name, str) or not name or kind not in LABEL_KINDS or label in seen):
+            raise ValueError(f"bad label table row {dict(row)!r}: need a unique int label 1..255, a name and "
+                             f"a kind in {LABEL_KINDS}")
+        seen.add(label)
+        table.append({"label": int(label), "name": name, "kind": kind})
+    return table
 
 
 def _write_shards(array: zarr.Array, folder: Path, data: np.ndarray) -> None:
@@ -187,7 +213,7 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     Keys: "source", "target" (and "guidance", "truth", "labels" where stored), each (H, W); "study",
     "split", "index" (slice index within the study), "z_mm", "spacing_mm", "kvp", "vendor", "units",
-    "dose_fraction".
+    "dose_fraction". :meth:`label_table` names a study's labels.
     """
 
     def __init__(self, root: str | Path, split: str | None = None):
@@ -224,8 +250,13 @@ class PreparedDataset(torch.utils.data.Dataset):
         return int(self._offsets[-1])
 
     def study_meta(self, study: str) -> dict[str, Any]:
-        """Per-study metadata (spacing_mm, kvp, vendor, units, dose_fraction, task, patient pseudonym)."""
+        """Per-study metadata (spacing_mm, kvp, vendor, units, dose_fraction, task, patient pseudonym,
+        label_table when labelled)."""
         return dict(self._attrs[study]["study_meta"])
+
+    def label_table(self, study: str) -> list[dict[str, Any]]:
+        """The study's label table: rows ``{"label", "name", "kind"}`` naming its labels ([] when it has none)."""
+        return [dict(row) for row in self._attrs[study]["study_meta"].get(LABEL_TABLE, [])]
 
     def study_slices(self, study: str) -> range:
         """Dataset indices of one study's slices, in slice order."""

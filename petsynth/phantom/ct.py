@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from petsynth.data.phantom import tissues as T
+from petsynth.phantom import tissues as T
 from petsynth.data.geometry import Geometry
 from petsynth.physics import constants as C
 

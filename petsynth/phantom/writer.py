@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from petsynth import __version__
-from petsynth.data.phantom.study import Acquisition, Image, PhantomStudy
+from petsynth.phantom.study import Acquisition, Image, PhantomStudy
 from petsynth.io.dicom import (
     code_item,
     dicom_date,
@@ -345,11 +345,11 @@ def make_study(task: str, seed: int, index: int, *, preset="default", dose_fract
                flavour: str | None = None, sim=None) -> PhantomStudy:
     """Simulate one study of ``task`` in memory (dispatches to make_torso / make_brain)."""
     if task == "mr2pet":
-        from petsynth.data.phantom.brain import make_brain
+        from petsynth.phantom.brain import make_brain
 
         return make_brain(seed, index=index, preset=preset, flavour=flavour, sim=sim)
     if task in ("ct2pet", "lpet2spet"):
-        from petsynth.data.phantom.torso import make_torso
+        from petsynth.phantom.torso import make_torso
 
         return make_torso(seed, index=index, task=task, preset=preset, flavour=flavour,
                           dose_fractions=dose_fractions if task == "lpet2spet" else (), sim=sim)
@@ -375,13 +375,13 @@ def write_studies(out_dir: str | Path, task: str = "ct2pet", studies: int = 1, s
     fractions = sorted({float(f) for f in dose_fractions}, reverse=True)
     if task == "lpet2spet" and (not fractions or any(not 0 < f < 1 for f in fractions)):
         raise ValueError(f"dose fractions must lie strictly between 0 and 1, got {list(dose_fractions)}")
-    from petsynth.data.phantom.presets import get_flavour, get_preset
+    from petsynth.phantom.presets import get_flavour, get_preset
 
     get_preset(preset)
     if flavour is not None:
         get_flavour(flavour)
     out = Path(out_dir)
-    from petsynth.data.phantom.study import study_id_for
+    from petsynth.phantom.study import study_id_for
 
     if not overwrite:  # fail before simulating anything
         taken = [study_id_for(task, seed, i) for i in range(start_index, start_index + studies)

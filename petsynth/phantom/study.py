@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from petsynth.data.geometry import Geometry
-from petsynth.data.phantom.presets import Flavour
+from petsynth.phantom.presets import Flavour
 
 #: Injected activity per body weight for whole-body FDG (MBq/kg); EANM 2015 recommends about 3.5-7 MBq/kg
 #: x (min per bed) depending on the scanner; many sites use 3-4.5.

@@ -7,7 +7,7 @@ matrices; ``small`` and ``tiny`` shrink them for demos and tests.
 
 The PET emission is simulated on a square *simulation grid* of at most ``max_sim_size`` pixels over at most
 ``max_sim_fov_mm`` (the projector's cost grows as N^3 per slice); when the output PET grid is finer, the
-reconstruction is resampled onto it (see :mod:`petsynth.data.phantom.pet`).
+reconstruction is resampled onto it (see :mod:`petsynth.phantom.pet`).
 """
 
 from __future__ import annotations

@@ -17,14 +17,14 @@ Same (seed, index) -> identical arrays and UIDs; presets ``default`` (clinical g
 (64x64 PET, 128x128 CT, 16 slices: for tests).
 """
 
-from petsynth.data.phantom.brain import make_brain
 from petsynth.data.geometry import Geometry
-from petsynth.data.phantom.pet import PETSimConfig
-from petsynth.data.phantom.presets import FLAVOURS, PRESETS, Flavour, Preset
-from petsynth.data.phantom.study import Acquisition, Image, PhantomStudy
-from petsynth.data.phantom.tissues import LESION_BASE, TISSUES, label_table
-from petsynth.data.phantom.torso import make_torso
-from petsynth.data.phantom.writer import (
+from petsynth.phantom.brain import make_brain
+from petsynth.phantom.pet import PETSimConfig
+from petsynth.phantom.presets import FLAVOURS, PRESETS, Flavour, Preset
+from petsynth.phantom.study import Acquisition, Image, PhantomStudy
+from petsynth.phantom.tissues import LESION_BASE, TISSUES, label_table
+from petsynth.phantom.torso import make_torso
+from petsynth.phantom.writer import (
     DEFAULT_DOSE_FRACTIONS,
     FORMATS,
     TASKS,

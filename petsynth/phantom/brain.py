@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from petsynth.data.phantom import tissues as T
-from petsynth.data.phantom.anatomy import Ellipsoid, Tube, paint, rotation
+from petsynth.phantom import tissues as T
+from petsynth.phantom.anatomy import Ellipsoid, Tube, paint, rotation
 from petsynth.data.geometry import Geometry, gaussian_blur
 
 #: Lobe centres (mm, relative to the cerebrum centre, x towards the hemisphere side, y posterior, z up)
@@ -184,16 +184,16 @@ def make_brain(seed: int = 0, *, index: int = 0, preset="default", flavour: str 
                hypometabolism: bool | None = None, study_id: str | None = None):
     """Simulate one PET/MR brain study in memory (task mr2pet).
 
-    Returns a :class:`~petsynth.data.phantom.study.PhantomStudy` with images MR (T1w) and PT (SUV) and truth
+    Returns a :class:`~petsynth.phantom.study.PhantomStudy` with images MR (T1w) and PT (SUV) and truth
     volumes labels / suv_truth / suv_truth_blurred / mu on the PET grid and labels_mr on the MR grid.
     ``hypometabolism``: force (True/False) the regional hypometabolism; None draws it (probability 0.6).
     """
     import torch
 
     from petsynth import __version__
-    from petsynth.data.phantom.pet import PETSimConfig, area_resample, simulate_emission, simulation_grid
-    from petsynth.data.phantom.presets import FLAVOURS, get_flavour, get_preset
-    from petsynth.data.phantom.study import Image, PhantomStudy, sample_acquisition, study_id_for
+    from petsynth.phantom.pet import PETSimConfig, area_resample, simulate_emission, simulation_grid
+    from petsynth.phantom.presets import FLAVOURS, get_flavour, get_preset
+    from petsynth.phantom.study import Image, PhantomStudy, sample_acquisition, study_id_for
     from petsynth.data.geometry import resample
     from petsynth.physics import hu_to_mu
 
@@ -277,7 +277,7 @@ def make_brain(seed: int = 0, *, index: int = 0, preset="default", flavour: str 
     study.truth_images["mu"] = Image("MU", mu_pet.astype(np.float32), pet_geom, "mu 511 keV (cm-1)")
     study.truth_images["labels_mr"] = Image("LABEL", labels_mr, mr_geom, "tissue labels, MR grid")
     study.truth = {
-        "software": {"name": "petsynth", "version": __version__, "generator": "petsynth.data.phantom.make_brain"},
+        "software": {"name": "petsynth", "version": __version__, "generator": "petsynth.phantom.make_brain"},
         "study_id": sid, "task": "mr2pet", "seed": int(seed), "index": int(index), "preset": pre.name,
         "flavour": flv.key, "manufacturer": flv.manufacturer,
         "subject": {"weight_kg": weight, "head_scale": scale, "brain_center_mm": center.round(2).tolist()},

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from petsynth.data.phantom import tissues as T
-from petsynth.data.phantom.anatomy import Ellipsoid, Shape, Tube, ZProfile, paint, rotation
+from petsynth.phantom import tissues as T
+from petsynth.phantom.anatomy import Ellipsoid, Shape, Tube, ZProfile, paint, rotation
 from petsynth.data.geometry import Geometry, block_mean
 
 #: Reference body landmarks: d (mm from the vertex), half-width ax, half-depth ay, centre y of the trunk.
@@ -442,7 +442,7 @@ def paint_truth(shapes, geometry: Geometry, suv_lut: np.ndarray, supersample: in
 
 def pet_ct_geometries(s: TorsoSubject, flavour, preset, rng: np.random.Generator):
     """PET and CT grids covering the preset's body range for subject ``s``."""
-    from petsynth.data.phantom.presets import scaled_grids
+    from petsynth.phantom.presets import scaled_grids
 
     g = scaled_grids(flavour, preset)
     d0, d1 = preset.body_range_mm
@@ -472,24 +472,24 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = "ct2pet", preset="d
     Args:
         seed, index: the subject is fully determined by (seed, index).
         task: "ct2pet" or "lpet2spet" (the latter also reconstructs ``dose_fractions``).
-        preset: "default", "small", "tiny" or a :class:`~petsynth.data.phantom.presets.Preset`.
+        preset: "default", "small", "tiny" or a :class:`~petsynth.phantom.presets.Preset`.
         flavour: "ge", "siemens", "philips" (default: drawn from the seed).
         kvp: CT tube voltage (default: drawn from 80, 100, 110, 120, 130, 140).
         dose_fractions: low-dose levels in (0, 1) to reconstruct besides the standard dose.
-        sim: :class:`~petsynth.data.phantom.pet.PETSimConfig` (default settings when None).
+        sim: :class:`~petsynth.phantom.pet.PETSimConfig` (default settings when None).
 
     Returns:
-        :class:`~petsynth.data.phantom.study.PhantomStudy` with images CT (HU), PT (SUV) and PT_low_<f>,
+        :class:`~petsynth.phantom.study.PhantomStudy` with images CT (HU), PT (SUV) and PT_low_<f>,
         and truth volumes on the PET grid (labels, suv_truth, suv_truth_blurred, mu) and CT grid (labels_ct).
     """
     import torch
 
     from petsynth import __version__
-    from petsynth.data.phantom import ct as ctmod
+    from petsynth.phantom import ct as ctmod
     from petsynth.data.geometry import gaussian_blur
-    from petsynth.data.phantom.pet import PETSimConfig, area_resample, simulate_emission, simulation_grid
-    from petsynth.data.phantom.presets import FLAVOURS, get_flavour, get_preset
-    from petsynth.data.phantom.study import (
+    from petsynth.phantom.pet import PETSimConfig, area_resample, simulate_emission, simulation_grid
+    from petsynth.phantom.presets import FLAVOURS, get_flavour, get_preset
+    from petsynth.phantom.study import (
         Image, PhantomStudy, fraction_name, sample_acquisition, study_id_for)
     from petsynth.physics import hu_to_mu
 
@@ -567,7 +567,7 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = "ct2pet", preset="d
         lesions.append({**{k: v for k, v in les.items() if k != "rotation"},
                         "hu": round(float(lut_hu[les["label"]]), 2), "rotation": les["rotation"]})
     study.truth = {
-        "software": {"name": "petsynth", "version": __version__, "generator": "petsynth.data.phantom.make_torso"},
+        "software": {"name": "petsynth", "version": __version__, "generator": "petsynth.phantom.make_torso"},
         "study_id": sid, "task": task, "seed": int(seed), "index": int(index), "preset": pre.name,
         "flavour": flv.key, "manufacturer": flv.manufacturer,
         "subject": {"weight_kg": subj.weight_kg, "height_scale": subj.height, "width_scale": subj.width,

@@ -28,7 +28,7 @@ sit inside what these publications report (they are not one table of any of them
 CT numbers (HU) on unenhanced CT at 120 kVp, typical textbook ranges (e.g. fat -120..-80, muscle 40-55,
 liver 50-65, lung parenchyma about -850; cf. Lamba R et al. (2014) CT Hounsfield numbers of soft tissues on
 unenhanced abdominal CT scans. AJR 203:1013-1020). Cortical bone 700-1500 and red marrow/cancellous bone
-200-400 are given at 120 kVp and moved with kVp in :mod:`petsynth.data.phantom.ct` (bone numbers rise as
+200-400 are given at 120 kVp and moved with kVp in :mod:`petsynth.phantom.ct` (bone numbers rise as
 the tube voltage falls).
 
 T1-weighted MR signal (MPRAGE-like), relative to white matter = 1: WM > GM > CSF; fat (scalp, diploic
