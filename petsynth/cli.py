@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 import petsynth
+from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, TASKS
 
 app = typer.Typer(
     name="petsynth",
@@ -37,8 +38,9 @@ def main(
 @app.command()
 def phantom(
     out: Path = typer.Argument(..., help="Folder to write the studies into (one sub-folder per study)."),
-    task: str = typer.Option("ct2pet", "--task", help="ct2pet (PET/CT), mr2pet (PET/MR brain) or lpet2spet "
-                             "(PET/CT with low-dose PET series)."),
+    task: str = typer.Option(DEFAULT_TASK, "--task", help="The task the studies are for: "
+                             + "; ".join(f"{t.name} ({t.phantom} phantom: {t.title})" for t in TASKS.values())
+                             + "."),
     studies: int = typer.Option(1, "--studies", "-n", min=1, help="Number of studies."),
     seed: int = typer.Option(0, "--seed", help="Seed; study i is determined by (seed, i)."),
     fmt: str = typer.Option("dicom", "--format", help="dicom (series per modality) or nifti (.nii.gz)."),
@@ -98,7 +100,7 @@ def _parse_range(text: str) -> tuple[int, int]:
 def prepare(
     inputs: list[Path] = typer.Argument(..., help="Folders (searched recursively) or files with DICOM studies."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (or continue with --resume)."),
-    task: str = typer.Option("ct2pet", "--task", help="ct2pet, mr2pet or lpet2spet."),
+    task: str = typer.Option(DEFAULT_TASK, "--task", help="The task: " + ", ".join(TASK_NAMES) + "."),
     size: int = typer.Option(256, "--size", min=8, help="Output slice size in pixels (square)."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Studies prepared in parallel (processes)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a dataset: skip the studies it already has."),
@@ -120,11 +122,11 @@ def prepare(
     DATASET/prepare_report.json (pseudonyms only)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from petsynth.data.prepare import TASKS, prepare_dataset
+    from petsynth.data.prepare import prepare_dataset
     from petsynth.data.store import DatasetError
 
-    if task not in TASKS:
-        raise typer.BadParameter(f"{task!r}; choose one of {', '.join(TASKS)}", param_hint="--task")
+    if task not in TASK_NAMES:
+        raise typer.BadParameter(f"{task!r}; choose one of {', '.join(TASK_NAMES)}", param_hint="--task")
     try:
         fractions = tuple(float(v) for v in split.split(","))
     except ValueError:

@@ -66,7 +66,6 @@ import numpy as np
 import torch
 
 import petsynth
-from petsynth.data.intensity import DEFAULT_PET_WINDOW_SUV
 from petsynth.data.store import SPLITS, PreparedDataset, open_dataset
 from petsynth.inference import (BUNDLED_MODELS_DIR, PredictOptions, load_model, model_name,
                                 predict_items)
@@ -86,6 +85,7 @@ from petsynth.metrics import (
     vif,
 )
 from petsynth.metrics.suv import DEFAULT_SUV_THRESHOLD
+from petsynth.tasks import PET_WINDOW, get_task
 from petsynth.utils.files import atomic_file, atomic_write_text
 
 __all__ = [
@@ -106,7 +106,7 @@ __all__ = [
 
 #: Fixed SUV window: its width is the data range of the SUV-convention metrics, and it maps SUV to the CPDM
 #: paper's stored-value scale. The methods' default target window (0..20 SUV).
-SUV_WINDOW: tuple[float, float] = DEFAULT_PET_WINDOW_SUV
+SUV_WINDOW: tuple[float, float] = (PET_WINDOW.low, PET_WINDOW.high)
 #: Reference images: name -> (dataset key, description).
 REFERENCES: dict[str, tuple[str, str]] = {
     "real": ("target", "the real (reconstructed) PET"),
@@ -755,8 +755,8 @@ def _write_figure(path: Path, positions: list[int], items: dict[int, dict[str, A
     import matplotlib.pyplot as plt
 
     models = list(preds)
-    source_title, source_kind = {"ct2pet": ("CT", "ct"), "lpet2spet": ("low-dose PET", "pet")}.get(
-        task, ("MR", "source"))
+    source_title = get_task(task).source_label
+    source_kind = "source" if get_task(task).source_kind == "mr" else get_task(task).source_kind
     n_cols = 2 + 2 * len(models)
     n_rows = len(positions)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.3 * n_rows + 1.2), squeeze=False,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from petsynth.physics.attenuation import attenuation_map
+from petsynth.tasks import get_task
 
 #: kVp assumed for a CT whose header gave none (NIfTI inputs); a warning says so.
 DEFAULT_KVP = 120.0
@@ -23,10 +24,9 @@ IMAGE_KEYS = ("source", "target", "guidance", "truth", "labels")
 
 
 def ct_of(batch: Mapping[str, Any], task: str) -> torch.Tensor | None:
-    """The CT of a batch: the source for ct2pet, the guidance for lpet2spet, none for mr2pet."""
-    if task == "ct2pet":
-        return batch["source"]
-    return batch.get("guidance")
+    """The CT of a batch: the image in the task's ``ct_role`` (:mod:`petsynth.tasks`), None for a task without."""
+    role = get_task(task).ct_role
+    return batch.get(role) if role else None
 
 
 def kvp_tensor(values: Sequence[Any]) -> torch.Tensor:
@@ -58,7 +58,7 @@ class Collate:
             if key in items[0]:
                 stacked = np.stack([np.asarray(it[key], dtype=np.float32) for it in items])
                 batch[key] = torch.from_numpy(stacked)[:, None]
-        batch["kvp"] = kvp_tensor([it.get("kvp") for it in items]) if self.task != "mr2pet" else None
+        batch["kvp"] = kvp_tensor([it.get("kvp") for it in items]) if get_task(self.task).has_ct else None
         for key in items[0]:
             if key not in batch and key != "kvp":
                 batch[key] = [it[key] for it in items]

@@ -5,7 +5,8 @@ and inverts it so that ``translate`` always returns physical units (HU, SUV). Th
 rescaled values.
 
 ``window``: physical values in [low, high] map linearly to [-1, 1] (clipped to the window when
-``clip``); inverse maps back. Example: CT in HU with window (-1024, 3071) maps the 12-bit CT range.
+``clip``); inverse maps back. Example: CT in HU with window (-1024, 3071) maps the 12-bit CT range. The
+default window of each image role of each task is in :mod:`petsynth.tasks`.
 
 ``paper`` presets reproduce the CPDM public code: stored DICOM value / (2^bits - 1) mapped to [-1, 1].
 For CT the stored value is HU + 1024 (RescaleIntercept -1024) and bits = 11, so HU -1024..1023 map to
@@ -65,21 +66,3 @@ class IntensityTransform(Config):
             y = y.clip(-1.0, 1.0)
         return (y + 1.0) * 0.5 * (self.high - self.low) + self.low
 
-
-#: Default windows of the methods (physical units -> [-1, 1]): CT over the 12-bit HU range, PET in SUVbw up
-#: to 20 (lesions and bladder above that are clipped in network units only: metrics stay in SUV).
-DEFAULT_CT_WINDOW_HU: tuple[float, float] = (-1024.0, 3071.0)
-DEFAULT_PET_WINDOW_SUV: tuple[float, float] = (0.0, 20.0)
-
-
-def default_transforms(task: str) -> dict[str, IntensityTransform]:
-    """The default transform per image role ("source", "target", "guidance") for a task."""
-    ct = IntensityTransform(low=DEFAULT_CT_WINDOW_HU[0], high=DEFAULT_CT_WINDOW_HU[1], unit="HU")
-    pet = IntensityTransform(low=DEFAULT_PET_WINDOW_SUV[0], high=DEFAULT_PET_WINDOW_SUV[1], unit="SUV")
-    if task == "ct2pet":
-        return {"source": ct, "target": pet}
-    if task == "lpet2spet":
-        return {"source": pet, "target": pet, "guidance": ct}
-    if task == "mr2pet":  # MR "as read": scale set per dataset by the user; a wide default
-        return {"source": IntensityTransform(low=0.0, high=1000.0, clip=False, unit="MR"), "target": pet}
-    raise ValueError(f"unknown task {task!r}")

@@ -37,10 +37,9 @@ from petsynth.data.nifti_layouts import NiftiStudy, find_nifti_studies, load_nif
 from petsynth.data.pairing import pair_slices, resample_onto
 from petsynth.data.suv import SUVError
 from petsynth.physics.constants import HU_AIR
+from petsynth.tasks import get_task
 from petsynth.utils.files import atomic_write_text
 
-TASKS = ("ct2pet", "mr2pet", "lpet2spet")
-SOURCE_MODALITY = {"ct2pet": "CT", "mr2pet": "MR", "lpet2spet": "PT"}
 #: Default split fractions (train, val, test), by patient.
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 #: Where the pseudonym key lives unless the user names one; never inside a dataset.
@@ -103,17 +102,19 @@ def _folders(item: Input | None) -> set[str]:
 
 def plan_nifti_study(study: NiftiStudy, task: str) -> StudyPlan:
     """Choose the files of a NIfTI study for ``task``; StudyError if impossible."""
-    need = {"ct2pet": "CT", "mr2pet": "MR", "lpet2spet": "PT_low"}[task]
+    spec = get_task(task)
+    need = spec.nifti_source
     if need not in study.sources:
         raise StudyError(f"{study.layout} NIfTI study has no {need} volume for {task}")
     guidance = None
-    if task == "lpet2spet":
-        if "CT" not in study.sources:
-            raise StudyError("lpet2spet keeps the CT as guidance, but the study has no ct.nii.gz")
-        guidance = study.sources["CT"]
+    if spec.guidance_modality:
+        if spec.guidance_modality not in study.sources:
+            raise StudyError(f"{task} keeps the {spec.guidance_modality} as guidance, but the study has no "
+                             f"{spec.guidance_modality.lower()}.nii.gz")
+        guidance = study.sources[spec.guidance_modality]
     return StudyPlan(study.study_id, study.study_id, study.target, study.sources[need], guidance,
-                     study.dose_fraction if task == "lpet2spet" else None,
-                     source_modality="PT" if need == "PT_low" else need,
+                     study.dose_fraction if spec.low_dose_source else None,
+                     source_modality=spec.source_modality,
                      labels=study.labels, label_table=study.label_table)
 
 
@@ -140,26 +141,29 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
         raise StudyError(f"no attenuation-corrected PET series (CorrectedImage with ATTN); series found: {found}")
     first = pydicom.dcmread(pets[0].files[0], stop_before_pixels=True, specific_tags=["PatientID"])
     patient_id = str(first.get("PatientID", "")) or study.study_uid
-    if task == "lpet2spet":
+    spec = get_task(task)
+    if spec.low_dose_source:
         if len(pets) < 2:
-            raise StudyError("lpet2spet needs two attenuation-corrected PET series (standard and low dose)")
+            raise StudyError(f"{task} needs two attenuation-corrected PET series (standard and low dose)")
         by_duration = sorted(pets, key=lambda s: (s.frame_duration_ms, s.series_uid))
         target, source = by_duration[-1], by_duration[0]
-        cts = study.of_modality("CT")
-        if not cts:
-            raise StudyError("lpet2spet keeps the CT as guidance, but the study has no CT series")
-        guidance = _largest(cts)
         long_ms, short_ms = target.frame_duration_ms, source.frame_duration_ms
         fraction = short_ms / long_ms if long_ms > 0 else None
-        plan = StudyPlan(study.study_uid, patient_id, target, source, guidance, fraction)
     else:
-        modality = SOURCE_MODALITY[task]
-        sources = study.of_modality(modality)
+        sources = study.of_modality(spec.source_modality)
         if not sources:
-            raise StudyError(f"{task} needs a {modality} series, but the study has none")
+            raise StudyError(f"{task} needs a {spec.source_modality} series, but the study has none")
         # standard dose: the PET series with the longest frames
         target = max(pets, key=lambda s: (s.frame_duration_ms, s.num_files, s.series_uid))
-        plan = StudyPlan(study.study_uid, patient_id, target, _largest(sources))
+        source, fraction = _largest(sources), None
+    guidance = None
+    if spec.guidance_modality:
+        found = study.of_modality(spec.guidance_modality)
+        if not found:
+            raise StudyError(f"{task} keeps the {spec.guidance_modality} as guidance, but the study has no "
+                             f"{spec.guidance_modality} series")
+        guidance = _largest(found)
+    plan = StudyPlan(study.study_uid, patient_id, target, source, guidance, fraction)
     for other in (plan.source, plan.guidance):
         if other is not None and other.frame_of_reference_uid != plan.target.frame_of_reference_uid:
             raise StudyError(f"{other.modality} and PET series have different FrameOfReferenceUIDs: "
@@ -337,8 +341,7 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     ``mapping_file``: only when asked, a CSV (outside the dataset) linking each pseudonym to the study's
     original identifier (StudyInstanceUID or NIfTI study name) and patient id; merged with an existing one.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    get_task(task)  # a TaskError (a ValueError) for an unknown name
     if mapping_file is not None:
         mapping_file = Path(mapping_file).resolve()
         if mapping_file.is_relative_to(Path(out).resolve()):

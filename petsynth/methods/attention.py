@@ -17,9 +17,10 @@ from pydantic import Field
 
 from petsynth.config import Config
 from petsynth.data.batch import ct_of
-from petsynth.data.intensity import IntensityTransform, default_transforms
+from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import Method, register
 from petsynth.nn.segmenter import SegmenterConfig, binarize, build_segmenter, probability
+from petsynth.tasks import CT_TASKS, DEFAULT_TASK, get_task
 
 
 class AttentionConfig(Config):
@@ -33,16 +34,15 @@ class AttentionConfig(Config):
 class AttentionSegmenter(Method):
     name = "attention"
     summary = "CT segmenter of PET uptake (residual U-Net, Dice) giving CPDM's Attention map"
-    tasks = ("ct2pet", "lpet2spet")
+    tasks = CT_TASKS
     config_class = AttentionConfig
     display_kind = "map"
     default_lr = 1e-3
 
-    def __init__(self, config: AttentionConfig, task: str = "ct2pet", **_: Any):
+    def __init__(self, config: AttentionConfig, task: str = DEFAULT_TASK, **_: Any):
         super().__init__(config, task)
         if config.ct_transform is None:
-            t = default_transforms(task)
-            config.ct_transform = t["source"] if task == "ct2pet" else t["guidance"]
+            config.ct_transform = get_task(task).default_transforms()[get_task(task).ct_role]
         self.segmenter = build_segmenter(config.segmenter)
         from monai.losses import DiceLoss
 

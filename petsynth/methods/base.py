@@ -30,6 +30,7 @@ from pydantic import Field
 from petsynth.config import Config, ConfigError
 from petsynth.data.batch import Collate
 from petsynth.data.intensity import IntensityTransform
+from petsynth.tasks import DEFAULT_TASK, get_task
 from petsynth.train.checkpoint import CheckpointError, ModelCard, load_checkpoint
 
 _REGISTRY: dict[str, type["Method"]] = {}
@@ -59,7 +60,7 @@ class Method(torch.nn.Module):
     #: one line for `petsynth methods`
     summary: ClassVar[str] = ""
     #: tasks the method can be trained for
-    tasks: ClassVar[tuple[str, ...]] = ("ct2pet",)
+    tasks: ClassVar[tuple[str, ...]] = (DEFAULT_TASK,)
     #: the method's config class
     config_class: ClassVar[type[Config]] = Config
     #: whether batches must carry the CT attenuation map "mu_map" (computed in the data pipeline)
@@ -71,8 +72,9 @@ class Method(torch.nn.Module):
     #: the typed options of ``translate`` (see :meth:`sampler_options`)
     sampler_options_class: ClassVar[type[Config]] = NoSamplerOptions
 
-    def __init__(self, config: Config, task: str = "ct2pet", load_parts: bool = True):
+    def __init__(self, config: Config, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__()
+        get_task(task)  # an unknown name is a TaskError listing the known ones
         if task not in self.tasks:
             raise MethodError(f"method {self.name!r} is for tasks {', '.join(self.tasks)}, not {task!r}")
         self.config = config
@@ -176,7 +178,7 @@ def method_class(name: str) -> type[Method]:
         raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def build_method(name: str, config: Mapping[str, Any] | Config | None = None, task: str = "ct2pet",
+def build_method(name: str, config: Mapping[str, Any] | Config | None = None, task: str = DEFAULT_TASK,
                  source: str = "<method config>", load_parts: bool = True) -> Method:
     """A fresh method by name, from a config mapping (validated; unknown keys are errors).
 

@@ -34,6 +34,7 @@ from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
 from petsynth.nn.segmenter import SegmenterConfig
+from petsynth.tasks import DEFAULT_TASK, get_task
 
 
 class BridgeConfig(Config):
@@ -66,21 +67,19 @@ class CPDMConfig(Config):
 class CPDM(LatentSpace, GuidanceMaps, Method):
     name = "cpdm"
     summary = "latent Brownian bridge CT -> PET with the Attention and Attenuation maps (CPDM)"
-    tasks = ("ct2pet",)
+    tasks = (DEFAULT_TASK,)
     config_class = CPDMConfig
     sampler_options_class = StepsEtaOptions
     needs_mu_map = True
     default_lr = 1e-4
 
-    def __init__(self, config: CPDMConfig, task: str = "ct2pet", load_parts: bool = True):
+    def __init__(self, config: CPDMConfig, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__(config, task)
         self._check_variant(config)
         if not config.pixel_space:
             self.autoencoder = frozen_autoencoder(self.name, config, load_parts)
         if config.transforms is None:
-            from petsynth.data.intensity import default_transforms
-
-            config.transforms = default_transforms(task)
+            config.transforms = get_task(task).default_transforms()
         self._build_maps(config, load_parts)
         f = 1 if config.pixel_space else config.autoencoder.downsample_factor
         latent_channels = 1 if config.pixel_space else config.autoencoder.latent_channels

@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from petsynth.config import Config
-from petsynth.data.intensity import IntensityTransform, default_transforms
+from petsynth.data.intensity import IntensityTransform
 from petsynth.diffusion import GaussianDiffusion, samplers
 from petsynth.methods.base import Method, MethodError, StepsEtaOptions, register
 from petsynth.methods.parts import GuidanceMaps, LatentSpace, GuidanceMapsConfig, frozen_autoencoder
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
+from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
 
 
 class NoiseScheduleConfig(Config):
@@ -66,19 +67,19 @@ class LDMConfig(GuidanceMapsConfig):
 class LDM(LatentSpace, GuidanceMaps, Method):
     name = "ldm"
     summary = "conditional latent diffusion (DDPM training, DDIM sampling) given the source latent; optional maps"
-    tasks = ("ct2pet", "mr2pet", "lpet2spet")
+    tasks = TASK_NAMES
     config_class = LDMConfig
     sampler_options_class = StepsEtaOptions
     default_lr = 1e-4
 
-    def __init__(self, config: LDMConfig, task: str = "ct2pet", load_parts: bool = True):
+    def __init__(self, config: LDMConfig, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__(config, task)
         if not config.pixel_space:
             self.autoencoder = frozen_autoencoder(self.name, config, load_parts)
         elif config.autoencoder_checkpoint:
             raise MethodError("ldm: pixel_space: true takes no autoencoder_checkpoint")
         if config.transforms is None:
-            config.transforms = default_transforms(task)
+            config.transforms = get_task(task).default_transforms()
         self._build_maps(config, load_parts)
         f = 1 if config.pixel_space else config.autoencoder.downsample_factor
         cz = 1 if config.pixel_space else config.autoencoder.latent_channels

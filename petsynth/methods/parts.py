@@ -23,6 +23,7 @@ from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import MethodError, frozen
 from petsynth.nn.autoencoder import VQAutoencoder, VQAutoencoderConfig
 from petsynth.nn.segmenter import SegmenterConfig, binarize, build_segmenter, probability
+from petsynth.tasks import get_task
 from petsynth.train.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -79,9 +80,9 @@ class GuidanceMaps:
 
     def _build_maps(self, config: Any, load_parts: bool) -> None:
         """Load the frozen segmenter (when the attention map is on) and set ``needs_mu_map``."""
-        if (config.use_attention_map or config.use_attenuation_map) and self.task == "mr2pet":
+        if (config.use_attention_map or config.use_attenuation_map) and not get_task(self.task).has_ct:
             raise MethodError(f"{self.name}: the attention and attenuation maps are computed from a CT; "
-                              "task mr2pet has none (use_attention_map / use_attenuation_map: false)")
+                              f"task {self.task} has none (use_attention_map / use_attenuation_map: false)")
         self.needs_mu_map = config.use_attenuation_map
         if config.use_attention_map:
             weights = None

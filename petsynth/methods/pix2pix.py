@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from petsynth.data.intensity import IntensityTransform, default_transforms
+from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import Method, register
 from petsynth.methods.parts import GuidanceMaps, GuidanceMapsConfig
 from petsynth.nn.discriminator import DiscriminatorConfig, PatchGAN
 from petsynth.nn.unet import Pix2PixUNet, Pix2PixUNetConfig
+from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
 
 
 class Pix2PixConfig(GuidanceMapsConfig):
@@ -46,14 +47,14 @@ class Pix2PixConfig(GuidanceMapsConfig):
 class Pix2Pix(GuidanceMaps, Method):
     name = "pix2pix"
     summary = "pix2pix: U-Net generator + 70x70 PatchGAN, L1 x 100 (CPDM paper baseline); optional maps"
-    tasks = ("ct2pet", "mr2pet", "lpet2spet")
+    tasks = TASK_NAMES
     config_class = Pix2PixConfig
     default_lr = 2e-4
 
-    def __init__(self, config: Pix2PixConfig, task: str = "ct2pet", load_parts: bool = True):
+    def __init__(self, config: Pix2PixConfig, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__(config, task)
         if config.transforms is None:
-            config.transforms = default_transforms(task)
+            config.transforms = get_task(task).default_transforms()
         self._build_maps(config, load_parts)
         cond = 1 + self.num_maps
         self.generator = Pix2PixUNet(config.generator, in_channels=cond, out_channels=1)

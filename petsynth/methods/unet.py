@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from petsynth.data.intensity import IntensityTransform, default_transforms
+from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import Method, register
 from petsynth.methods.parts import GuidanceMaps, GuidanceMapsConfig
 from petsynth.nn.unet import CascadedUNet, UNetConfig
+from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
 
 
 class UNetMethodConfig(GuidanceMapsConfig):
@@ -43,14 +44,14 @@ class UNetMethodConfig(GuidanceMapsConfig):
 class UNetRegression(GuidanceMaps, Method):
     name = "unet"
     summary = "U-Net regression (MSE), 1-6 cascaded stages (the U-Net seed); optional maps as input channels"
-    tasks = ("ct2pet", "mr2pet", "lpet2spet")
+    tasks = TASK_NAMES
     config_class = UNetMethodConfig
     default_lr = 1e-3
 
-    def __init__(self, config: UNetMethodConfig, task: str = "ct2pet", load_parts: bool = True):
+    def __init__(self, config: UNetMethodConfig, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__(config, task)
         if config.transforms is None:
-            config.transforms = default_transforms(task)
+            config.transforms = get_task(task).default_transforms()
         self._build_maps(config, load_parts)
         self.net = CascadedUNet(config.unet, in_channels=1 + self.num_maps, out_channels=1, stages=config.stages,
                                 residual=config.residual_stages)

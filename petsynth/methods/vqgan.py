@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from petsynth.config import Config
-from petsynth.data.intensity import IntensityTransform, default_transforms
+from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import Method, register
 from petsynth.metrics.image import ssim
 from petsynth.nn.autoencoder import VQAutoencoder, VQAutoencoderConfig
 from petsynth.nn.discriminator import DiscriminatorConfig, PatchGAN
+from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
 
 
 class VQGANConfig(Config):
@@ -38,14 +39,14 @@ class VQGANConfig(Config):
 class VQGAN(Method):
     name = "vqgan"
     summary = "VQ autoencoder (L1 + SSIM + codebook + PatchGAN) giving the latent space of cpdm/bbdm"
-    tasks = ("ct2pet", "mr2pet", "lpet2spet")
+    tasks = TASK_NAMES
     config_class = VQGANConfig
     default_lr = 2e-4
 
-    def __init__(self, config: VQGANConfig, task: str = "ct2pet", **_: Any):
+    def __init__(self, config: VQGANConfig, task: str = DEFAULT_TASK, **_: Any):
         super().__init__(config, task)
         if config.transforms is None:
-            config.transforms = default_transforms(task)
+            config.transforms = get_task(task).default_transforms()
         self.autoencoder = VQAutoencoder(config.autoencoder)
         self.discriminator = PatchGAN(config.discriminator)
 

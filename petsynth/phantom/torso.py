@@ -23,6 +23,7 @@ import numpy as np
 from petsynth.phantom import tissues as T
 from petsynth.phantom.anatomy import Ellipsoid, Shape, Tube, ZProfile, paint, rotation
 from petsynth.data.geometry import Geometry, block_mean
+from petsynth.tasks import DEFAULT_TASK, TASKS, get_task
 
 #: Reference body landmarks: d (mm from the vertex), half-width ax, half-depth ay, centre y of the trunk.
 TRUNK_KNOTS = np.array([
@@ -464,7 +465,7 @@ def pet_ct_geometries(s: TorsoSubject, flavour, preset, rng: np.random.Generator
     return pet, ct, dz
 
 
-def make_torso(seed: int = 0, *, index: int = 0, task: str = "ct2pet", preset="default",
+def make_torso(seed: int = 0, *, index: int = 0, task: str = DEFAULT_TASK, preset="default",
                flavour: str | None = None, kvp: float | None = None, dose_fractions=(),
                sim=None, study_id: str | None = None, hu_to_mu_method: str = "bilinear"):
     """Simulate one whole-body PET/CT study in memory.
@@ -493,8 +494,9 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = "ct2pet", preset="d
         Image, PhantomStudy, fraction_name, sample_acquisition, study_id_for)
     from petsynth.physics import hu_to_mu
 
-    if task not in ("ct2pet", "lpet2spet"):
-        raise ValueError(f"make_torso task must be 'ct2pet' or 'lpet2spet', got {task!r}")
+    if get_task(task).phantom != "torso":
+        torso_tasks = [n for n, t in TASKS.items() if t.phantom == "torso"]
+        raise ValueError(f"make_torso task must be one of {torso_tasks}, got {task!r}")
     pre = get_preset(preset)
     sim = sim or PETSimConfig()
     rng = np.random.default_rng([int(seed), int(index)])
@@ -538,7 +540,7 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = "ct2pet", preset="d
         n_angles = max(8, int(round(sim_geom.shape[2] * pre.num_angles_per_pixel)))
         sim = dataclasses.replace(sim, num_angles=n_angles)
     fractions = sorted({float(f) for f in dose_fractions if float(f) != 1.0}, reverse=True) \
-        if task == "lpet2spet" else []
+        if get_task(task).low_dose_source else []
     recon, stats = simulate_emission(act_sim, mu_sim, sim_geom, fractions, sim, tgen)
     if sim_geom != pet_geom:
         recon = {f: np.maximum(area_resample(v, sim_geom, pet_geom), 0.0) for f, v in recon.items()}

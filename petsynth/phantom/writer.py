@@ -48,6 +48,7 @@ from petsynth.io.dicom import (
     write_series,
 )
 from petsynth.io.nifti import write_nifti
+from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
 from petsynth.utils.files import atomic_directory, atomic_write_text
 
 FORMATS = ("dicom", "nifti")
@@ -76,7 +77,7 @@ def _common_header(study: PhantomStudy, index: int) -> dict:
         "StudyID": "1",
         "AccessionNumber": "",
         "ReferringPhysicianName": "",
-        "StudyDescription": ("PET-MR BRAIN" if study.task == "mr2pet" else "PET-CT WHOLE BODY") + " (phantom)",
+        "StudyDescription": ("PET-MR BRAIN" if _brain(study) else "PET-CT WHOLE BODY") + " (phantom)",
         "FrameOfReferenceUID": _uid(study, "frame-of-reference"),
         "PositionReferenceIndicator": "",
         "Manufacturer": f.manufacturer,
@@ -85,10 +86,14 @@ def _common_header(study: PhantomStudy, index: int) -> dict:
         "SoftwareVersions": f"petsynth {__version__}",
         "DeviceSerialNumber": "0000",
         "PatientPosition": "HFS",
-        "BodyPartExamined": "BRAIN" if study.task == "mr2pet" else "WHOLEBODY",
+        "BodyPartExamined": "BRAIN" if _brain(study) else "WHOLEBODY",
         "ImageComments": "petsynth digital phantom: synthetic data, not from a patient",
         "BurnedInAnnotation": "NO",
     }
+
+
+def _brain(study: PhantomStudy) -> bool:
+    return get_task(study.task).phantom == "brain"
 
 
 def _ct_header(study: PhantomStudy, img: Image, rng: np.random.Generator) -> dict:
@@ -147,14 +152,14 @@ def _pt_header(study: PhantomStudy, img: Image, series_number: int, recon_name: 
         "SeriesDescription": img.description,
         "SeriesDate": dicom_date(a.pet_start), "SeriesTime": dicom_time(a.pet_start),
         "ContentDate": dicom_date(a.pet_start), "ContentTime": dicom_time(a.pet_start),
-        "ManufacturerModelName": f.mr_model if study.task == "mr2pet" else f.model,
+        "ManufacturerModelName": f.mr_model if _brain(study) else f.model,
         "Units": "BQML",
         "CountsSource": "EMISSION",
-        "SeriesType": ["STATIC", "IMAGE"] if study.task == "mr2pet" else ["WHOLE BODY", "IMAGE"],
+        "SeriesType": ["STATIC", "IMAGE"] if _brain(study) else ["WHOLE BODY", "IMAGE"],
         "DecayCorrection": "START",
         "CorrectedImage": ["DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM"],
         "RandomsCorrectionMethod": "DLYD",
-        "AttenuationCorrectionMethod": "MR-based (phantom)" if study.task == "mr2pet" else "CT-based",
+        "AttenuationCorrectionMethod": "MR-based (phantom)" if _brain(study) else "CT-based",
         "ScatterCorrectionMethod": "model-based",
         "ReconstructionMethod": recon_name,
         "ReconstructionDiameter": format_ds(img.geometry.shape[2] * img.geometry.spacing[2], 8),
@@ -337,26 +342,25 @@ def write_study(study: PhantomStudy, out_dir: str | Path, *, fmt: str = "dicom",
     return final
 
 
-TASKS = ("ct2pet", "mr2pet", "lpet2spet")
+TASKS = TASK_NAMES
 DEFAULT_DOSE_FRACTIONS: tuple[float, ...] = (0.25, 0.1, 0.05, 0.02, 0.01)
 
 
 def make_study(task: str, seed: int, index: int, *, preset="default", dose_fractions=DEFAULT_DOSE_FRACTIONS,
                flavour: str | None = None, sim=None) -> PhantomStudy:
-    """Simulate one study of ``task`` in memory (dispatches to make_torso / make_brain)."""
-    if task == "mr2pet":
+    """Simulate one study of ``task`` in memory (the task's ``phantom``: make_torso or make_brain)."""
+    spec = get_task(task)
+    if spec.phantom == "brain":
         from petsynth.phantom.brain import make_brain
 
         return make_brain(seed, index=index, preset=preset, flavour=flavour, sim=sim)
-    if task in ("ct2pet", "lpet2spet"):
-        from petsynth.phantom.torso import make_torso
+    from petsynth.phantom.torso import make_torso
 
-        return make_torso(seed, index=index, task=task, preset=preset, flavour=flavour,
-                          dose_fractions=dose_fractions if task == "lpet2spet" else (), sim=sim)
-    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    return make_torso(seed, index=index, task=task, preset=preset, flavour=flavour,
+                      dose_fractions=dose_fractions if spec.low_dose_source else (), sim=sim)
 
 
-def write_studies(out_dir: str | Path, task: str = "ct2pet", studies: int = 1, seed: int = 0, *,
+def write_studies(out_dir: str | Path, task: str = DEFAULT_TASK, studies: int = 1, seed: int = 0, *,
                   fmt: str = "dicom", preset="default", dose_fractions: Sequence[float] = DEFAULT_DOSE_FRACTIONS,
                   flavour: str | None = None, start_index: int = 0, overwrite: bool = False, sim=None,
                   progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
@@ -366,14 +370,13 @@ def write_studies(out_dir: str | Path, task: str = "ct2pet", studies: int = 1, s
     named ``<task>-s<seed>-<i:04d>``. ``progress(done, total, study_id)`` is called after each study.
     Also writes ``out_dir/phantoms.json``, an index of the studies in the folder.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    spec = get_task(task)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     if studies < 1:
         raise ValueError(f"studies must be at least 1, got {studies}")
     fractions = sorted({float(f) for f in dose_fractions}, reverse=True)
-    if task == "lpet2spet" and (not fractions or any(not 0 < f < 1 for f in fractions)):
+    if spec.low_dose_source and (not fractions or any(not 0 < f < 1 for f in fractions)):
         raise ValueError(f"dose fractions must lie strictly between 0 and 1, got {list(dose_fractions)}")
     from petsynth.phantom.presets import get_flavour, get_preset
 

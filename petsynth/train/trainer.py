@@ -39,13 +39,13 @@ from petsynth.data.batch import to_device
 from petsynth.data.store import DatasetError, open_dataset
 from petsynth.inference import autocast
 from petsynth.methods.base import Method, MethodError, build_method
+from petsynth.tasks import DEFAULT_TASK, get_task
 from petsynth.train.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 
 RUN_FILE = "run.yaml"
 CHECKPOINTS = "checkpoints"
 EXPORT = "model"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-SOURCE_KIND = {"ct2pet": "ct", "mr2pet": "mr", "lpet2spet": "pet"}
 
 
 class TrainError(ValueError):
@@ -82,7 +82,7 @@ class RunConfig(Config):
     """Everything that defines a training run."""
 
     method: str
-    task: str = "ct2pet"
+    task: str = DEFAULT_TASK
     data: str = Field(..., description="prepared dataset folder")
     method_config: dict[str, Any] = Field(default_factory=dict)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -483,7 +483,7 @@ class Trainer:
                     src = batch["source"][k, 0].float().cpu().numpy()
                     p, r = pred[k, 0].numpy(), ref[k, 0].numpy()
                     kind = self.method.display_kind
-                    rows.append([(src, "source", SOURCE_KIND[self.run.task]), (p, "prediction", kind),
+                    rows.append([(src, "source", get_task(self.run.task).source_kind), (p, "prediction", kind),
                                  (r, "reference", kind), (p - r, "prediction - reference", "error")])
         finally:
             torch.set_rng_state(rng_state)
