@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from petsynth.inference import DEMO_MODEL, PredictOptions, load_model, predict_items
+from petsynth.tasks import DEFAULT_TASK
 
 #: Slices in the "per study" column (a whole-body PET/CT of about 250 slices).
 STUDY_SLICES = 250
@@ -184,7 +185,7 @@ def prepare_speed(studies: int = 1, preset: str = "default", size: int = 256, wo
     if not raw.exists():
         say(f"simulating {studies} {preset} phantom studies (not timed)")
         tmp = work / f".{raw.name}-{time.time_ns()}"
-        ph.write_studies(tmp, task="ct2pet", studies=studies, seed=0, fmt="dicom", preset=preset, flavour="ge")
+        ph.write_studies(tmp, task=DEFAULT_TASK, studies=studies, seed=0, fmt="dicom", preset=preset, flavour="ge")
         if not with_truth:
             for folder in tmp.rglob("truth"):
                 shutil.rmtree(folder)
@@ -201,7 +202,7 @@ def prepare_speed(studies: int = 1, preset: str = "default", size: int = 256, wo
         say(f"prepare ({k + 1}/{repeats})")
         out = work / f"dataset-{time.time_ns()}"
         t0, c0 = time.perf_counter(), _cpu_seconds()
-        report = prepare_dataset([raw], out, "ct2pet", size=size, workers=1, key=b"petsynth-bench",
+        report = prepare_dataset([raw], out, DEFAULT_TASK, size=size, workers=1, key=b"petsynth-bench",
                                  progress=progress if k == 0 else None)
         run_seconds.append(time.perf_counter() - t0)
         run_cpu.append(_cpu_seconds() - c0)

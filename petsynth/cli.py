@@ -167,16 +167,21 @@ def prepare(
         raise typer.Exit(code=1)
 
 
-def _parse_overrides(items: list[str]) -> dict:
+def _parse_overrides(items: list[str], param_hint: str = "--set", example: str = "train.steps=100") -> dict:
+    """KEY=VALUE items -> {KEY: VALUE}, values read as YAML (numbers, booleans, lists)."""
     import yaml
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r}; use KEY=VALUE, e.g. train.steps=100", param_hint="--set")
+            raise typer.BadParameter(f"{item!r}; use KEY=VALUE, e.g. {example}", param_hint=param_hint)
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+SAMPLER_OPTION_HELP = ("Sampler option KEY=VALUE of diffusion models, repeatable (e.g. snr=0.16); "
+                       "`petsynth methods` lists each method's options. An option the model lacks is an error.")
 
 
 @app.command()
@@ -256,6 +261,7 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast."),
     seed: int = typer.Option(0, "--seed", help="Seed of the samplers' noise."),
+    sampler_options: list[str] = typer.Option([], "--sampler-option", help=SAMPLER_OPTION_HELP),
 ) -> None:
     """Score models on a dataset split against the real PET (and the phantom truth): a CSV, a Markdown table
     like the CPDM paper's Table 4, and an error-map figure like its Figure 3."""
@@ -270,7 +276,8 @@ def evaluate(
     from petsynth.train.checkpoint import CheckpointError
 
     set_threads(threads)
-    options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed)
+    extra = _parse_overrides(sampler_options, "--sampler-option", "snr=0.16")
+    options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed, sampler=extra)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     try:
@@ -307,12 +314,14 @@ def evaluate(
 
 @app.command()
 def methods() -> None:
-    """List the available methods and the tasks each can be trained for."""
+    """List the available methods, the tasks each can be trained for and their sampler options."""
     from petsynth.methods.base import available_methods, method_class
 
     for name in available_methods():
         cls = method_class(name)
-        console.print(f"[bold]{name}[/bold] ({', '.join(cls.tasks)}): {cls.summary}")
+        options = ", ".join(cls.sampler_option_names())
+        console.print(f"[bold]{name}[/bold] ({', '.join(cls.tasks)}): {cls.summary}"
+                      + (f" [dim](sampler options: {options})[/dim]" if options else ""))
 
 
 @app.command()

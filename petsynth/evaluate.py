@@ -411,7 +411,10 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     dataset = _open(data, split)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     methods = {name: load_model(spec, task=dataset.task, device=device) for name, spec in named.items()}
-    given = set(options.translate_kwargs())
+    try:
+        given = set(options.translate_kwargs())
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
     unused = sorted(given - {k for m in methods.values() for k in m.sampler_option_names()})
     if unused:
         raise EvaluationError(f"no model takes the sampler option {', '.join(map(repr, unused))} (their options: "

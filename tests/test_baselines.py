@@ -149,6 +149,21 @@ def test_ldm_translates_as_monai_ddim_did(eta):
     torch.testing.assert_close(got, method.config.transforms["target"].inverse(x), rtol=0, atol=0)
 
 
+def test_sampler_options_are_typed_and_unknown_ones_are_errors(batch):
+    """A sampler option a method does not have is an error naming it, never silently dropped."""
+    unet = build_method("unet", TINY_UNET).eval()
+    assert unet.sampler_option_names() == ()
+    with pytest.raises(MethodError, match="unet has no sampler option 'steps' \\(its options: none\\)"):
+        unet.translate(batch, steps=3)
+    ldm = build_method("ldm", {"pixel_space": True, "denoiser": TINY_DENOISER}).eval()
+    assert ldm.sampler_option_names() == ("steps", "eta")
+    with pytest.raises(MethodError, match="'snr'.*its options: steps, eta"):
+        ldm.translate(batch, steps=2, snr=0.1)
+    with pytest.raises(MethodError, match="eta"):
+        ldm.translate(batch, steps=2, eta=1.5)
+    assert ldm.translate(batch, steps=2, eta=None).shape == batch["target"].shape  # None: the model's default
+
+
 def test_ldm_needs_a_vqgan_and_other_tasks_build():
     with pytest.raises(MethodError, match="autoencoder_checkpoint"):
         build_method("ldm", {})

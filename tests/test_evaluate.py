@@ -316,6 +316,10 @@ def test_clear_errors_and_nothing_written(tiny_dataset, models, tmp_path):
         evaluate([models["run-a"]], tiny_dataset, out, split="tset")
     with pytest.raises(EvaluationError, match="no models"):
         evaluate([], tiny_dataset, out)
+    with pytest.raises(EvaluationError, match="no model takes the sampler option 'steps'.*run-a: none"):
+        evaluate({"run-a": models["run-a"]}, tiny_dataset, out, options=PredictOptions(steps=5))
+    with pytest.raises(EvaluationError, match="given twice"):
+        evaluate([models["run-a"]], tiny_dataset, out, options=PredictOptions(steps=5, sampler={"steps": 4}))
     assert not out.exists()
 
 
