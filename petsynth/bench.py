@@ -74,12 +74,12 @@ class SpeedRow:
 def _phantom_ct_slices(method, count: int) -> tuple[list[np.ndarray], float]:
     """``count`` CT slices (HU) on the model's translation grid, from a small phantom (cycled), and its kVp."""
     from petsynth.phantom import make_torso
-    from petsynth.translation import CTInput, ct_on_grid, translation_grid
+    from petsynth.translation import InputImage, image_on_grid, translation_grid
 
     study = make_torso(0, preset="small")
     ct = study.images["CT"]
     grid = translation_grid(method, ct.geometry)
-    hu = ct_on_grid(CTInput(ct.volume.astype(np.float32), ct.geometry, None), grid)
+    hu = image_on_grid(InputImage(ct.volume.astype(np.float32), ct.geometry, "CT"), grid)
     return [hu[k % hu.shape[0]] for k in range(count)], float(study.acquisition.kvp)
 
 

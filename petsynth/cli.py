@@ -328,8 +328,12 @@ def methods() -> None:
 def translate(
     model: str = typer.Argument(..., help="A trained model: run folder, RUN/model folder, checkpoint folder, or "
                                 "the bundled 'phantom-cpdm' (phantoms only)."),
-    input: Path = typer.Argument(..., help="A DICOM study folder, a NIfTI CT (.nii.gz), or a prepared dataset."),
+    input: Path = typer.Argument(..., help="What the model's task reads: " + "; ".join(
+        f"for {t.name}, {t.translate_reads}" for t in TASKS.values()) + "; or a prepared dataset of its task."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder to create (NIfTI, DICOM series, JSON)."),
+    ct: Optional[Path] = typer.Option(None, "--ct", help="The guidance CT (NIfTI, HU) beside a NIfTI input, for "
+                                      "tasks that read one: " + ", ".join(
+                                          t.name for t in TASKS.values() if t.guidance_modality) + "."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps of diffusion models "
                                         "(default: the model's, 10 for CPDM)."),
     eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="0: deterministic sampler; "
@@ -347,13 +351,15 @@ def translate(
     png: bool = typer.Option(False, "--png", help="Also write PNG panels of a few slices."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (stochastic samplers)."),
     mask_body: bool = typer.Option(True, "--mask-body/--no-mask-body", help="SUV 0 outside the body (CT > -500 "
-                                   "HU, holes filled, + 10 mm); --no-mask-body keeps the network's raw output."),
+                                   "HU where the task has a CT, else the MR above a tenth of its 99th "
+                                   "percentile; holes filled, + 10 mm); --no-mask-body keeps the raw output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
-    """Translate a CT study (DICOM or NIfTI) or a prepared dataset split into synthetic PET in SUV.
+    """Translate a CT, an MR or a low-dose PET (+ its CT), as the model's task reads, into synthetic PET in SUV.
 
-    Writes OUT/synthetic_pet.nii.gz (it overlays the CT in a viewer), OUT/dicom/ (a PET series in the CT's
-    study, Units GML, marked synthetic and not for diagnosis), OUT/translate.json, and with --png panels."""
+    Writes OUT/synthetic_pet.nii.gz (it overlays the source in a viewer), OUT/dicom/ (a PET series in the
+    source's study, Units GML, marked synthetic and not for diagnosis), OUT/translate.json, and with --png
+    panels. A model of another task than the input's is refused."""
     import warnings
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
@@ -373,8 +379,8 @@ def translate(
             def advance(done: int, total: int) -> None:
                 bar.update(job, completed=done, total=total, description="translating slices")
 
-            result = run_translate(model, input, out, steps=steps, eta=eta, batch_size=batch_size, bf16=bf16,
-                                   threads=threads, kvp=kvp, spacing_mm=spacing, split=split, write_dicom=dicom,
+            result = run_translate(model, input, out, ct=ct, steps=steps, eta=eta, batch_size=batch_size,
+                                   bf16=bf16, threads=threads, kvp=kvp, spacing_mm=spacing, split=split, write_dicom=dicom,
                                    png=png, seed=seed, overwrite=overwrite, mask_body=mask_body, device=device,
                                    progress=advance,
                                    say=lambda msg: bar.update(job, description=msg))

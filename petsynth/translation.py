@@ -1,21 +1,40 @@
-"""``petsynth translate``: a CT study (DICOM folder or NIfTI) or a prepared dataset split -> synthetic PET in SUV.
+"""``petsynth translate``: what a model's task reads (a CT, an MR, or a low-dose PET with its CT; DICOM study
+folder or NIfTI) or a prepared dataset split -> synthetic PET in SUV.
 
-For a CT the output grid keeps the CT's orientation and slice positions; in-plane it has the pixel spacing
-the model was trained at (the card's ``data.spacing_mm``, else ``spacing_mm``), is centred on the CT's field
-of view and has a multiple of 32 pixels per side, at least the model's training size (air outside the CT;
-the networks normalise over the whole slice, so the canvas size matters). The CT is shrunk with antialiasing
-first, then resampled onto that grid in world coordinates, so the network sees anatomy at its training
-scale. The output's affine is that grid's, so the synthetic PET overlays the CT in any viewer.
+Inputs (:func:`read_input`; the model's :class:`~petsynth.tasks.Task` says which, ``Task.translate_reads``):
+
+- a DICOM study folder (one study): the series ``petsynth prepare`` would take, the largest of the source's
+  modality (CT for ct2pet, MR for mr2pet) or, for a low-dose PET source (lpet2spet), the attenuation-corrected
+  PET with the shortest frames, in SUVbw; plus the largest CT for a task with a guidance CT, which must share
+  the source's FrameOfReferenceUID;
+- a NIfTI source (CT in HU, MR as read, low-dose PET in SUVbw) and, for a task with a guidance CT, the CT's
+  NIfTI (``ct=``, CLI ``--ct``) in the same world coordinates.
+
+Every image is checked to look like its modality (a "PET" or an "MR" with air at -1000 is a CT, a CT without
+it is not one); a model whose task does not fit the input is refused before any work (:class:`WrongTaskError`,
+naming the model's task, what it reads and what the input holds).
+
+The output grid keeps the source's orientation and slice positions (for lpet2spet: the low-dose PET's frame
+and slices); in-plane it has the pixel spacing the model was trained at (the card's ``data.spacing_mm``, else
+``spacing_mm``), is centred on the source's field of view and has a multiple of 32 pixels per side, at least
+the model's training size (air outside; the networks normalise over the whole slice, so the canvas size
+matters). Each image is shrunk with antialiasing first, then resampled onto that grid in world coordinates
+(the guidance CT too, air outside it), so the network sees anatomy at its training scale. The kVp comes from
+the CT's header where the task has a CT. The output's affine is that grid's, so the synthetic PET overlays the
+source in any viewer.
 
 Written into ``OUT`` (created atomically: a failed run leaves nothing):
 
-- ``synthetic_pet.nii.gz``: SUVbw, float32, (nz, ny, nx) on the output grid, 0 outside the body (CT above
-  -500 HU with holes filled, grown by 10 mm; ``mask_body=False`` keeps the network's raw output);
-- ``ct.nii.gz``: the input CT in HU on its own grid (DICOM inputs);
-- ``dicom/``: a PET series (Units GML) in the input's study and frame of reference (a new study for NIfTI
-  inputs), marked DERIVED and "not for diagnosis" (:mod:`petsynth.io.synthetic_pet`);
-- ``panels/`` (optional): PNGs of a few slices, CT | synthetic PET;
-- ``translate.json``: model, options, grid, timings (no patient data, no input path).
+- ``synthetic_pet.nii.gz``: SUVbw, float32, (nz, ny, nx) on the output grid, 0 outside the body
+  (:func:`input_body_mask`: the CT above -500 HU where the task has a CT, else the MR above a tenth of its
+  99th percentile; holes filled, grown by 10 mm; ``mask_body=False`` keeps the network's raw output);
+- the DICOM inputs as NIfTI on their own grids, named for what they hold: ``ct.nii.gz`` (HU; the source of
+  ct2pet, the guidance of lpet2spet), ``mr.nii.gz`` (as read), ``low_dose_pet.nii.gz`` (SUVbw);
+- ``dicom/``: a PET series (Units GML) in the source's study and frame of reference (the MR's, the low-dose
+  PET's; a new study for NIfTI inputs), marked DERIVED and "not for diagnosis", its DerivationDescription
+  naming what it was synthesized from (:mod:`petsynth.io.synthetic_pet`);
+- ``panels/`` (optional): PNGs of a few slices, source | synthetic PET;
+- ``translate.json``: model, task, input kinds, options, grid, kVp, timings (no patient data, no input path).
 
 For a prepared dataset (``INPUT`` holds ``dataset.yaml``): one ``OUT/<study>/synthetic_pet.nii.gz`` per study
 of the split, on an axial grid built from the slices' spacing and z (datasets keep no in-plane origin).
@@ -38,21 +57,30 @@ import torch.nn.functional as F
 
 import petsynth
 from petsynth.data.batch import DEFAULT_KVP
+from petsynth.data.dicom_index import SeriesInfo, scan_dicom
 from petsynth.data.geometry import Geometry, resample
+from petsynth.data.nifti_layouts import load_nifti_volume
+from petsynth.data.prepare import by_frame_duration, largest_series
 from petsynth.data.store import DATASET_FILE, open_dataset
+from petsynth.data.suv import SUVError
 from petsynth.inference import PredictOptions, load_model, model_name, predict_dataset, predict_items, set_threads
-from petsynth.io.nifti import read_nifti, write_nifti
+from petsynth.io.nifti import write_nifti
 from petsynth.methods.base import Method, MethodError
 from petsynth.physics.constants import HU_AIR
+from petsynth.tasks import Task, get_task
 from petsynth.utils.files import atomic_directory
 
 #: Output grid sides are multiples of this (the attention segmenter's encoder halves the size 5 times).
 GRID_MULTIPLE = 32
 #: Slice size used when a model card gives no training spacing and no ``spacing_mm`` is passed.
 FALLBACK_SIZE = 256
-#: Body mask of translate's output: CT above this HU (holes filled), grown by this margin; SUV 0 outside.
+#: Body mask of translate's output where the task has a CT: CT above this HU (holes filled), grown by the
+#: margin; SUV 0 outside.
 BODY_THRESHOLD_HU = -500.0
 BODY_MARGIN_MM = 10.0
+#: Body mask of a task without a CT (mr2pet): the source above this fraction of its this-th percentile.
+SOURCE_BODY_FRACTION = 0.1
+SOURCE_BODY_PERCENTILE = 99.0
 NIFTI_DESCRIPTION = "petsynth synthetic PET (SUVbw), not for diagnosis"
 
 Say = Callable[[str], None]
@@ -63,16 +91,9 @@ class TranslateError(ValueError):
     """The input or the model cannot be translated; the message names the file and the problem."""
 
 
-@dataclass
-class CTInput:
-    """A CT to translate: ``hu`` (nz, ny, nx) float32 in HU on ``geometry``; ``kvp`` from the header (None for
-    NIfTI); ``reference``: one CT instance's header (DICOM inputs), for the output series' study."""
-
-    hu: np.ndarray
-    geometry: Geometry
-    kvp: float | None
-    reference: Any = None
-    kind: str = "dicom"
+class WrongTaskError(TranslateError, MethodError):
+    """The input is not what the model's task reads (an mr2pet model given a CT study or a CT NIfTI, a
+    "PET" with air at -1000 HU); the message names the model's task, what it reads and what the input holds."""
 
 
 @dataclass
@@ -89,72 +110,211 @@ class TranslateResult:
 
 
 # --- inputs -----------------------------------------------------------------------------------------------
+@dataclass
+class InputImage:
+    """One image translate reads: ``array`` (nz, ny, nx) float32 in physical units (CT in HU, PET in SUVbw, MR
+    as read) on ``geometry``; ``modality`` its DICOM Modality ("CT", "MR", "PT"); ``label`` how messages and
+    outputs name it ("CT", "MR", "low-dose PET"); ``kvp`` from a CT's header (None otherwise and for NIfTI);
+    ``reference``: one instance's header (DICOM inputs), for the output series' study; ``kind``: "dicom" or
+    "nifti"."""
+
+    array: np.ndarray
+    geometry: Geometry
+    modality: str = "CT"
+    label: str = "CT"
+    kvp: float | None = None
+    reference: Any = None
+    kind: str = "dicom"
+
+    @property
+    def file_stem(self) -> str:
+        """Its name as an output file: "ct", "mr", "low_dose_pet"."""
+        return self.label.lower().replace("-", "_").replace(" ", "_")
+
+
+@dataclass
+class TranslateInput:
+    """What a model of ``task`` reads: its source and, for a task with a guidance image, the CT beside it."""
+
+    task: Task
+    source: InputImage
+    guidance: InputImage | None = None
+
+    @property
+    def ct(self) -> InputImage | None:
+        """The CT (the task's ``ct_role``: source or guidance), None for a task without one."""
+        return getattr(self, self.task.ct_role) if self.task.has_ct else None
+
+    @property
+    def images(self) -> dict[str, InputImage]:
+        """The images by role ("source", "guidance")."""
+        return {"source": self.source, **({"guidance": self.guidance} if self.guidance is not None else {})}
+
+
+def _value_range(values: np.ndarray) -> tuple[str | None, float, float]:
+    """(why the values are unusable or None, 1st percentile, 99.9th percentile) of a sample of the slices."""
+    sample = values[:: max(1, values.shape[0] // 16)].ravel()
+    if not np.isfinite(sample).all():
+        return "it has non-finite values", 0.0, 0.0
+    if sample.max() <= sample.min():
+        return f"it is constant ({sample.min():.4g})", 0.0, 0.0
+    lo, hi = np.percentile(sample, [1, 99.9])
+    return None, float(lo), float(hi)
+
+
 def _looks_like_ct(hu: np.ndarray) -> str | None:
     """Why ``hu`` is not a CT in HU (None when it plausibly is): a CT has air near -1000 HU and bone/tissue."""
-    sample = hu[:: max(1, hu.shape[0] // 16)].ravel()
-    lo, hi = np.percentile(sample, [1, 99.9])
-    if not np.isfinite(sample).all():
-        return "it has non-finite values"
+    reason, lo, hi = _value_range(hu)
+    if reason:
+        return reason
     if lo > -500:
-        return (f"its values run from {sample.min():.4g} to {sample.max():.4g}: a CT in HU has air near -1000 "
+        return (f"its values run from {hu.min():.4g} to {hu.max():.4g}: a CT in HU has air near -1000 "
                 "(is it an MR or a PET image?)")
     if lo < -3000 or hi > 40000:
-        return f"its values run from {sample.min():.4g} to {sample.max():.4g}, far outside the HU range"
+        return f"its values run from {hu.min():.4g} to {hu.max():.4g}, far outside the HU range"
     return None
 
 
-def read_ct_nifti(path: str | Path) -> CTInput:
-    """A NIfTI CT in HU (NIfTI carries no kVp)."""
-    path = Path(path)
-    try:
-        hu, affine = read_nifti(path, dtype=np.float32)
-    except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken files
-        raise TranslateError(f"{path}: not a readable 3-D NIfTI image ({err})") from None
-    reason = _looks_like_ct(hu)
+def _looks_like_mr(mr: np.ndarray) -> str | None:
+    """Why ``mr`` is not an MR image (None when it plausibly is): MR magnitude images have no air near -1000."""
+    reason, lo, _ = _value_range(mr)
     if reason:
-        raise TranslateError(f"{path} does not look like a CT: {reason}")
-    return CTInput(hu=hu, geometry=Geometry.from_affine(hu.shape, affine), kvp=None, kind="nifti")
+        return reason
+    if lo < -500:
+        return f"its values reach {mr.min():.4g} with air near -1000: it looks like a CT in HU"
+    return None
 
 
-def read_ct_dicom(folder: str | Path, progress: Progress | None = None) -> CTInput:
-    """The CT series of the one study under ``folder`` (searched recursively; the largest CT series)."""
+#: A PET in SUVbw: anything far above this 99.9th percentile is in other units (Bq/ml, counts) or not a PET.
+SUV_PLAUSIBLE_MAX = 200.0
+
+
+def _looks_like_suv(suv: np.ndarray) -> str | None:
+    """Why ``suv`` is not a PET in SUVbw (None when it plausibly is): SUV is >= 0 (small reconstruction
+    negatives aside) and mostly below a few tens."""
+    reason, lo, hi = _value_range(suv)
+    if reason:
+        return reason
+    if lo < -100:
+        return f"its values reach {suv.min():.4g} with air near -1000: it looks like a CT in HU"
+    if hi > SUV_PLAUSIBLE_MAX:
+        return (f"its values run up to {suv.max():.4g}, far above SUV (Bq/ml or counts, or an MR?): translate "
+                "needs SUVbw")
+    return None
+
+
+#: Per DICOM Modality: how an image of it is named in errors, and why an array is not one (None: plausible).
+PLAUSIBILITY: dict[str, tuple[str, Callable[[np.ndarray], str | None]]] = {
+    "CT": ("a CT in HU", _looks_like_ct),
+    "MR": ("an MR image", _looks_like_mr),
+    "PT": ("a PET in SUV", _looks_like_suv),
+}
+
+
+def _reads(task: Task) -> str:
+    return f"the model is for {task.name} (it reads {task.translate_reads})"
+
+
+def _check(image: InputImage, where: Path, task: Task) -> InputImage:
+    what, why_not = PLAUSIBILITY[image.modality]
+    reason = why_not(image.array)
+    if reason:
+        raise WrongTaskError(f"{where} does not look like {what}: {reason}; {_reads(task)}")
+    return image
+
+
+def _read_nifti(path: str | Path, modality: str, label: str, task: Task) -> InputImage:
+    """A NIfTI file read as ``modality`` (values as stored: HU, SUVbw, MR; NIfTI carries no kVp), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise TranslateError(f"{path}: no such file")
+    try:
+        volume = load_nifti_volume(path, modality)
+    except ValueError as err:
+        raise TranslateError(str(err)) from None
+    return _check(InputImage(volume.array, volume.geometry, modality, label, kind="nifti"), path, task)
+
+
+def _read_series(series: SeriesInfo, modality: str, label: str, folder: Path, task: Task) -> InputImage:
+    """One DICOM series in physical units (:func:`~petsynth.data.dicom_series.load_series`), checked."""
     import pydicom
 
-    from petsynth.data.dicom_index import scan_dicom
     from petsynth.data.dicom_series import SeriesError, load_series
 
-    folder = Path(folder)
-    studies, skipped = scan_dicom([folder], progress=progress)
-    with_ct = [s for s in studies if s.of_modality("CT")]
-    if not with_ct:
-        found = ", ".join(sorted({s.modality for st in studies for s in st.series})) or "no DICOM images"
-        raise TranslateError(f"{folder}: no CT series found (found: {found}; {len(skipped)} files ignored)")
-    if len(with_ct) > 1:
-        raise TranslateError(f"{folder} holds {len(with_ct)} studies with a CT: give one study's folder")
-    series = max(with_ct[0].of_modality("CT"), key=lambda s: s.num_files)
     if series.num_files < 2:
-        raise TranslateError(f"{folder}: the CT series has a single slice; translate needs a volume")
+        raise TranslateError(f"{folder}: the {label} series has a single slice; translate needs a volume")
     try:
-        volume = load_series(series, "CT")
-    except SeriesError as err:
-        raise TranslateError(f"{folder}: {err}") from None
+        volume = load_series(series, modality)
+    except (SeriesError, SUVError) as err:
+        raise TranslateError(f"{folder}: {label} series: {err}") from None
     if volume.irregular:
-        warnings.warn(f"{folder}: the CT's slice spacing is irregular; the output uses its median step",
-                      stacklevel=2)
+        warnings.warn(f"{folder}: the {label}'s slice spacing is irregular; the output uses its median step",
+                      stacklevel=3)
     reference = pydicom.dcmread(volume.files[0], stop_before_pixels=True)
-    return CTInput(hu=volume.array, geometry=volume.geometry, kvp=volume.kvp, reference=reference, kind="dicom")
+    image = InputImage(np.asarray(volume.array, dtype=np.float32), volume.geometry, modality, label,
+                       kvp=volume.kvp, reference=reference, kind="dicom")
+    return _check(image, folder, task)
 
 
-def read_ct(path: str | Path, progress: Progress | None = None) -> CTInput:
-    """A DICOM study folder or a NIfTI file -> :class:`CTInput`."""
-    path = Path(path)
+def read_dicom_study(folder: str | Path, task: str | Task, progress: Progress | None = None) -> TranslateInput:
+    """The series a ``task`` model reads from the one study under ``folder`` (searched recursively), chosen as
+    ``petsynth prepare`` chooses them: the largest series of the source's modality, or for a low-dose PET source
+    the attenuation-corrected PET with the shortest frames; the largest CT as guidance. Source and guidance
+    must share their FrameOfReferenceUID."""
+    task, folder = get_task(task), Path(folder)
+    studies, skipped = scan_dicom([folder], progress=progress)
+    if not studies:
+        raise TranslateError(f"{folder}: no DICOM images found ({len(skipped)} files ignored)")
+    if len(studies) > 1:
+        raise TranslateError(f"{folder} holds {len(studies)} studies: give one study's folder")
+    study = studies[0]
+    needed = [m for m in (task.source_modality, task.guidance_modality) if m]
+    missing = [m for m in needed if not study.of_modality(m)]
+    if missing:
+        found = ", ".join(sorted({s.modality for s in study.series}))
+        raise WrongTaskError(f"{_reads(task)}; {folder} holds {found} series, no {' or '.join(missing)} series")
+    if task.low_dose_source:
+        pets = [s for s in study.of_modality(task.source_modality) if s.attenuation_corrected]
+        if not pets:
+            raise TranslateError(f"{folder}: no attenuation-corrected PET series (CorrectedImage with ATTN) to "
+                                 f"use as the {task.source_label}")
+        source = by_frame_duration(pets)[0]
+    else:
+        source = largest_series(study.of_modality(task.source_modality))
+    guidance = largest_series(study.of_modality(task.guidance_modality)) if task.guidance_modality else None
+    if guidance is not None and guidance.frame_of_reference_uid != source.frame_of_reference_uid:
+        raise TranslateError(f"{folder}: the {task.guidance_modality} and the {task.source_label} series have "
+                             "different FrameOfReferenceUIDs: they are not registered, so translate cannot "
+                             "overlay them in world coordinates")
+    return TranslateInput(task, _read_series(source, task.source_modality, task.source_label, folder, task),
+                          None if guidance is None else
+                          _read_series(guidance, task.guidance_modality, task.guidance_modality, folder, task))
+
+
+def read_input(path: str | Path, task: str | Task, ct: str | Path | None = None,
+               progress: Progress | None = None) -> TranslateInput:
+    """What a ``task`` model reads (:attr:`Task.translate_reads`): a DICOM study folder
+    (:func:`read_dicom_study`), or a NIfTI source with, for a task with a guidance CT, the CT's NIfTI ``ct``.
+    Each image is checked to look like its modality (:data:`PLAUSIBILITY`); errors name the file."""
+    task, path = get_task(task), Path(path)
+    if ct is not None and not task.guidance_modality:
+        raise TranslateError(f"--ct gives a guidance CT, but {_reads(task)}: drop --ct")
     if not path.exists():
         raise TranslateError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.name.endswith((".nii", ".nii.gz")):
-            return read_ct_nifti(path)
-        raise TranslateError(f"{path}: give a DICOM study folder, a NIfTI CT (.nii/.nii.gz) or a prepared dataset")
-    return read_ct_dicom(path, progress=progress)
+    if path.is_dir():
+        if ct is not None:
+            raise TranslateError(f"{path} is a DICOM study folder: its CT comes from the folder; --ct goes with a "
+                                 "NIfTI input")
+        return read_dicom_study(path, task, progress=progress)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise TranslateError(f"{path}: give a DICOM study folder, a NIfTI image (.nii/.nii.gz) or a prepared "
+                             "dataset")
+    if task.guidance_modality and ct is None:
+        raise TranslateError(f"{path}: {_reads(task)}: pass the {task.guidance_modality} as --ct FILE.nii.gz "
+                             "(Python: ct=)")
+    source = _read_nifti(path, task.source_modality, task.source_label, task)
+    guidance = None if ct is None else _read_nifti(ct, task.guidance_modality, task.guidance_modality, task)
+    return TranslateInput(task, source, guidance)
 
 
 # --- the output grid --------------------------------------------------------------------------------------
@@ -173,48 +333,49 @@ def model_size(method: Method) -> int | None:
     return int(data["size"]) if data.get("size") else None
 
 
-def output_geometry(ct: Geometry, spacing_mm: float, multiple: int = GRID_MULTIPLE,
+def output_geometry(source: Geometry, spacing_mm: float, multiple: int = GRID_MULTIPLE,
                     min_size: int | None = None) -> Geometry:
-    """The CT's slices with square pixels of ``spacing_mm``, centred on the CT's field of view, covering it,
+    """The source's slices with square pixels of ``spacing_mm``, centred on its field of view, covering it,
     a multiple of ``multiple`` pixels per side and at least ``min_size`` (the model's training size: the
     networks' group normalisation sees the whole slice, so a smaller canvas, with less air around the body,
     changes their output)."""
     if spacing_mm <= 0:
         raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
-    nz, ny, nx = ct.shape
-    _, dy, dx = ct.spacing
+    nz, ny, nx = source.shape
+    _, dy, dx = source.spacing
     fov = max(ny * dy, nx * dx)
     n = max(multiple, int(math.ceil(fov / spacing_mm / multiple - 1e-6)) * multiple)
     if min_size:
         n = max(n, int(math.ceil(min_size / multiple)) * multiple)
-    centre = ct.index_to_world(np.array([(nx - 1) / 2, (ny - 1) / 2, 0.0]))
-    d = ct.direction_matrix
+    centre = source.index_to_world(np.array([(nx - 1) / 2, (ny - 1) / 2, 0.0]))
+    d = source.direction_matrix
     origin = centre - d[:, 0] * (n - 1) / 2 * spacing_mm - d[:, 1] * (n - 1) / 2 * spacing_mm
-    return Geometry(shape=(nz, n, n), spacing=(ct.spacing[0], spacing_mm, spacing_mm), origin=tuple(origin),
-                    direction=ct.direction)
+    return Geometry(shape=(nz, n, n), spacing=(source.spacing[0], spacing_mm, spacing_mm), origin=tuple(origin),
+                    direction=source.direction)
 
 
-def translation_grid(method: Method, ct: Geometry, spacing_mm: float | None = None) -> Geometry:
-    """The grid ``method`` translates the CT on ``ct`` at: :func:`output_geometry` with ``spacing_mm``, else the
-    model's training spacing, else the CT's field of view over :data:`FALLBACK_SIZE` pixels; at least the
-    model's training size."""
+def translation_grid(method: Method, source: Geometry, spacing_mm: float | None = None) -> Geometry:
+    """The grid ``method`` translates the source on ``source`` at: :func:`output_geometry` with ``spacing_mm``,
+    else the model's training spacing, else the source's field of view over :data:`FALLBACK_SIZE` pixels; at
+    least the model's training size."""
     spacing = spacing_mm or model_spacing_mm(method)
     if spacing is None:
-        _, dy, dx = ct.spacing
-        spacing = max(ct.shape[1] * dy, ct.shape[2] * dx) / FALLBACK_SIZE
-    return output_geometry(ct, spacing, min_size=model_size(method))
+        _, dy, dx = source.spacing
+        spacing = max(source.shape[1] * dy, source.shape[2] * dx) / FALLBACK_SIZE
+    return output_geometry(source, spacing, min_size=model_size(method))
 
 
-def ct_on_grid(ct: CTInput, grid: Geometry) -> np.ndarray:
-    """The CT in HU on ``grid`` (same slices): antialiased shrink to about the grid's spacing, then
-    world-space resampling (air outside the CT)."""
-    nz, ny, nx = ct.geometry.shape
-    _, dy, dx = ct.geometry.spacing
+def image_on_grid(image: InputImage, grid: Geometry) -> np.ndarray:
+    """``image`` on ``grid``: antialiased in-plane shrink to about the grid's spacing, then world-space
+    resampling (any slices: the guidance CT onto the source's), air outside the image (-1000 HU for a CT,
+    0 otherwise, as ``petsynth prepare`` fills)."""
+    nz, ny, nx = image.geometry.shape
+    _, dy, dx = image.geometry.spacing
     step = grid.spacing[1]
     my, mx = max(1, round(ny * dy / step)), max(1, round(nx * dx / step))
-    src, geometry = ct.hu, ct.geometry
+    src, geometry = image.array, image.geometry
     if my < ny or mx < nx:
-        t = torch.from_numpy(np.ascontiguousarray(ct.hu, dtype=np.float32))[:, None]
+        t = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[:, None]
         src = F.interpolate(t, size=(my, mx), mode="bilinear", align_corners=False, antialias=True)[:, 0].numpy()
         # same field of view, larger pixels: voxel centres move by half the change of pixel size
         new_dy, new_dx = ny * dy / my, nx * dx / mx
@@ -222,22 +383,50 @@ def ct_on_grid(ct: CTInput, grid: Geometry) -> np.ndarray:
         origin = (np.asarray(geometry.origin) + d[:, 0] * (new_dx - dx) / 2 + d[:, 1] * (new_dy - dy) / 2)
         geometry = Geometry(shape=src.shape, spacing=(geometry.spacing[0], new_dy, new_dx), origin=tuple(origin),
                             direction=geometry.direction)
-    return resample(src, geometry, grid, fill=HU_AIR)
+    return resample(src, geometry, grid, fill=HU_AIR if image.modality == "CT" else 0.0)
 
 
-def body_mask(hu: np.ndarray, spacing_mm: float, threshold_hu: float = BODY_THRESHOLD_HU,
+def _check_overlap(image: InputImage, grid: Geometry, what: str) -> None:
+    """Refuse a guidance image that covers none of the grid's slices; warn when it misses some."""
+    nz, ny, nx = grid.shape
+    centres = grid.index_to_world(np.stack([np.full(nz, (nx - 1) / 2), np.full(nz, (ny - 1) / 2),
+                                            np.arange(nz, dtype=float)], axis=1))
+    k = image.geometry.world_to_index(centres)[:, 2]
+    inside = (k > -0.5) & (k < image.geometry.shape[0] - 0.5)
+    if not inside.any():
+        raise TranslateError(f"the {image.label} does not overlap the {what} in world coordinates: are they of "
+                             "the same patient and scan?")
+    if not inside.all():
+        warnings.warn(f"{int((~inside).sum())} of {nz} slices of the {what} lie outside the {image.label}: "
+                      "air there", stacklevel=3)
+
+
+def body_mask(image: np.ndarray, spacing_mm: float, threshold: float = BODY_THRESHOLD_HU,
               margin_mm: float = BODY_MARGIN_MM) -> np.ndarray:
-    """(nz, ny, nx) bool: per slice, the voxels above ``threshold_hu`` with their enclosed holes (lungs,
-    bowel gas) filled, grown by ``margin_mm``. Outside it a PET has no activity."""
+    """(nz, ny, nx) bool: per slice, the voxels above ``threshold`` (HU for a CT) with their enclosed holes
+    (lungs, bowel gas; the skull of an MR) filled, grown by ``margin_mm``. Outside it a PET has no activity."""
     from scipy import ndimage
 
     grow = max(0, int(round(margin_mm / spacing_mm)))
     structure = ndimage.generate_binary_structure(2, 1)
-    out = np.zeros(hu.shape, dtype=bool)
-    for k in range(hu.shape[0]):
-        m = ndimage.binary_fill_holes(hu[k] > threshold_hu)
+    out = np.zeros(image.shape, dtype=bool)
+    for k in range(image.shape[0]):
+        m = ndimage.binary_fill_holes(image[k] > threshold)
         out[k] = ndimage.binary_dilation(m, structure, iterations=grow) if grow else m
     return out
+
+
+def input_body_mask(inputs: TranslateInput, on_grid: dict[str, np.ndarray], spacing_mm: float) -> np.ndarray:
+    """Where translate keeps the synthetic PET. A task with a CT (source or guidance): the CT's
+    :func:`body_mask` (above -500 HU). A task without (mr2pet): the source's head, voxels above
+    :data:`SOURCE_BODY_FRACTION` of its :data:`SOURCE_BODY_PERCENTILE` th percentile (an MR's background is
+    noise near 0, scalp and brain lie far above it; the dark skull and sinuses are holes, filled), grown by
+    the same margin."""
+    if inputs.task.has_ct:
+        return body_mask(on_grid[inputs.task.ct_role], spacing_mm)
+    source = inputs.source.array
+    level = float(np.percentile(source[:: max(1, source.shape[0] // 16)], SOURCE_BODY_PERCENTILE))
+    return body_mask(on_grid["source"], spacing_mm, threshold=SOURCE_BODY_FRACTION * level)
 
 
 # --- the whole job ----------------------------------------------------------------------------------------
@@ -247,35 +436,60 @@ def _model_info(method: Method, spec: str | Path) -> dict[str, Any]:
             "training_data": dict(getattr(card, "data", {}) or {})}
 
 
-def _write_panels(folder: Path, ct: np.ndarray, suv: np.ndarray, count: int = 4) -> list[Path]:
+def _write_panels(folder: Path, source: np.ndarray, suv: np.ndarray, task: Task, count: int = 4) -> list[Path]:
+    """PNGs of a few slices: the source (displayed as the task's ``source_kind``) | the synthetic PET."""
     from petsynth.io.png import save_panel
 
     nz = suv.shape[0]
     ks = sorted({int(round(v)) for v in np.linspace(0, nz - 1, min(count, nz) + 2)[1:-1]}) or [0]
-    rows = [[(ct[k], f"CT slice {k} (HU)", "ct"), (suv[k], f"synthetic PET slice {k} (SUV)", "pet")] for k in ks]
+    unit = task.windows["source"].unit
+    caption = task.source_label + (f" slice {{}} ({unit})" if unit != task.source_label else " slice {}")
+    rows = [[(source[k], caption.format(k), task.source_kind), (suv[k], f"synthetic PET slice {k} (SUV)", "pet")]
+            for k in ks]
     return [save_panel(folder / "slices.png", rows, title="petsynth synthetic PET (not for diagnosis)")]
 
 
-def translate(model: str | Path | Method, input: str | Path, out: str | Path, *, steps: int | None = None,
-              eta: float | None = None, batch_size: int = 8, bf16: bool = False, threads: int | None = None,
-              kvp: float | None = None, spacing_mm: float | None = None, split: str = "test",
-              write_dicom: bool = True, png: bool = False, seed: int = 0, overwrite: bool = False,
-              mask_body: bool = True,
-              device: str = "auto", progress: Progress | None = None, say: Say | None = None) -> TranslateResult:
-    """Translate a CT (DICOM study folder or NIfTI) or a prepared dataset split into synthetic PET in SUV.
+def _kvp(inputs: TranslateInput, kvp: float | None, method: Method, where: Path) -> tuple[float | None, str | None]:
+    """The kVp of the attenuation map and where it came from: the CT's header, the ``kvp`` option, or the
+    default (with a warning when the model uses it); (None, None) for a task without a CT."""
+    ct = inputs.ct
+    if ct is None:
+        if kvp is not None:
+            warnings.warn(f"--kvp is ignored: {inputs.task.name} models read no CT", stacklevel=3)
+        return None, None
+    if ct.kvp is not None:
+        return ct.kvp, "header"
+    if kvp is not None:
+        return float(kvp), "option"
+    if method.needs_mu_map:
+        warnings.warn(f"{where}: the CT gives no kVp; its attenuation map assumes {DEFAULT_KVP:g} kV "
+                      "(pass --kvp to set it)", stacklevel=3)
+    return DEFAULT_KVP, "default"
+
+
+def translate(model: str | Path | Method, input: str | Path, out: str | Path, *, ct: str | Path | None = None,
+              steps: int | None = None, eta: float | None = None, batch_size: int = 8, bf16: bool = False,
+              threads: int | None = None, kvp: float | None = None, spacing_mm: float | None = None,
+              split: str = "test", write_dicom: bool = True, png: bool = False, seed: int = 0,
+              overwrite: bool = False, mask_body: bool = True, device: str = "auto",
+              progress: Progress | None = None, say: Say | None = None) -> TranslateResult:
+    """Translate what the model's task reads (a DICOM study folder, a NIfTI source and, for lpet2spet, its
+    NIfTI CT) or a prepared dataset split into synthetic PET in SUV (see the module docstring).
 
     Args:
         model: a bundled model name (``"phantom-cpdm"``), a run folder, a checkpoint folder, or a loaded method.
-        input: DICOM study folder, NIfTI CT, or prepared dataset folder (then ``split`` is used).
+        input: DICOM study folder, NIfTI source (CT, MR or low-dose PET, as the model's task reads), or prepared
+            dataset folder (then ``split`` is used).
         out: output folder (must not exist unless ``overwrite``); see the module docstring for its content.
+        ct: the guidance CT's NIfTI of a NIfTI input, for tasks with one (lpet2spet); an error otherwise.
         steps, eta: sampler settings of diffusion models (None: the model's defaults).
         batch_size: slices per forward pass. bf16: autocast (fast on GPUs, slow on CPUs without bf16).
         threads: torch CPU threads (None: torch's default).
         kvp: tube voltage for the attenuation map when the CT has none (default 120, with a warning).
         spacing_mm: in-plane output pixel spacing (default: the model's training spacing).
-        write_dicom: also write the DICOM PET series (CT inputs). png: also write PNG panels.
-        mask_body: set SUV to 0 outside the body (:func:`body_mask` of the CT): networks leave a rim of
-            spurious activity at the slice edges; air has none. Off: the network's output as is.
+        write_dicom: also write the DICOM PET series. png: also write PNG panels.
+        mask_body: set SUV to 0 outside the body (:func:`input_body_mask`): networks leave a rim of spurious
+            activity at the slice edges; air has none. Off: the network's output as is.
         progress: ``progress(done_slices, total_slices)``. say: one-line status messages.
     """
     start = time.perf_counter()
@@ -291,26 +505,25 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
     model_info = _model_info(method, method.name if isinstance(model, Method) else model)
     options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed)
     if input_path.is_dir() and (input_path / DATASET_FILE).is_file():
+        if ct is not None:
+            raise TranslateError(f"{input_path} is a prepared dataset: its CT is in it; --ct goes with a NIfTI "
+                                 "input")
         return _translate_dataset(method, model_info, input_path, out, split, options, overwrite, png, start,
                                   progress, say)
-    if method.task != "ct2pet":
-        raise MethodError(f"the model is for {method.task!r}; translating a CT needs a ct2pet model")
 
-    say("reading the CT")
-    ct = read_ct(input_path)
-    kvp_used, kvp_source = ct.kvp, "header"
-    if kvp_used is None:
-        kvp_used, kvp_source = (float(kvp), "option") if kvp is not None else (DEFAULT_KVP, "default")
-        if kvp is None and method.needs_mu_map:
-            warnings.warn(f"{input_path}: the CT gives no kVp; its attenuation map assumes {DEFAULT_KVP:g} kV "
-                          "(pass --kvp to set it)", stacklevel=2)
-    grid = translation_grid(method, ct.geometry, spacing_mm)
+    task = get_task(method.task)
+    say(f"reading the {task.source_label}")
+    inputs = read_input(input_path, task, ct=ct)
+    kvp_used, kvp_source = _kvp(inputs, kvp, method, input_path)
+    grid = translation_grid(method, inputs.source.geometry, spacing_mm)
     spacing = grid.spacing[1]
-    say(f"resampling the CT onto {grid.shape[1]}x{grid.shape[2]} pixels of {spacing:.3g} mm")
-    ct_grid = ct_on_grid(ct, grid)
+    say(f"resampling onto {grid.shape[1]}x{grid.shape[2]} pixels of {spacing:.3g} mm")
+    if inputs.guidance is not None:
+        _check_overlap(inputs.guidance, grid, inputs.source.label)
+    on_grid = {role: image_on_grid(image, grid) for role, image in inputs.images.items()}
 
     say(f"translating {grid.shape[0]} slices")
-    items = ({"source": ct_grid[k], "kvp": kvp_used} for k in range(grid.shape[0]))
+    items = ({"kvp": kvp_used, **{role: v[k] for role, v in on_grid.items()}} for k in range(grid.shape[0]))
     suv = np.empty(grid.shape, dtype=np.float32)
     k = 0
     for _, pred in predict_items(method, items, total=grid.shape[0], options=options, progress=progress):
@@ -318,28 +531,34 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
         k += pred.shape[0]
     np.clip(suv, 0.0, None, out=suv)
     if mask_body:
-        suv[~body_mask(ct_grid, spacing)] = 0.0
+        suv[~input_body_mask(inputs, on_grid, spacing)] = 0.0
 
     say("writing the outputs")
     result = TranslateResult(out_dir=out, geometry=grid, suv=suv, slices=int(grid.shape[0]))
     with atomic_directory(out, overwrite=overwrite) as tmp:
         files = {"nifti": write_nifti(tmp / "synthetic_pet.nii.gz", suv, grid.affine, description=NIFTI_DESCRIPTION)}
-        if ct.kind == "dicom":
-            files["ct_nifti"] = write_nifti(tmp / "ct.nii.gz", ct.hu, ct.geometry.affine, description="CT (HU)")
+        for image in inputs.images.values():
+            if image.kind == "dicom":
+                files[f"{image.file_stem}_nifti"] = write_nifti(tmp / f"{image.file_stem}.nii.gz", image.array,
+                                                                image.geometry.affine, description=image.label)
         if write_dicom:
             from petsynth.io.synthetic_pet import write_synthetic_pet
 
             used = steps or getattr(method.config, "sample_steps", None)
-            derivation = (f"Synthesized from CT by petsynth {petsynth.__version__}, model {model_info['name']} "
-                          f"({method.name})" + (f", {used} sampling steps" if used else ""))
-            write_synthetic_pet(tmp / "dicom", suv, grid.affine, reference=ct.reference,
+            guided = f" with {inputs.guidance.label} guidance" if inputs.guidance is not None else ""
+            derivation = (f"Synthesized from {task.source_label}{guided} by petsynth {petsynth.__version__}, model "
+                          f"{model_info['name']} ({method.name})" + (f", {used} sampling steps" if used else ""))
+            write_synthetic_pet(tmp / "dicom", suv, grid.affine, reference=inputs.source.reference,
                                 model_name=str(model_info["name"]), derivation=derivation)
             files["dicom"] = tmp / "dicom"
         if png:
-            files["panels"] = _write_panels(tmp / "panels", ct_grid, suv)[0].parent
+            files["panels"] = _write_panels(tmp / "panels", on_grid["source"], suv, task)[0].parent
         result.seconds = time.perf_counter() - start
         result.info = {
-            "petsynth_version": petsynth.__version__, "model": model_info, "input_kind": ct.kind,
+            "petsynth_version": petsynth.__version__, "model": model_info, "task": task.name,
+            "input_kind": inputs.source.kind,
+            "inputs": {role: {"modality": image.modality, "label": image.label, "kind": image.kind}
+                       for role, image in inputs.images.items()},
             "options": {"steps": steps, "steps_used": steps or getattr(method.config, "sample_steps", None),
                         "eta": eta, "batch_size": batch_size, "bf16": bf16, "seed": seed,
                         "threads": torch.get_num_threads()},
@@ -361,7 +580,7 @@ def _translate_dataset(method: Method, model_info: dict, root: Path, out: Path, 
     if len(dataset) == 0:
         raise TranslateError(f"{root}: the {split!r} split has no slices")
     if dataset.task != method.task:
-        raise MethodError(f"the model is for {method.task!r} but {root} is a {dataset.task!r} dataset")
+        raise WrongTaskError(f"the model is for {method.task!r} but {root} is a {dataset.task!r} dataset")
     say(f"translating {len(dataset)} slices of {len(dataset.studies)} studies ({split})")
     volumes: dict[str, list[np.ndarray]] = {s: [] for s in dataset.studies}
     sources: dict[str, list[np.ndarray]] = {s: [] for s in dataset.studies}
@@ -383,8 +602,8 @@ def _translate_dataset(method: Method, model_info: dict, root: Path, out: Path, 
                                 origin=(-(suv.shape[2] - 1) / 2 * dx, -(suv.shape[1] - 1) / 2 * dy, float(zs[0])))
             files[study] = write_nifti(tmp / study / "synthetic_pet.nii.gz", suv, geometry.affine,
                                        description=NIFTI_DESCRIPTION)
-            if png and dataset.task == "ct2pet":  # the panel's first column is the CT
-                _write_panels(tmp / study / "panels", np.stack(sources[study]), suv)
+            if png:
+                _write_panels(tmp / study / "panels", np.stack(sources[study]), suv, get_task(dataset.task))
         result.seconds = time.perf_counter() - start
         result.info = {"petsynth_version": petsynth.__version__, "model": model_info, "input_kind": "dataset",
                        "split": split, "studies": len(dataset.studies), "slices": len(dataset),

@@ -18,7 +18,15 @@ from petsynth.io.nifti import lps_to_ras_affine, read_nifti
 from petsynth.methods.base import MethodError, build_method
 from petsynth.phantom import make_torso, write_study
 from petsynth.train.checkpoint import CheckpointError, ModelCard, save_checkpoint
-from petsynth.translation import TranslateError, body_mask, ct_on_grid, output_geometry, read_ct, translate
+from petsynth.translation import (
+    TranslateError,
+    WrongTaskError,
+    body_mask,
+    image_on_grid,
+    output_geometry,
+    read_input,
+    translate,
+)
 
 STEPS = 2  # few sampling steps keep the tests fast; the geometry does not depend on them
 
@@ -87,7 +95,7 @@ def test_dicom_study_translation_overlays_the_ct(phantom, translated):
     assert np.allclose(ct_affine, ct.affine, atol=1e-4) and np.allclose(ct_vol, study.images["CT"].volume, atol=0.5)
     # SUV: non-negative, body above air, below the model's window
     # SUV: non-negative, below the model's window, activity in the body, none in the air around it
-    ct_grid = ct_on_grid(read_ct(phantom[1] / "CT"), translated.geometry)
+    ct_grid = image_on_grid(read_input(phantom[1] / "CT", "ct2pet").source, translated.geometry)
     inside = body_mask(ct_grid, translated.geometry.spacing[1])
     assert translated.suv.min() >= 0 and translated.suv.max() <= 20.0 + 1e-3
     assert np.all(translated.suv[~inside] == 0)

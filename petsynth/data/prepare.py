@@ -129,8 +129,15 @@ class StudyResult:
     reason: str = ""
 
 
-def _largest(series: list[SeriesInfo]) -> SeriesInfo:
+def largest_series(series: list[SeriesInfo]) -> SeriesInfo:
+    """The series of a modality that prepare (and translate) take: the most files, then the largest images."""
     return max(series, key=lambda s: (s.num_files, s.rows * s.columns, s.series_uid))
+
+
+def by_frame_duration(pets: list[SeriesInfo]) -> list[SeriesInfo]:
+    """PET series ordered by frame duration (ActualFrameDuration), shortest first: the first is the low-dose
+    source of lpet2spet (prepare and translate), the last prepare's standard-dose target."""
+    return sorted(pets, key=lambda s: (s.frame_duration_ms, s.series_uid))
 
 
 def plan_study(study: StudyInfo, task: str) -> StudyPlan:
@@ -145,7 +152,7 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
     if spec.low_dose_source:
         if len(pets) < 2:
             raise StudyError(f"{task} needs two attenuation-corrected PET series (standard and low dose)")
-        by_duration = sorted(pets, key=lambda s: (s.frame_duration_ms, s.series_uid))
+        by_duration = by_frame_duration(pets)
         target, source = by_duration[-1], by_duration[0]
         long_ms, short_ms = target.frame_duration_ms, source.frame_duration_ms
         fraction = short_ms / long_ms if long_ms > 0 else None
@@ -155,14 +162,14 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
             raise StudyError(f"{task} needs a {spec.source_modality} series, but the study has none")
         # standard dose: the PET series with the longest frames
         target = max(pets, key=lambda s: (s.frame_duration_ms, s.num_files, s.series_uid))
-        source, fraction = _largest(sources), None
+        source, fraction = largest_series(sources), None
     guidance = None
     if spec.guidance_modality:
         found = study.of_modality(spec.guidance_modality)
         if not found:
             raise StudyError(f"{task} keeps the {spec.guidance_modality} as guidance, but the study has no "
                              f"{spec.guidance_modality} series")
-        guidance = _largest(found)
+        guidance = largest_series(found)
     plan = StudyPlan(study.study_uid, patient_id, target, source, guidance, fraction)
     for other in (plan.source, plan.guidance):
         if other is not None and other.frame_of_reference_uid != plan.target.frame_of_reference_uid:

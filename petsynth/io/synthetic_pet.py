@@ -1,5 +1,5 @@
 """DICOM writer of a *synthetic* PET series: the output of ``petsynth translate`` as a PET series a viewer opens
-next to the CT it was synthesized from.
+next to the image it was synthesized from (a CT, an MR, or a low-dose PET).
 
 What the series says about itself (PS3.3 PET Image IOD, A.21):
 
@@ -11,10 +11,10 @@ What the series says about itself (PS3.3 PET Image IOD, A.21):
   ImageComments, Manufacturer "petsynth", SoftwareVersions and ContentQualification RESEARCH (an attribute of
   the enhanced IODs, not of the single-frame PET IOD: a Standard Extended SOP Class, PS3.4 B.1.3, which
   dciodvfy accepts).
-- With a ``reference`` (a header of the source CT): the CT's study, patient and frame of reference (same
-  StudyInstanceUID and FrameOfReferenceUID, so viewers overlay and link the two), a new series
-  (SeriesNumber = CT's + 1000) and new instance UIDs. The equipment module is petsynth's own; the CT's
-  PatientPosition becomes the NM/PET Patient Orientation codes. With ``reference=None`` (NIfTI input): a new
+- With a ``reference`` (a header of the source series: the CT, MR or low-dose PET translated): its study,
+  patient and frame of reference (same StudyInstanceUID and FrameOfReferenceUID, so viewers overlay and link
+  the two), a new series (SeriesNumber = the source's + 1000) and new instance UIDs. The equipment module is
+  petsynth's own; the source's PatientPosition becomes the NM/PET Patient Orientation codes. With ``reference=None`` (NIfTI input): a new
   study and frame of reference, the patient attributes present but empty.
 - No acquisition happened: AcquisitionDate/Time and ActualFrameDuration are present but empty (type 2),
   FrameReferenceTime 0, SeriesType STATIC\\IMAGE, CountsSource EMISSION, CollimatorType empty, no
@@ -50,12 +50,12 @@ from petsynth.io.dicom import (
 
 #: SeriesDescription (0008,103E) of every synthetic PET series (VR LO, at most 64 characters).
 SYNTHETIC_SERIES_DESCRIPTION: str = "SYNTHETIC PET (petsynth) - NOT FOR DIAGNOSIS"
-#: Added to the source CT's SeriesNumber to number the synthetic series (SeriesNumber 1000 without a CT).
+#: Added to the source series' SeriesNumber to number the synthetic series (SeriesNumber 1000 without a reference).
 SERIES_NUMBER_OFFSET: int = 1000
 #: Namespace of the deterministic UIDs made from ``uid_entropy``.
 UID_NAMESPACE: str = "petsynth-synthetic-pet"
 
-# Attributes copied from the reference CT when present: Patient (C.7.1.1), Patient Study (C.7.2.2), General
+# Attributes copied from the reference (source series) when present: Patient (C.7.1.1), Patient Study (C.7.2.2), General
 # Study (C.7.2.1), Frame of Reference (C.7.4.1), plus the de-identification flags, which must follow the data.
 _PATIENT_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 _STUDY_TYPE2 = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
@@ -106,7 +106,7 @@ def _uid(entropy: Sequence[str], *parts: str) -> str:
 
 
 def _derivation(model_name: str, derivation: str) -> str:
-    text = derivation.strip() or f"Synthesized from CT by petsynth {__version__}, model {model_name}"
+    text = derivation.strip() or f"Synthesized by petsynth {__version__}, model {model_name}"
     if "petsynth" not in text:
         text = f"petsynth {__version__}: {text}"
     if model_name not in text:
@@ -132,7 +132,7 @@ def _study_header(reference: Dataset | None, entropy: list[str], now: _dt.dateti
     study_uid = reference.get("StudyInstanceUID")
     if not study_uid:
         raise ValueError("reference header has no StudyInstanceUID (0020,000D): pass the header of an instance "
-                         "of the source CT series, or reference=None for a new study")
+                         "of the source series, or reference=None for a new study")
     for keyword in (*_PATIENT_TYPE2, *_STUDY_TYPE2):
         value = reference.get(keyword)
         hdr[keyword] = "" if value is None else value
@@ -146,7 +146,7 @@ def _study_header(reference: Dataset | None, entropy: list[str], now: _dt.dateti
         hdr["PositionReferenceIndicator"] = reference.get("PositionReferenceIndicator") or ""
     else:
         warnings.warn("reference header has no FrameOfReferenceUID (0020,0052): the synthetic PET gets a new "
-                      "frame of reference, so viewers will not link it to the CT", stacklevel=3)
+                      "frame of reference, so viewers will not link it to its source", stacklevel=3)
         hdr["FrameOfReferenceUID"] = _uid(entropy, "frame-of-reference", str(study_uid))
         hdr["PositionReferenceIndicator"] = ""
     return hdr
@@ -162,14 +162,14 @@ def write_synthetic_pet(out_dir: str | Path, suv: np.ndarray, affine_lps: np.nda
             must not already hold ``*.dcm`` files.
         suv: (nz, ny, nx) SUVbw in g/ml; ``suv[k, j, i]`` is slice k, row j, column i. Must be finite;
             negative values are stored as 0.
-        affine_lps: 4x4 matrix mapping ``(i, j, k, 1)`` to LPS patient coordinates in mm (the grid the CT was
-            resampled onto); rows and columns must be orthogonal.
-        reference: header (no pixels needed) of one instance of the source CT series: the new series joins
-            its study and frame of reference and copies its patient module. None: a new study and frame of
-            reference with empty patient name and id.
+        affine_lps: 4x4 matrix mapping ``(i, j, k, 1)`` to LPS patient coordinates in mm (the grid the source
+            was resampled onto); rows and columns must be orthogonal.
+        reference: header (no pixels needed) of one instance of the source series (the CT, MR or low-dose
+            PET it was synthesized from): the new series joins its study and frame of reference and copies
+            its patient module. None: a new study and frame of reference with empty patient name and id.
         model_name: the model that synthesized the volume (DerivationDescription, ManufacturerModelName).
-        derivation: free text on how it was made (DerivationDescription); petsynth and ``model_name`` are
-            added when it does not name them.
+        derivation: free text on how it was made (DerivationDescription: say what from, e.g. "Synthesized
+            from MR"); petsynth and ``model_name`` are added when it does not name them.
         uid_entropy: strings making the new UIDs deterministic (together with the reference's study and
             series UIDs and ``model_name``); empty: random UIDs.
 
