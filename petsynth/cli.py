@@ -350,6 +350,7 @@ def translate(
     dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="Also write the synthetic PET as a DICOM series."),
     png: bool = typer.Option(False, "--png", help="Also write PNG panels of a few slices."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (stochastic samplers)."),
+    sampler_options: list[str] = typer.Option([], "--sampler-option", help=SAMPLER_OPTION_HELP),
     mask_body: bool = typer.Option(True, "--mask-body/--no-mask-body", help="SUV 0 outside the body (CT > -500 "
                                    "HU where the task has a CT, else the MR above a tenth of its 99th "
                                    "percentile; holes filled, + 10 mm); --no-mask-body keeps the raw output."),
@@ -380,6 +381,7 @@ def translate(
                 bar.update(job, completed=done, total=total, description="translating slices")
 
             result = run_translate(model, input, out, ct=ct, steps=steps, eta=eta, batch_size=batch_size,
+                                   sampler=_parse_overrides(sampler_options, "--sampler-option", "snr=0.16"),
                                    bf16=bf16, threads=threads, kvp=kvp, spacing_mm=spacing, split=split, write_dicom=dicom,
                                    png=png, seed=seed, overwrite=overwrite, mask_body=mask_body, device=device,
                                    progress=advance,

@@ -468,8 +468,8 @@ def _kvp(inputs: TranslateInput, kvp: float | None, method: Method, where: Path)
 
 
 def translate(model: str | Path | Method, input: str | Path, out: str | Path, *, ct: str | Path | None = None,
-              steps: int | None = None, eta: float | None = None, batch_size: int = 8, bf16: bool = False,
-              threads: int | None = None, kvp: float | None = None, spacing_mm: float | None = None,
+              steps: int | None = None, eta: float | None = None, sampler: dict[str, Any] | None = None,
+              batch_size: int = 8, bf16: bool = False, threads: int | None = None, kvp: float | None = None, spacing_mm: float | None = None,
               split: str = "test", write_dicom: bool = True, png: bool = False, seed: int = 0,
               overwrite: bool = False, mask_body: bool = True, device: str = "auto",
               progress: Progress | None = None, say: Say | None = None) -> TranslateResult:
@@ -483,6 +483,8 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
         out: output folder (must not exist unless ``overwrite``); see the module docstring for its content.
         ct: the guidance CT's NIfTI of a NIfTI input, for tasks with one (lpet2spet); an error otherwise.
         steps, eta: sampler settings of diffusion models (None: the model's defaults).
+        sampler: further sampler options by name (e.g. ``{"snr": 0.16}``); every option is checked against
+            the model's typed options before any input is read: one it does not have is an error.
         batch_size: slices per forward pass. bf16: autocast (fast on GPUs, slow on CPUs without bf16).
         threads: torch CPU threads (None: torch's default).
         kvp: tube voltage for the attenuation map when the CT has none (default 120, with a warning).
@@ -503,7 +505,9 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
     say("loading the model")
     method = model if isinstance(model, Method) else load_model(model, device=device)
     model_info = _model_info(method, method.name if isinstance(model, Method) else model)
-    options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed)
+    options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed,
+                             sampler=dict(sampler or {}))
+    method.sampler_options(options.translate_kwargs())  # an unknown or invalid option fails here, before any work
     if input_path.is_dir() and (input_path / DATASET_FILE).is_file():
         if ct is not None:
             raise TranslateError(f"{input_path} is a prepared dataset: its CT is in it; --ct goes with a NIfTI "
@@ -560,7 +564,8 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
             "inputs": {role: {"modality": image.modality, "label": image.label, "kind": image.kind}
                        for role, image in inputs.images.items()},
             "options": {"steps": steps, "steps_used": steps or getattr(method.config, "sample_steps", None),
-                        "eta": eta, "batch_size": batch_size, "bf16": bf16, "seed": seed,
+                        "eta": eta, "sampler": dict(sampler or {}), "batch_size": batch_size, "bf16": bf16,
+                        "seed": seed,
                         "threads": torch.get_num_threads()},
             "kvp": kvp_used, "kvp_source": kvp_source, "mask_body": mask_body,
             "grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing)},

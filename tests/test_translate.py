@@ -200,3 +200,7 @@ def test_python_api_and_cli(phantom, tmp_path):
     bad = CliRunner().invoke(app, ["translate", "no-such-model", str(nifti_dir / "ct.nii.gz"), "--out",
                                    str(tmp_path / "d")])
     assert bad.exit_code == 1 and "no such model" in bad.output
+    bad = CliRunner().invoke(app, ["translate", DEMO_MODEL, str(nifti_dir / "ct.nii.gz"), "--out",
+                                   str(tmp_path / "e"), "--sampler-option", "snr=0.16"])
+    assert bad.exit_code == 1 and "cpdm has no sampler option 'snr'" in " ".join(bad.output.split())
+    assert not (tmp_path / "e").exists()
