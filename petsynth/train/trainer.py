@@ -271,6 +271,8 @@ class Trainer:
                 if getattr(old.train, key) != getattr(self.cfg, key):
                     raise TrainError(f"cannot resume {self.out} exactly: train.{key} was "
                                      f"{getattr(old.train, key)!r}, now {getattr(self.cfg, key)!r}")
+        if self.world > 1:  # every rank has looked (and found the same) before rank 0 writes the config
+            dist.barrier()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             self.run.to_yaml(saved)
