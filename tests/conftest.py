@@ -13,6 +13,7 @@ TINY_AE = {"autoencoder": {"base_channels": 8, "norm_num_groups": 4, "codebook_s
 TINY_SEG = {"segmenter": {"decoder_channels": [16, 8, 8, 8, 8]}}
 TINY_DENOISER = {"channels": [16, 32], "attention_levels": [False, True], "num_head_channels": 16,
                  "norm_num_groups": 8}
+TINY_P2P = {"generator": {"num_downs": 5, "base_channels": 8}, "discriminator": {"channels": 8}}
 
 
 def tiny_train_config(**kw):

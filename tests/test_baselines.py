@@ -14,10 +14,9 @@ from petsynth.methods import build_method, load_method
 from petsynth.methods.base import MethodError
 from petsynth.nn.unet import UNetConfig, build_unet
 from petsynth.train.trainer import RunConfig, train
-from conftest import TINY_DENOISER, tiny_train_config
+from conftest import TINY_DENOISER, TINY_P2P, tiny_train_config
 
 TINY_UNET = {"unet": {"features": [4, 8, 16, 32, 64, 4]}}
-TINY_P2P = {"generator": {"num_downs": 5, "base_channels": 8}, "discriminator": {"channels": 8}}
 MAPS = {"use_attention_map": True, "use_attenuation_map": True}
 
 

@@ -1,5 +1,6 @@
-"""One trainer for all methods: CPDM's three stages on phantoms, exact resume, DDP over two gloo processes,
-errors for mismatched data and configs, and self-contained checkpoints that translate to SUV."""
+"""One trainer for all methods: CPDM's three stages on phantoms, exact resume, DDP over two gloo processes
+(one optimiser group, and a GAN's two with gradient accumulation), errors for mismatched data and configs,
+and self-contained checkpoints that translate to SUV."""
 
 import shutil
 import socket
@@ -15,7 +16,7 @@ from petsynth.methods import build_method, load_method
 from petsynth.methods.base import MethodError
 from petsynth.physics.attenuation import attenuation_map
 from petsynth.train.trainer import RunConfig, TrainError, Trainer, make_run_config, sample_indices, train
-from conftest import TINY_AE, TINY_DENOISER, tiny_train_config
+from conftest import TINY_AE, TINY_DENOISER, TINY_P2P, tiny_train_config
 
 PIXEL = {"pixel_space": True, "use_attention_map": False, "denoiser": TINY_DENOISER, "sample_steps": 3}
 _train_cfg = tiny_train_config
@@ -139,6 +140,12 @@ def _ddp_worker(rank, world, port, tiny_dataset, out):
         assert trainer.world == world
         trainer.fit()
         save_file({k: v.contiguous() for k, v in trainer.method.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+        # two optimiser groups (generator, then discriminator on cached fakes), each its own DDP wrapper, and
+        # gradient accumulation (no_sync for the first micro-batch of each group)
+        gan = Trainer(RunConfig(method="pix2pix", data=tiny_dataset, method_config=TINY_P2P,
+                                train=_train_cfg(steps=2, grad_accum=2, validate_every=100)), f"{out}/p2p")
+        gan.fit()
+        save_file({k: v.contiguous() for k, v in gan.method.named_parameters()}, f"{out}/p2p/rank{rank}.safetensors")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -149,12 +156,26 @@ def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(tiny_dataset, tmp_path)
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tiny_dataset), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
-    init = build_method("cpdm", PIXEL).state_dict()
+    with torch.random.fork_rng():  # the initial weights: the trainer seeds (train.seed 0), then builds
+        torch.manual_seed(0)
+        init = build_method("cpdm", PIXEL).state_dict()
+        torch.manual_seed(0)
+        init_gan = dict(build_method("pix2pix", TINY_P2P).named_parameters())
     changed = 0
     for k in r0:
         torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)
         changed += not torch.equal(r0[k], init[k])
     assert changed > 0 and (tmp_path / "model" / "weights.safetensors").is_file()
+    # pix2pix: parameters equal on both ranks and trained in both groups; the export (from rank 0, the unwrapped
+    # method: no "module." prefix) reloads strictly. Batch-norm running statistics are buffers: DDP broadcasts
+    # rank 0's before each forward, and each rank's last forward updates its own, so they are not compared.
+    g0, g1 = load_file(tmp_path / "p2p" / "rank0.safetensors"), load_file(tmp_path / "p2p" / "rank1.safetensors")
+    assert g0.keys() == init_gan.keys()
+    for k in g0:
+        torch.testing.assert_close(g0[k], g1[k], rtol=0, atol=0, msg=k)
+    for part in ("generator.", "discriminator."):
+        assert any(not torch.equal(g0[k], init_gan[k]) for k in g0 if k.startswith(part)), part
+    assert load_method(tmp_path / "p2p" / "model").name == "pix2pix"
 
 
 def test_bf16_autocast_and_gradient_accumulation_train(tiny_dataset, tmp_path):

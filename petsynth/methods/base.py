@@ -4,10 +4,14 @@ A method is a ``torch.nn.Module`` that owns its networks, its noise process (if 
 intensity transforms. The one trainer (:mod:`petsynth.train.trainer`) only calls this interface:
 
 - ``optimizer_groups()``: parameters per optimiser, in the order they are stepped (e.g. a GAN's
-  "generator" then "discriminator"); most methods have one group, "model".
+  "generator" then "discriminator"); most methods have one group, "model". Over several processes each
+  group is reduced by its own ``DistributedDataParallel`` wrapper, so every parameter of a group that
+  requires grad must get a gradient in each backward of that group (a zero one at least), and no other
+  group's (freeze the other network, as the GANs do, or detach what it produced).
 - ``losses(batch, group, step)``: a dict with the scalar "loss" to back-propagate for that group, plus any
   other scalars to log. ``batch`` is in physical units (see :mod:`petsynth.data.batch`); the method applies
-  its own intensity transforms.
+  its own intensity transforms. The trainer calls it as ``method(batch, group, step)`` (``forward`` is
+  ``losses``), so that a ``DistributedDataParallel`` wrapper sees every training forward pass.
 - ``translate(batch, generator=None, **options)``: the prediction in the target's physical units (SUV),
   (B, 1, H, W). ``options`` are the method's sampler options, typed by ``sampler_options_class`` (e.g. steps,
   eta): :meth:`Method.sampler_options` validates them, and an option the method does not have is an error
@@ -87,6 +91,12 @@ class Method(torch.nn.Module):
 
     def losses(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
+        """``losses(batch, group, step)``. The trainer calls the method (or, over several processes, its
+        ``DistributedDataParallel`` wrapper, which hooks ``forward``) rather than ``losses`` directly; methods
+        override ``losses``, not this."""
+        return self.losses(batch, group, step)
 
     @torch.no_grad()
     def translate(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,

@@ -105,6 +105,8 @@ class LDM(LatentSpace, GuidanceMaps, Method):
 
     @torch.no_grad()
     def _estimate_scale(self, x0: torch.Tensor) -> None:
+        # the same value on every rank (the std averaged over processes): DDP's broadcast of rank 0's buffers
+        # before each later forward rewrites it with itself (see petsynth.train.trainer.Trainer._data_parallel)
         std = x0.float().std()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(std)
