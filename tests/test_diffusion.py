@@ -129,6 +129,9 @@ def test_predictor_and_corrector_steps():
     eps = 2 * (0.1 * z.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)) ** 2
     torch.testing.assert_close(mean, x - eps.view(-1, 1, 1, 1) * x)
     torch.testing.assert_close(out, mean + (2 * eps).sqrt().view(-1, 1, 1, 1) * z)
+    zero = torch.zeros_like(x)  # an untrained network's score: no step, not an infinite one
+    out, mean = samplers.langevin_step(x, zero, snr=0.1, generator=gen(9))
+    assert torch.equal(out, x) and torch.equal(mean, x)
 
 
 # --- the Gaussian process and DDIM ---------------------------------------------------------------------------

@@ -185,12 +185,13 @@ def langevin_step(x: Tensor, score: Tensor, snr: float, generator: torch.Generat
                   ) -> tuple[Tensor, Tensor]:
     """One Langevin corrector step: eps = 2 (snr ||z|| / ||score||)^2, x_mean = x + eps score,
     x = x_mean + sqrt(2 eps) z. The norms are per sample (score_sde averages them over the batch, which makes
-    one slice's result depend on the others in its batch). Returns (x, x_mean)."""
+    one slice's result depend on the others in its batch); a sample whose score is exactly 0 (an untrained
+    network) is left as it is (eps = 0) rather than given an infinite step. Returns (x, x_mean)."""
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     dims = tuple(range(1, x.ndim))
     z_norm = torch.linalg.vector_norm(z, dim=dims, keepdim=True)
-    s_norm = torch.linalg.vector_norm(score, dim=dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    eps = 2 * (snr * z_norm / s_norm) ** 2
+    s_norm = torch.linalg.vector_norm(score, dim=dims, keepdim=True)
+    eps = torch.where(s_norm > 0, 2 * (snr * z_norm / s_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2, 0.0)
     x_mean = x + eps * score
     return x_mean + (2 * eps).sqrt() * z, x_mean
 

@@ -47,6 +47,8 @@ class ModelCard(Config):
     intensity: dict[str, dict[str, Any]] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     step: int | None = None
+    #: parameter counts: per top-level network of the method, and "trainable" (what the optimisers step)
+    parameters: dict[str, int] = Field(default_factory=dict)
     #: training state for an exact resume (optimiser hyper-parameters, run config); empty in exported models
     training: dict[str, Any] = Field(default_factory=dict)
     petsynth_version: str = petsynth.__version__

@@ -208,6 +208,14 @@ def training_geometry(dataset: Any) -> dict[str, Any]:
     return out
 
 
+def parameter_counts(method: Method) -> dict[str, int]:
+    """Parameter elements per top-level network of ``method`` (its named children) and in total "trainable"."""
+    counts = {name: sum(p.numel() for p in child.parameters()) for name, child in method.named_children()}
+    counts = {k: v for k, v in counts.items() if v}
+    counts["trainable"] = sum(p.numel() for params in method.optimizer_groups().values() for p in params)
+    return counts
+
+
 class Trainer:
     """Train one method on a prepared dataset into a run folder (see the module docstring).
 
@@ -364,7 +372,7 @@ class Trainer:
                          intensity={k: t.to_dict() for k, t in self.method.intensity_transforms().items()},
                          data={"dataset": Path(self.run.data).name, "train_slices": len(self.train_data),
                                "train_studies": len(self.train_data.studies), **training_geometry(self.train_data)},
-                         step=self.step, training=training or {})
+                         step=self.step, parameters=parameter_counts(self.method), training=training or {})
 
     def save_checkpoint(self) -> Path:
         weights: dict[str, dict[str, torch.Tensor]] = {"model": self.method.state_dict()}

@@ -1,0 +1,173 @@
+"""``jdam`` and ``sde``: score models of PET under the VE-SDE (the JDAM seed, Xie et al.), MRI -> PET.
+
+``jdam`` (joint diffusion attention model): the network sees concat(noisy PET x_t, MRI y) and the noise
+level and returns the score of the noisy PET; the MRI is never noised. ``sde``: the seed's ablation, the same
+score model of PET alone (no MRI channel), sampled from noise: what the joint model adds is what ``jdam``
+gains over it.
+
+Noise process: :class:`petsynth.diffusion.VESDE` (the public code's sigma_min 0.01, sigma_max 348, N = 1000,
+sampling eps 1e-5). Training: the seed's Algorithm 1, denoising score matching with lambda(t) = sigma(t)^2,
+t ~ U(eps, 1)::
+
+    loss = mean || sigma s_theta(x0 + sigma z, y, sigma) + z ||^2
+
+Network (a MONAI ``DiffusionModelUNet``, :mod:`petsynth.nn.denoiser`: residual blocks, GroupNorm, SiLU,
+self-attention at 16x16; MONAI's blocks have no dropout), with two choices of petsynth's made explicit here:
+
+- time input: the normalised log noise level, (N - 1) log(sigma / sigma_min) / log(sigma_max / sigma_min),
+  in 0..999 like the DDPM timesteps its sinusoidal embedding is made for (NCSN++ embeds log sigma);
+- scaling: the noisy PET enters as x_t / sqrt(sigma^2 + sigma_data^2) (EDM's c_in: at sigma = 348 the raw
+  x_t would drown the MRI channel in the first GroupNorm) and the score is the output divided by sigma
+  (NCSN++'s ``scale_by_sigma``), so the loss is mean || output + z ||^2.
+
+Sampling (``translate``): ``sampler`` "pc" (the seed's Algorithm 2: reverse-diffusion predictor + Langevin
+corrector, snr 0.075, one corrector step, from the prior N(0, sigma_max^2), NFE = steps + (steps - 1)),
+"ode" (probability-flow ODE with Heun steps, NFE = 2 steps - 1: the fast default), "reverse_diffusion" or
+"langevin"; the trainer exports the EMA weights (the public code samples with the raw ones). Images are in
+the task's windows (PET 0..20 SUV -> [-1, 1]; MR as read, 0..1000 -> [-1, 1]); ``translate`` returns SUV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from petsynth.config import Config
+from petsynth.data.intensity import IntensityTransform
+from petsynth.diffusion import VESDE, samplers
+from petsynth.methods.base import Method, register
+from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
+from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
+
+Sampler = Literal["pc", "ode", "reverse_diffusion", "langevin"]
+
+
+class VESDEConfig(Config):
+    sigma_min: float = Field(0.01, gt=0)
+    sigma_max: float = Field(348.0, gt=0)
+    num_scales: int = Field(1000, ge=2, description="N: discrete noise scales, the pc sampler's default steps")
+    eps: float = Field(1e-5, ge=0, lt=1, description="smallest time of training and sampling")
+
+    def process(self) -> VESDE:
+        return VESDE(self.sigma_min, self.sigma_max, self.num_scales, self.eps)
+
+
+class ScoreSamplerOptions(Config):
+    """``translate`` options (None: the model's config)."""
+
+    sampler: Sampler | None = Field(None, description="pc, ode, reverse_diffusion or langevin")
+    steps: int | None = Field(None, ge=1, description="noise levels visited (NFE: see the sampler)")
+    snr: float | None = Field(None, gt=0, description="Langevin corrector signal-to-noise ratio")
+    corrector_steps: int | None = Field(None, ge=0, description="Langevin steps per noise level")
+    rho: float | None = Field(None, ge=0, description="ode: Karras spacing of the noise levels; 0: geometric")
+
+
+class ScoreSDEConfig(Config):
+    sde: VESDEConfig = Field(default_factory=VESDEConfig)
+    denoiser: DenoiserConfig = Field(default_factory=lambda: DenoiserConfig.preset("jdam-cpu"))
+    sigma_data: float = Field(0.5, gt=0, description="data spread (network units) of the c_in input scaling")
+    sampler: Sampler = Field("ode", description="default sampler of translate")
+    sample_steps: int = Field(10, ge=1, description="default steps (ode: 10 steps = 19 NFE)")
+    snr: float = Field(0.075, gt=0, description="pc/langevin: the public code's 0.075")
+    corrector_steps: int = Field(1, ge=0, description="pc/langevin: Langevin steps per level")
+    rho: float = Field(7.0, ge=0, description="ode: Karras rho of the noise levels; 0: the geometric grid")
+    transforms: dict[str, IntensityTransform] | None = Field(None, description="default: the task's")
+
+
+@register
+class JDAM(Method):
+    name = "jdam"
+    summary = "joint score model of (noisy PET, source) under the VE-SDE, predictor-corrector or ODE sampling (JDAM)"
+    tasks = TASK_NAMES
+    config_class = ScoreSDEConfig
+    sampler_options_class = ScoreSamplerOptions
+    default_lr = 2e-4
+    #: whether the network sees the source image beside the noisy PET
+    joint: ClassVar[bool] = True
+
+    def __init__(self, config: ScoreSDEConfig, task: str = DEFAULT_TASK, load_parts: bool = True):
+        super().__init__(config, task)
+        if config.transforms is None:
+            config.transforms = get_task(task).default_transforms()
+        self.sde = config.sde.process()
+        in_channels = 2 if self.joint else 1
+        self.denoiser = build_denoiser(DenoiserConfig.model_validate(config.denoiser.model_copy(update={
+            "in_channels": in_channels, "out_channels": 1}).model_dump()))
+
+    def intensity_transforms(self) -> dict[str, IntensityTransform]:
+        return dict(self.config.transforms)
+
+    def ema_module_names(self) -> list[str]:
+        return ["denoiser"]
+
+    # --- the score network ---------------------------------------------------------------------------------
+    def network_time(self, sigma: torch.Tensor) -> torch.Tensor:
+        """(N - 1) log(sigma / sigma_min) / log(sigma_max / sigma_min): 0 at sigma_min, N - 1 at sigma_max."""
+        s = self.sde
+        return (s.num_scales - 1) * torch.log(sigma / s.sigma_min) / s.log_ratio
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+        """s_theta(x, y, sigma): x (B, 1, H, W) noisy PET in network units, sigma (B,), source (B, 1, H, W) in
+        network units (ignored by ``sde``) -> the score, like x."""
+        return self._output(x, sigma, source) / sigma.view(-1, 1, 1, 1).to(x.dtype)
+
+    def _output(self, x: torch.Tensor, sigma: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+        c_in = (sigma**2 + self.config.sigma_data**2).rsqrt().view(-1, 1, 1, 1).to(x.dtype)
+        inp = torch.cat([x * c_in, source.to(x.dtype)], dim=1) if self.joint else x * c_in
+        return self.denoiser(inp, self.network_time(sigma.float())).to(x.dtype)
+
+    def _source(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        return self.config.transforms["source"].forward(batch["source"]) if self.joint else None
+
+    # --- training (Algorithm 1) -----------------------------------------------------------------------------
+    def losses(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
+        x0 = self.config.transforms["target"].forward(batch["target"])
+        t = self.sde.training_times(x0.shape[0], device=x0.device)
+        z = torch.randn_like(x0)
+        x_t, _ = self.sde.q_sample(x0, t, z)
+        sigma = self.sde.sigma(t).to(x0.dtype)
+        out = self._output(x_t, sigma, self._source(batch))  # = sigma * score
+        return {"loss": (out.float() + z.float()).square().mean()}
+
+    # --- sampling -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def translate(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                  **options: Any) -> torch.Tensor:
+        """Synthetic PET in SUV, (B, 1, H, W), sampled from N(0, sigma_max^2) given the batch's source (jdam) or
+        from noise alone (sde). Options: ``sampler``, ``steps``, ``snr``, ``corrector_steps``, ``rho``."""
+        opts = self.sampler_options(options)
+        cfg = self.config
+        name = opts.sampler or cfg.sampler
+        steps = opts.steps or cfg.sample_steps
+        source = self._source(batch)
+        like = batch["source"]
+        shape = (like.shape[0], 1, *like.shape[-2:])
+        x_T = self.sde.prior_sample(shape, generator=generator, device=generator.device if generator else None)
+        x_T = x_T.to(like.device)
+
+        def score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return self.score(x, sigma, source)
+
+        if name == "ode":
+            rho = cfg.rho if opts.rho is None else opts.rho
+            x0 = samplers.ode(self.sde, score_fn, x_T, steps, rho=rho or None)
+        else:
+            kwargs = {"snr": opts.snr or cfg.snr,
+                      "corrector_steps": cfg.corrector_steps if opts.corrector_steps is None else opts.corrector_steps}
+            if name == "reverse_diffusion":
+                kwargs = {}
+            x0 = samplers.SAMPLERS[name](self.sde, score_fn, x_T, steps, generator=generator, **kwargs)
+        return cfg.transforms["target"].inverse(x0.float())
+
+
+@register
+class SDE(JDAM):
+    """The seed's ablation: the score model of PET alone, sampled from noise without the source image."""
+
+    name = "sde"
+    summary = "score model of PET alone under the VE-SDE, sampled from noise (JDAM's ablation: no source image)"
+    joint = False
+

@@ -1,0 +1,126 @@
+"""jdam and sde (JDAM seed): the score-matching loss falls, the MRI channel is never noised and drives jdam's
+output while sde ignores it, sampling starts from N(0, sigma_max^2) and uses the EMA weights, and a model
+trained by the one trainer reloads and translates an MR study to SUV on the MR's slices."""
+
+import numpy as np
+import pytest
+import torch
+
+from petsynth.data.batch import Collate
+from petsynth.data.prepare import prepare_dataset
+from petsynth.data.store import open_dataset
+from petsynth.io.nifti import read_nifti
+from petsynth.methods import build_method, load_method
+from petsynth.methods.base import MethodError
+from petsynth.phantom import make_study, write_study
+from petsynth.train.trainer import RunConfig, train
+from petsynth.translation import translate
+from conftest import tiny_train_config
+
+TINY = {"denoiser": {"channels": [8, 16], "attention_levels": [False, True], "num_head_channels": 8,
+                     "norm_num_groups": 4}, "sample_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def mr_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jdam")
+    study = make_study("mr2pet", 4, 0, preset="tiny")
+    dicom_dir = write_study(study, root / "dicom", fmt="dicom")
+    prepare_dataset([dicom_dir], root / "ds", "mr2pet", size=32, key=b"k", split=(1.0, 0.0, 0.0))
+    data = open_dataset(root / "ds")
+    items = [data[i] for i in range(0, len(data), max(1, len(data) // 8))][:8]
+    return study, dicom_dir, root / "ds", Collate("mr2pet")(items)
+
+
+def test_the_score_matching_loss_falls_on_a_fixed_batch(mr_data):
+    batch = mr_data[3]
+    torch.manual_seed(0)
+    method = build_method("jdam", TINY, task="mr2pet")
+
+    def fixed_loss():
+        state = torch.get_rng_state()
+        torch.manual_seed(123)  # the same t and z each time
+        with torch.no_grad():
+            loss = method.losses(batch, "model", 0)["loss"].item()
+        torch.set_rng_state(state)
+        return loss
+
+    before = fixed_loss()
+    opt = torch.optim.Adam(method.optimizer_groups()["model"], lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        method.losses(batch, "model", 0)["loss"].backward()
+        opt.step()
+    assert fixed_loss() < 0.5 * before
+
+
+def test_the_mri_is_never_noised_and_drives_jdam_but_not_sde(mr_data):
+    batch = mr_data[3]
+    torch.manual_seed(0)
+    jdam = build_method("jdam", TINY, task="mr2pet").eval()
+    sde = build_method("sde", TINY, task="mr2pet").eval()
+    assert jdam.denoiser.conv_in.conv.in_channels == 2 and sde.denoiser.conv_in.conv.in_channels == 1
+    with torch.no_grad():  # untrain the zero-initialised output layer: the output must depend on the input
+        for m in (jdam, sde):
+            for p in m.denoiser.parameters():
+                if not p.any():
+                    p.normal_(0, 0.1)
+    seen = []
+    hook = jdam.denoiser.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    jdam.losses(batch, "model", 0)
+    out = jdam.translate(batch, generator=torch.Generator().manual_seed(1))
+    hook.remove()
+    mr = jdam.config.transforms["source"].forward(batch["source"])
+    for inp in seen:  # the MRI channel is the MRI in network units at every call, training and sampling
+        torch.testing.assert_close(inp[:, 1:], mr, rtol=0, atol=0)
+    # the first sampling call sees the prior N(0, sigma_max^2), scaled by c_in = 1/sqrt(348^2 + sigma_data^2)
+    assert abs(float(seen[1][:, 0].std()) - 1.0) < 0.1
+    other = dict(batch, source=batch["source"].flip(-1))
+    changed = jdam.translate(other, generator=torch.Generator().manual_seed(1))
+    assert (changed - out).abs().max() > 1e-3
+    a = sde.translate(batch, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(sde.translate(other, generator=torch.Generator().manual_seed(1)), a, rtol=0, atol=0)
+
+
+def test_sampler_options_and_their_errors(mr_data):
+    batch = mr_data[3]
+    jdam = build_method("jdam", TINY, task="mr2pet").eval()
+    assert set(jdam.sampler_option_names()) == {"sampler", "steps", "snr", "corrector_steps", "rho"}
+    calls = []
+    hook = jdam.denoiser.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    for options, nfe in (({}, 3), ({"sampler": "pc", "steps": 3}, 3 + 2), ({"sampler": "pc", "steps": 3,
+                         "corrector_steps": 2}, 3 + 4), ({"sampler": "ode", "steps": 4, "rho": 0}, 7),
+                         ({"sampler": "reverse_diffusion", "steps": 5}, 5), ({"sampler": "langevin", "steps": 2}, 3)):
+        calls.clear()
+        pet = jdam.translate(batch, generator=torch.Generator().manual_seed(0), **options)
+        assert len(calls) == nfe, options
+        assert pet.shape == batch["target"].shape and torch.isfinite(pet).all()
+    hook.remove()
+    with pytest.raises(MethodError, match="eta"):
+        jdam.translate(batch, eta=0.5)
+    with pytest.raises(MethodError, match="sampler"):
+        jdam.translate(batch, sampler="ddim")
+
+
+@pytest.mark.parametrize("name", ["jdam", "sde"])
+def test_trains_reloads_samples_with_the_ema_weights_and_translates_an_mr_study(name, mr_data, tmp_path):
+    study, dicom_dir, data, batch = mr_data
+    model = train(RunConfig(method=name, task="mr2pet", data=str(data), method_config=TINY,
+                            train=tiny_train_config(steps=4, ema_decay=0.5)), tmp_path / "r")
+    method = load_method(model, task="mr2pet")
+    assert method.card.parameters["denoiser"] == method.card.parameters["trainable"] > 0
+    pet = method.translate(batch, generator=torch.Generator().manual_seed(0))
+    lo, hi = method.intensity_transforms()["target"].low, method.intensity_transforms()["target"].high
+    assert pet.shape == batch["target"].shape and pet.min() >= lo and pet.max() <= hi
+    # the exported model is the EMA weights: equal to the last checkpoint's EMA, not its raw weights
+    ckpt = tmp_path / "r" / "checkpoints" / "step_00000004"
+    ema, raw = load_method(ckpt, use_ema=True), load_method(ckpt, use_ema=False)
+    same = lambda m: m.translate(batch, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    torch.testing.assert_close(same(ema), pet, rtol=0, atol=0)
+    assert (same(raw) - pet).abs().max() > 0
+    # an MR DICOM study -> SUV on the MR's slices
+    result = translate(model, dicom_dir, tmp_path / "t", steps=2)
+    suv, affine = read_nifti(result.files["nifti"])
+    mr_geometry = study.images["MR"].geometry
+    assert suv.shape[0] == mr_geometry.shape[0] and np.isfinite(suv).all() and suv.min() >= 0
+    assert np.allclose(affine[2, 3], mr_geometry.affine[2, 3], atol=1e-3)
