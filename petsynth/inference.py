@@ -77,7 +77,7 @@ def load_model(spec: str | Path, *, task: str | None = None, device: str | torch
     method = load_method(path, task=task, device=device)
     if type(method).translate is Method.translate:
         raise MethodError(f"{path} holds a {method.name!r} model, which is a part of another method and does "
-                          "not translate images (give a cpdm, bbdm, unet, pix2pix or ldm model)")
+                          "not translate images (give a cpdm, bbdm, unet, pix2pix, ldm or cyclegan model)")
     method.source_path = path
     return method
 

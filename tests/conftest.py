@@ -14,6 +14,7 @@ TINY_SEG = {"segmenter": {"decoder_channels": [16, 8, 8, 8, 8]}}
 TINY_DENOISER = {"channels": [16, 32], "attention_levels": [False, True], "num_head_channels": 16,
                  "norm_num_groups": 8}
 TINY_P2P = {"generator": {"num_downs": 5, "base_channels": 8}, "discriminator": {"channels": 8}}
+TINY_CG = {"generator": {"base_channels": 8, "num_blocks": 2}, "discriminator": {"channels": 8}}
 
 
 def tiny_train_config(**kw):

@@ -1,6 +1,6 @@
 """One trainer for all methods: CPDM's three stages on phantoms, exact resume, DDP over two gloo processes
-(one optimiser group, and a GAN's two with gradient accumulation), errors for mismatched data and configs,
-and self-contained checkpoints that translate to SUV."""
+(one optimiser group, and a GAN's two with gradient accumulation: pix2pix, cyclegan), errors for mismatched data
+and configs, and self-contained checkpoints that translate to SUV."""
 
 import shutil
 import socket
@@ -16,7 +16,7 @@ from petsynth.methods import build_method, load_method
 from petsynth.methods.base import MethodError
 from petsynth.physics.attenuation import attenuation_map
 from petsynth.train.trainer import RunConfig, TrainError, Trainer, make_run_config, sample_indices, train
-from conftest import TINY_AE, TINY_DENOISER, TINY_P2P, tiny_train_config
+from conftest import TINY_AE, TINY_DENOISER, TINY_CG, TINY_P2P, tiny_train_config
 
 PIXEL = {"pixel_space": True, "use_attention_map": False, "denoiser": TINY_DENOISER, "sample_steps": 3}
 _train_cfg = tiny_train_config
@@ -146,6 +146,11 @@ def _ddp_worker(rank, world, port, tiny_dataset, out):
                                 train=_train_cfg(steps=2, grad_accum=2, validate_every=100)), f"{out}/p2p")
         gan.fit()
         save_file({k: v.contiguous() for k, v in gan.method.named_parameters()}, f"{out}/p2p/rank{rank}.safetensors")
+        # cyclegan: two generators in one group, two discriminators in the other (unpaired: 2 slices per micro-batch)
+        cyc = Trainer(RunConfig(method="cyclegan", data=tiny_dataset, method_config=TINY_CG,
+                                train=_train_cfg(steps=2, batch_size=8, grad_accum=2, validate_every=100)), f"{out}/cg")
+        cyc.fit()
+        save_file({k: v.contiguous() for k, v in cyc.method.named_parameters()}, f"{out}/cg/rank{rank}.safetensors")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -176,6 +181,16 @@ def test_ddp_with_two_gloo_processes_keeps_ranks_in_step(tiny_dataset, tmp_path)
     for part in ("generator.", "discriminator."):
         assert any(not torch.equal(g0[k], init_gan[k]) for k in g0 if k.startswith(part)), part
     assert load_method(tmp_path / "p2p" / "model").name == "pix2pix"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        init_cg = dict(build_method("cyclegan", TINY_CG).named_parameters())
+    c0, c1 = load_file(tmp_path / "cg" / "rank0.safetensors"), load_file(tmp_path / "cg" / "rank1.safetensors")
+    assert c0.keys() == init_cg.keys()
+    for k in c0:
+        torch.testing.assert_close(c0[k], c1[k], rtol=0, atol=0, msg=k)
+    for part in ("gen_to_target.", "gen_to_source.", "disc_target.", "disc_source."):
+        assert any(not torch.equal(c0[k], init_cg[k]) for k in c0 if k.startswith(part)), part
+    assert load_method(tmp_path / "cg" / "model").name == "cyclegan"
 
 
 def test_bf16_autocast_and_gradient_accumulation_train(tiny_dataset, tmp_path):

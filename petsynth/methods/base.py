@@ -165,7 +165,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 #: modules of the built-in methods (imported on first use of the registry; they register themselves)
-BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm", "jdam")
+BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm", "jdam", "cyclegan")
 
 
 def _load_builtin() -> None:

@@ -5,12 +5,14 @@
 - :mod:`~petsynth.nn.conditioning`: CPDM's map encoder (attention / attenuation maps to the latent grid).
 - :mod:`~petsynth.nn.segmenter`: attention-map segmenter (U-Net with a ResNet encoder).
 - :mod:`~petsynth.nn.discriminator`: PatchGAN discriminator (70x70 patches).
+- :mod:`~petsynth.nn.resnet_generator`: CycleGAN's ResNet generator (``resnet_9blocks``).
 """
 
 from petsynth.nn.autoencoder import AUTOENCODER_PRESETS, VQAutoencoder, VQAutoencoderConfig, build_autoencoder
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DENOISER_PRESETS, DenoiserConfig, build_denoiser, count_parameters
 from petsynth.nn.discriminator import DiscriminatorConfig, PatchGAN, build_discriminator, receptive_field
+from petsynth.nn.resnet_generator import ResnetGenerator, ResnetGeneratorConfig
 from petsynth.nn.segmenter import SegmenterConfig, attention_map, binarize, build_segmenter, probability
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "DiscriminatorConfig",
     "MapEncoder",
     "PatchGAN",
+    "ResnetGenerator",
+    "ResnetGeneratorConfig",
     "SegmenterConfig",
     "VQAutoencoder",
     "VQAutoencoderConfig",
