@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from petsynth.methods.base import Method, MethodError, load_method
+from petsynth.methods.base import Method, MethodError, available_methods, load_method, method_class
 from petsynth.train.checkpoint import CARD_FILE, CheckpointError
 
 #: Where the models bundled with the package live (``petsynth/models/<name>/``).
@@ -76,8 +76,9 @@ def load_model(spec: str | Path, *, task: str | None = None, device: str | torch
     path = resolve_model(spec)
     method = load_method(path, task=task, device=device)
     if type(method).translate is Method.translate:
+        translators = [n for n in available_methods() if method_class(n).translate is not Method.translate]
         raise MethodError(f"{path} holds a {method.name!r} model, which is a part of another method and does "
-                          "not translate images (give a cpdm, bbdm, unet, pix2pix, ldm or cyclegan model)")
+                          f"not translate images (give a model of {', '.join(translators)})")
     method.source_path = path
     return method
 

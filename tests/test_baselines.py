@@ -170,3 +170,10 @@ def test_ldm_needs_a_vqgan_and_other_tasks_build():
     for name, cfg in (("unet", TINY_UNET), ("pix2pix", TINY_P2P)):
         method = build_method(name, cfg, task="lpet2spet").eval()
         assert method.translate(batch).shape == (2, 1, 32, 32)
+
+
+def test_a_part_model_is_refused_as_a_translator_naming_the_translating_methods(tiny_parts):
+    from petsynth.inference import load_model
+
+    with pytest.raises(MethodError, match="'vqgan' model, which is a part.*cpdm.*cyclegan.*jdam.*sde.*unet"):
+        load_model(tiny_parts[0])
