@@ -66,6 +66,7 @@ from pydantic import Field
 from petsynth.config import Config
 from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import Method, MethodError, register
+from petsynth.methods.parts import gan_loss
 from petsynth.nn.discriminator import DiscriminatorConfig, PatchGAN
 from petsynth.nn.resnet_generator import ResnetGenerator, ResnetGeneratorConfig
 from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
@@ -120,11 +121,7 @@ class CycleGAN(Method):
                 "discriminators": [*self.disc_target.parameters(), *self.disc_source.parameters()]}
 
     def _gan(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
-        logits = logits.float()
-        want = torch.full_like(logits, 1.0 if real else 0.0)
-        if self.config.gan_loss == "vanilla":
-            return F.binary_cross_entropy_with_logits(logits, want)
-        return F.mse_loss(logits, want)
+        return gan_loss(logits, real, self.config.gan_loss)
 
     def domains(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(sources, targets) of a training batch in network units: with ``unpaired``, the sources of the

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from petsynth.config import Config
@@ -128,6 +129,18 @@ class GuidanceMaps:
         x = self.config.transforms["source"].forward(batch["source"])
         maps = self.maps(batch)
         return x if maps is None else torch.cat([x, maps.to(x.dtype)], dim=1)
+
+
+def gan_loss(logits: torch.Tensor, real: bool, kind: str = "vanilla") -> torch.Tensor:
+    """A discriminator's loss against all-real (1) or all-fake (0) labels, in float32: "vanilla" (pix2pix's
+    BCE with logits) or "lsgan" (least squares, CycleGAN's)."""
+    logits = logits.float()
+    want = torch.full_like(logits, 1.0 if real else 0.0)
+    if kind == "vanilla":
+        return F.binary_cross_entropy_with_logits(logits, want)
+    if kind == "lsgan":
+        return F.mse_loss(logits, want)
+    raise ValueError(f"unknown GAN loss {kind!r}; choose vanilla or lsgan")
 
 
 class LatentSpace:

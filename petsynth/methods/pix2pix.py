@@ -27,7 +27,7 @@ from pydantic import Field
 
 from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import Method, register
-from petsynth.methods.parts import GuidanceMaps, GuidanceMapsConfig
+from petsynth.methods.parts import GuidanceMaps, GuidanceMapsConfig, gan_loss
 from petsynth.nn.discriminator import DiscriminatorConfig, PatchGAN
 from petsynth.nn.unet import Pix2PixUNet, Pix2PixUNetConfig
 from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
@@ -73,11 +73,7 @@ class Pix2Pix(GuidanceMaps, Method):
                 "discriminator": list(self.discriminator.parameters())}
 
     def _gan(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
-        logits = logits.float()
-        want = torch.full_like(logits, 1.0 if real else 0.0)
-        if self.config.gan_loss == "vanilla":
-            return F.binary_cross_entropy_with_logits(logits, want)
-        return F.mse_loss(logits, want)
+        return gan_loss(logits, real, self.config.gan_loss)
 
     def losses(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
         cond = self.source_with_maps(batch)
