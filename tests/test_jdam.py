@@ -140,3 +140,29 @@ def test_the_edm_preconditioning_is_the_exact_score_of_its_reference_gaussian(mr
     torch.testing.assert_close(edm.score(x, sigma, src), want, rtol=1e-5, atol=1e-7)
     ncsn = build_method("jdam", {**TINY, "preconditioning": "scale_by_sigma"}, task="mr2pet")
     assert torch.equal(ncsn.score(x, sigma, src), torch.zeros_like(x))
+
+
+def test_training_noise_levels_and_edm_weighting(mr_data):
+    """lognormal: ln sigma ~ N(mean, std^2); edm weighting: the seed's term times (sigma^2 + sigma_data^2) /
+    sigma_data^2 (checked at one fixed sigma, same weights, same noise)."""
+    batch = mr_data[3]
+    cfg = {**TINY, "training_sigma": "lognormal", "lognormal_mean": -1.2, "lognormal_std": 1.2}
+    torch.manual_seed(0)
+    method = build_method("jdam", cfg, task="mr2pet")
+    seen = []
+    score = method._sigma_score
+    method._sigma_score = lambda x, sigma, source: seen.append(sigma.clone()) or score(x, sigma, source)
+    with torch.no_grad():
+        for _ in range(50):
+            method.losses(batch, "model", 0)
+    logs = torch.cat(seen).log()
+    assert abs(float(logs.mean()) + 1.2) < 0.2 and abs(float(logs.std()) - 1.2) < 0.2
+    fixed = {**TINY, "training_sigma": "lognormal", "lognormal_mean": float(np.log(2.0)), "lognormal_std": 1e-7}
+    losses = {}
+    for weighting in ("sigma2", "edm"):
+        torch.manual_seed(0)
+        m = build_method("jdam", {**fixed, "loss_weighting": weighting}, task="mr2pet")
+        torch.manual_seed(1)
+        with torch.no_grad():
+            losses[weighting] = float(m.losses(batch, "model", 0)["loss"])
+    assert losses["edm"] == pytest.approx(losses["sigma2"] * (4.0 + 0.25) / 0.25, rel=1e-5)

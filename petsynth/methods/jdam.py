@@ -11,6 +11,13 @@ t ~ U(eps, 1)::
 
     loss = mean || sigma s_theta(x0 + sigma z, y, sigma) + z ||^2
 
+(``training_sigma: uniform_t``, ``loss_weighting: sigma2``, the defaults.) Options for shorter training runs:
+``training_sigma: lognormal`` draws ln sigma ~ N(``lognormal_mean``, ``lognormal_std``^2) (EDM's -1.2, 1.2,
+clipped to [sigma_min, sigma_max]) instead of log-uniform over 0.01..348, and ``loss_weighting: edm``
+multiplies each sample's term by (sigma^2 + sigma_data^2) / sigma_data^2, EDM's weighting (unit weight on the
+network's output at every sigma); the seed's weighting gives mid and high noise levels, where the image's
+large-scale structure is decided, little of the gradient.
+
 Network F (a MONAI ``DiffusionModelUNet``, :mod:`petsynth.nn.denoiser`: residual blocks, GroupNorm, SiLU,
 self-attention at 16x16; MONAI's blocks have no dropout), with choices of petsynth's made explicit here:
 
@@ -76,6 +83,12 @@ class ScoreSDEConfig(Config):
     sde: VESDEConfig = Field(default_factory=VESDEConfig)
     denoiser: DenoiserConfig = Field(default_factory=lambda: DenoiserConfig.preset("jdam-cpu"))
     sigma_data: float = Field(0.5, gt=0, description="data spread (network units) of the c_in, c_skip, c_out scaling")
+    training_sigma: Literal["uniform_t", "lognormal"] = Field(
+        "uniform_t", description="uniform_t: t ~ U(eps, 1) (the seed); lognormal: ln sigma ~ N(mean, std^2) (EDM)")
+    lognormal_mean: float = Field(-1.2, description="training_sigma lognormal: mean of ln sigma")
+    lognormal_std: float = Field(1.2, gt=0, description="training_sigma lognormal: std of ln sigma")
+    loss_weighting: Literal["sigma2", "edm"] = Field(
+        "sigma2", description="sigma2: the seed's lambda = sigma^2; edm: x (sigma^2 + sigma_data^2) / sigma_data^2")
     preconditioning: Literal["edm", "scale_by_sigma"] = Field(
         "edm", description="edm: s = (c_skip x + c_out F - x) / sigma^2; scale_by_sigma (NCSN++): s = F / sigma")
     sampler: Sampler = Field("ode", description="default sampler of translate")
@@ -140,13 +153,20 @@ class JDAM(Method):
 
     # --- training (Algorithm 1) -----------------------------------------------------------------------------
     def losses(self, batch: Mapping[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
-        x0 = self.config.transforms["target"].forward(batch["target"])
-        t = self.sde.training_times(x0.shape[0], device=x0.device)
+        cfg = self.config
+        x0 = cfg.transforms["target"].forward(batch["target"])
+        if cfg.training_sigma == "uniform_t":
+            sigma = self.sde.sigma(self.sde.training_times(x0.shape[0], device=x0.device)).to(x0.dtype)
+        else:
+            log_sigma = torch.randn(x0.shape[0], device=x0.device) * cfg.lognormal_std + cfg.lognormal_mean
+            sigma = log_sigma.exp().clamp(self.sde.sigma_min, self.sde.sigma_max).to(x0.dtype)
         z = torch.randn_like(x0)
-        x_t, _ = self.sde.q_sample(x0, t, z)
-        sigma = self.sde.sigma(t).to(x0.dtype)
+        x_t = x0 + sigma.view(-1, 1, 1, 1) * z
         sigma_score = self._sigma_score(x_t, sigma, self._source(batch))
-        return {"loss": (sigma_score.float() + z.float()).square().mean()}
+        per_sample = (sigma_score.float() + z.float()).square().flatten(1).mean(1)
+        if cfg.loss_weighting == "edm":
+            per_sample = per_sample * (sigma.float() ** 2 + cfg.sigma_data**2) / cfg.sigma_data**2
+        return {"loss": per_sample.mean()}
 
     # --- sampling -----------------------------------------------------------------------------------------
     @torch.no_grad()
