@@ -8,6 +8,10 @@ every setting; the sampler noise has the same seed. Prints a Markdown table; ass
 
     .venv/bin/python benchmarks/bench_jdam.py --model runs/jdam/model --data data/mr2pet-heldout \\
         [--slices 8] [--threads 2] [--settings "pc:1000,pc:100,ode:50,ode:25,ode:10,ode:5"]
+
+``--network-cost PRESET[,PRESET]`` instead times one network evaluation of denoiser presets (random weights,
+2 -> 1 channels, 128x128, batches of 1 and 8): what one NFE costs at the public code's scale
+(``ncsnpp-public``) against the CPU default (``jdam-cpu``).
 """
 
 from __future__ import annotations
@@ -21,22 +25,52 @@ import torch
 from petsynth.data.store import open_dataset
 from petsynth.inference import PredictOptions, load_model, predict_items
 from petsynth.metrics import mae, psnr, ssim
+from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
 
 WINDOW_SUV = 20.0
 
 
+def network_cost(presets: str, repeats: int = 3) -> None:
+    """Seconds per network evaluation of each denoiser preset at 128x128, batch 1 and 8 (median of repeats)."""
+    print("| preset | parameters | s / evaluation, batch 1 | s / evaluation, batch 8 | s / slice / NFE, batch 8 |")
+    print("|---|---:|---:|---:|---:|")
+    for name in presets.split(","):
+        config = DenoiserConfig.preset(name).model_copy(update={"in_channels": 2, "out_channels": 1})
+        net = build_denoiser(config).eval()
+        params = sum(p.numel() for p in net.parameters())
+        row = []
+        for batch in (1, 8):
+            x = torch.randn(batch, 2, 128, 128)
+            t = torch.full((batch,), 500, dtype=torch.long)
+            with torch.no_grad():
+                net(x, t)  # warm-up
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    net(x, t)
+                    times.append(time.perf_counter() - t0)
+            row.append(float(np.median(times)))
+        print(f"| {name} | {params / 1e6:.2f} M | {row[0]:.3f} | {row[1]:.3f} | {row[1] / 8:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True, help="a prepared mr2pet dataset with phantom truth")
+    parser.add_argument("--model")
+    parser.add_argument("--data", help="a prepared mr2pet dataset with phantom truth")
+    parser.add_argument("--network-cost", metavar="PRESETS", help="time denoiser presets instead (see above)")
     parser.add_argument("--split", default=None, help="train/val/test (default: all studies)")
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--settings", default="pc:1000,pc:100,ode:50,ode:25,ode:10,ode:5",
-                        help="sampler:steps items (pc:1000 = the seed's 2000-NFE predictor-corrector)")
+                        help="sampler:steps[:option=value...] items (pc:1000 = the seed's 2000-NFE predictor-corrector)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.network_cost:
+        network_cost(args.network_cost)
+        return
+    if not (args.model and args.data):
+        parser.error("--model and --data are needed (or --network-cost)")
     method = load_model(args.model)
     data = open_dataset(args.data, args.split)
     mass = [float(np.asarray(data[i]["truth"]).sum()) for i in range(len(data))]
@@ -53,8 +87,12 @@ def main() -> None:
           "| MAE real [SUV] |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for setting in args.settings.split(","):
-        name, steps = setting.split(":")
-        options = PredictOptions(batch_size=args.batch_size, seed=0, sampler={"sampler": name, "steps": int(steps)})
+        name, steps, *extra = setting.split(":")
+        sampler_options = {"sampler": name, "steps": int(steps)}
+        for item in extra:  # further sampler options, e.g. ode:10:rho=3 or pc:25:snr=0.16
+            key, _, value = item.partition("=")
+            sampler_options[key] = float(value) if "." in value else int(value)
+        options = PredictOptions(batch_size=args.batch_size, seed=0, sampler=sampler_options)
         calls.clear()
         t0 = time.perf_counter()
         pred = torch.cat([p for _, p in predict_items(method, items, options=options)]).double()
@@ -65,7 +103,8 @@ def main() -> None:
             row += [float(psnr(pred, ref, data_range=WINDOW_SUV).mean()),
                     float(ssim(pred, ref, data_range=WINDOW_SUV).mean()),
                     float(mae(pred, ref, data_range=WINDOW_SUV).mean())]
-        print(f"| {name} | {steps} | {nfe:.0f} | {seconds:.2f} | {row[0]:.2f} | {row[1]:.4f} | {row[2]:.4f} | "
+        label = ", ".join([name, *extra])
+        print(f"| {label} | {steps} | {nfe:.0f} | {seconds:.2f} | {row[0]:.2f} | {row[1]:.4f} | {row[2]:.4f} | "
               f"{row[3]:.2f} | {row[4]:.4f} | {row[5]:.4f} |", flush=True)
 
 
