@@ -24,6 +24,27 @@ def tiny_train_config(**kw):
     return TrainConfig(**{**base, **kw})
 
 
+def loss_before_and_after(method, batch, lr, steps=40, seed=123):
+    """The method's "model" loss on ``batch`` with the same random draws (t, noise) before and after ``steps``
+    Adam steps at ``lr``: (before, after)."""
+
+    def fixed_loss():
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            loss = method.losses(batch, "model", 0)["loss"].item()
+        torch.set_rng_state(state)
+        return loss
+
+    before = fixed_loss()
+    opt = torch.optim.Adam(method.optimizer_groups()["model"], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        method.losses(batch, "model", 0)["loss"].backward()
+        opt.step()
+    return before, fixed_loss()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     before = torch.get_num_threads()

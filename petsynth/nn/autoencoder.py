@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from petsynth.config import Config
+from petsynth.nn.shapes import check_divisible
 
 __all__ = ["AUTOENCODER_PRESETS", "VQAutoencoderConfig", "VQAutoencoder", "build_autoencoder"]
 
@@ -158,9 +159,7 @@ class VQAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Cin, H, W) -> continuous pre-quantisation latent z (B, Cz, H/f, W/f)."""
-        h, w = x.shape[-2:]
-        if h % self.f or w % self.f:
-            raise ValueError(f"image size {h}x{w} is not divisible by f={self.f}")
+        check_divisible(x, self.f, f"f={self.f}")
         return self.quant_conv(self.encoder(x))
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -190,9 +189,7 @@ class VQAutoencoder(nn.Module):
     def to_latent(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> diffusion latent (B, Cz, H/f, W/f), per the config flags (default: z, continuous, after
         quant_conv). Put a frozen autoencoder in eval mode: in train mode quantising updates the codebook."""
-        h, w = x.shape[-2:]
-        if h % self.f or w % self.f:
-            raise ValueError(f"image size {h}x{w} is not divisible by f={self.f}")
+        check_divisible(x, self.f, f"f={self.f}")
         z = self.encoder(x)
         if self.cfg.latent_before_quant_conv:
             return z

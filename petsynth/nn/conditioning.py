@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petsynth.nn.shapes import check_divisible
+
 __all__ = ["MapEncoder"]
 
 
@@ -58,7 +60,5 @@ class MapEncoder(nn.Module):
             maps = torch.cat(list(maps), dim=1)
         if maps.ndim != 4 or maps.shape[1] != self.num_maps:
             raise ValueError(f"expected {self.num_maps} maps as (B, {self.num_maps}, H, W), got {tuple(maps.shape)}")
-        h, w = maps.shape[-2:]
-        if h % self.f or w % self.f:
-            raise ValueError(f"map size {h}x{w} is not divisible by f={self.f}")
+        check_divisible(maps, self.f, f"f={self.f}", what="map")
         return self.proj(self.downsample(maps))

@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from petsynth.config import Config
+from petsynth.nn.shapes import check_divisible
 
 __all__ = ["ResnetGenerator", "ResnetGeneratorConfig"]
 
@@ -82,7 +83,5 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = 2 ** self.cfg.downsamplings
-        h, w = x.shape[-2:]
-        if h % f or w % f:
-            raise ValueError(f"image size {h}x{w} is not divisible by 2^downsamplings = {f}")
+        check_divisible(x, f, f"2^downsamplings = {f}")
         return self.net(x)

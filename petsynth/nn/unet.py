@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from petsynth.config import Config
+from petsynth.nn.shapes import check_divisible
 
 __all__ = ["UNetConfig", "build_unet", "CascadedUNet", "Pix2PixUNetConfig", "Pix2PixUNet"]
 
@@ -81,9 +82,7 @@ class CascadedUNet(nn.Module):
             [build_unet(cfg, in_channels + (out_channels if k else 0), out_channels) for k in range(stages)])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h, w = x.shape[-2:]
-        if h % 16 or w % 16:
-            raise ValueError(f"image size {h}x{w} is not divisible by 16 (4 poolings)")
+        check_divisible(x, 16, "16 (4 poolings)")
         outputs = [self.stages[0](x)]
         for stage in self.stages[1:]:
             y = stage(torch.cat([x, outputs[-1]], dim=1))
@@ -152,7 +151,5 @@ class Pix2PixUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = 2 ** self.cfg.num_downs
-        h, w = x.shape[-2:]
-        if h % f or w % f:
-            raise ValueError(f"image size {h}x{w} is not divisible by 2^num_downs = {f}")
+        check_divisible(x, f, f"2^num_downs = {f}")
         return self.net(x)
