@@ -67,6 +67,27 @@ def test_intensity_transform_inverts_and_paper_ct_matches_cpdm():
         IntensityTransform.from_dict({"low": 1, "high": 1})
 
 
+def test_log_intensity_transform_against_its_formula():
+    t = IntensityTransform(kind="log", low=0.0, high=20.0, scale=1.0, unit="SUV")
+    suv = np.array([0.0, 0.5, 1.0, 3.0, 20.0, 35.0])
+    want = 2 * np.log(1 + np.minimum(suv, 20.0)) / np.log(21.0) - 1  # clipped to the window first
+    np.testing.assert_allclose(t.forward(suv), want, rtol=1e-12)
+    np.testing.assert_allclose(t.forward(torch.tensor(suv)).numpy(), want, rtol=1e-12)  # numpy and torch alike
+    x = torch.linspace(0, 20, 41)
+    back = t.inverse(t.forward(x))
+    assert torch.allclose(back, x, atol=1e-5) and back.max() <= 20.0 and back.min() >= 0.0
+    assert float(t.inverse(torch.tensor(1.5))) == 20.0  # network values past the window clip to it
+    # tissue gets the resolution: SUV 0..3 spans 0.91 network units of 2 (the linear window: 0.30)
+    assert t.forward(np.array(3.0)) + 1 == pytest.approx(2 * np.log(4) / np.log(21), rel=1e-12)
+    assert IntensityTransform.from_dict(t.to_dict()) == t
+    for bad, match in (({"scale": None}, "needs one"), ({"scale": 0.0}, "must be > 0"),
+                       ({"clip": False}, "needs clip")):
+        with pytest.raises(ConfigError, match=match):
+            IntensityTransform.from_dict({**t.to_dict(), **bad})
+    with pytest.raises(ConfigError, match="scale is the log"):
+        IntensityTransform.from_dict({"low": 0, "high": 20, "scale": 1.0})
+
+
 def test_checkpoint_round_trip(tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4))
     card = ModelCard(method="unet", task="ct2pet", config={"channels": 4},

@@ -37,10 +37,10 @@ def test_the_score_matching_loss_falls_on_a_fixed_batch(mr_data):
     torch.manual_seed(0)
     method = build_method("jdam", TINY, task="mr2pet")
 
-    before, after = loss_before_and_after(method, batch, lr=3e-3)  # the same t and z each time
-    # the EDM start is already the score of a Gaussian of the data's spread (loss ~0.69 on this batch): the
-    # network learns the rest (measured: 0.55 after 40 steps)
-    assert after < 0.85 * before
+    before, after = loss_before_and_after(method, batch, lr=3e-3, steps=80)  # the same t and z each time
+    # the EDM start is already the score of a Gaussian of the data's spread (loss 0.66 on this batch): the
+    # network learns the rest (measured: 0.42 after 80 steps)
+    assert after < 0.8 * before
 
 
 def test_the_mri_is_never_noised_and_drives_jdam_but_not_sde(mr_data):
