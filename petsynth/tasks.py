@@ -50,8 +50,8 @@ class Window:
 #: CT over the 12-bit HU range, linearly. PET in SUVbw up to 20 (lesions and bladder above that are clipped in
 #: network units only: outputs and metrics stay in SUV) through log(1 + SUV / 1 SUV): the linear window put
 #: tissue (SUV 0.3..3) within 0.03..0.3 of air in network units, and a diffusion model's noise (the Brownian
-#: bridge's peaks at 0.71) then drowned it: CPDM's stochastic sampler lost 35-60 % of every tissue's SUV
-#: (README, "Why CPDM's stochastic sampler lost SUV"). MR "as read", a wide unclipped default (MR
+#: bridge's peaks at 0.71) then drowned it: CPDM's stochastic sampler put organs 12-54 % below its deterministic
+#: one (README, "Why CPDM's stochastic sampler lost SUV"). MR "as read", a wide unclipped default (MR
 #: intensities have no unit: set the window per dataset).
 CT_WINDOW = Window(-1024.0, 3071.0, "HU")
 PET_WINDOW = Window(0.0, 20.0, "SUV", log_scale=1.0)
