@@ -25,6 +25,7 @@ import torch
 
 from petsynth.data.store import open_dataset
 from petsynth.diffusion import samplers
+from petsynth.evaluate import select_slices
 from petsynth.inference import load_model
 
 
@@ -43,8 +44,7 @@ def main() -> None:
         parser.error("this diagnosis is for latent bridges (pixel_space: false)")
     bridge, transforms, autoencoder = method.bridge, method.config.transforms, method.autoencoder
     data = open_dataset(args.data, args.split)
-    step = max(1, len(data) // args.slices)
-    items = [data[i] for i in range(step // 2, len(data), step)][: args.slices]
+    items = [data[i] for i in select_slices(len(data), args.slices)]
     batch = method.collate()(items)
     body = torch.from_numpy(np.stack([it["labels"] for it in items]))[:, None] > 0
     truth = torch.from_numpy(np.stack([it["truth"] for it in items]))[:, None]
@@ -76,17 +76,16 @@ def main() -> None:
         print("\n| model | eta | steps | body SUVmean | without codebook snap | slope of x0_hat on x0 |")
         print("|---|---:|---:|---:|---:|---:|")
         oracle = lambda x, t: x - x0  # noqa: E731  (the exact "grad" objective of the real PET's latent)
+        runs = [("network", model_fn, eta, steps) for eta, steps in ((0.0, 10), (1.0, 10), (0.0, 200), (1.0, 200))]
+        runs += [("oracle", oracle, eta, 10) for eta in (0.0, 1.0)]
         traces = {}
-        for name, fn in (("network", model_fn), ("oracle", oracle)):
-            for eta, steps in ((0.0, 10), (1.0, 10), (0.0, 200), (1.0, 200)):
-                if name == "oracle" and steps != 10:
-                    continue
-                trace: list = []
-                out = samplers.bridge(bridge, fn, y, steps, eta=eta, generator=torch.Generator().manual_seed(0),
-                                      callback=lambda s, trace=trace: trace.append((s["t"], s["x"], s["x0_hat"])))
-                traces[(name, eta, steps)] = trace
-                print(f"| {name} | {eta:g} | {steps} | {decoded_suv(out):.3f} | {decoded_suv(out, False):.3f} | "
-                      f"{slope(out):.3f} |")
+        for name, fn, eta, steps in runs:
+            trace: list = []
+            out = samplers.bridge(bridge, fn, y, steps, eta=eta, generator=torch.Generator().manual_seed(0),
+                                  callback=lambda s, trace=trace: trace.append((s["t"], s["x"], s["x0_hat"])))
+            traces[(name, eta, steps)] = trace
+            print(f"| {name} | {eta:g} | {steps} | {decoded_suv(out):.3f} | {decoded_suv(out, False):.3f} | "
+                  f"{slope(out):.3f} |")
 
         print("\nAlong the 10-step samplers (network): noise of the visited state relative to the training path, "
               "and the slope of x0_hat")
