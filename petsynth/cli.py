@@ -7,8 +7,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand
 
 import petsynth
+from petsynth.physics.constants import KVP_RANGE
 from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, TASKS
 
 app = typer.Typer(
@@ -19,6 +21,50 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console(stderr=True)
+
+#: How a value is shown in help, by its Python type (the conventional upper-case names).
+_VALUE_NAMES = {Path: "PATH", int: "N", float: "X", str: "TEXT"}
+
+
+def _value_name(param) -> str:
+    """PATH, N, X, TEXT (with ... when repeated); "" for a flag."""
+    if getattr(param, "is_flag", False):
+        return ""
+    desc = getattr(param, "type_descriptor", None)
+    annotation = getattr(desc, "annotation", None)
+    repeated = getattr(desc, "is_list", False) or param.nargs != 1
+    if repeated and getattr(annotation, "__args__", None):
+        annotation = annotation.__args__[0]
+    name = "PATH" if getattr(desc, "is_path", False) else _VALUE_NAMES.get(annotation, "VALUE")
+    return name + ("..." if repeated else "")
+
+
+class _Command(TyperCommand):
+    """Conventional help for every command: ``Usage: petsynth prepare [OPTIONS] INPUTS...``, a value name
+    (PATH, N, X, TEXT) after each option that takes one, nothing after a flag."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def get_params(self, ctx) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperArgument):
+                label = _value_name(param)
+                param.metavar = param.metavar or param.name.upper()
+                param.display_type_rich = lambda ctx=None, _label=label: _label  # noqa: ARG005 (typer's hook)
+            elif param.metavar is None:
+                param.metavar = _value_name(param)
+        return params
+
+
+def _command(*args, **kwargs):
+    return app.command(*args, cls=_Command, **kwargs)
 
 
 def _version(value: bool) -> None:
@@ -35,7 +81,7 @@ def main(
     """petsynth: CT -> PET, MRI -> PET and low-dose -> standard-dose PET, in SUV."""
 
 
-@app.command()
+@_command()
 def phantom(
     out: Path = typer.Argument(..., help="Folder to write the studies into (one sub-folder per study)."),
     task: str = typer.Option(DEFAULT_TASK, "--task", help="The task the studies are for: "
@@ -88,6 +134,52 @@ def phantom(
                   f"to {out} (truth in each study's truth/ folder; index in {out / 'phantoms.json'})")
 
 
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    """ "1 study", "2 studies", "0 files"."""
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def _tables_that_fit(width: int, title: str, keys: list[str], key_rows: list[list[str]],
+                     columns: list[tuple[str, list[str]]]) -> list:
+    """Rich tables of ``key_rows`` (left columns ``keys``) and the value ``columns`` (header, cells), as many
+    value columns per table as ``width`` holds without cutting a cell (each table repeats the key columns)."""
+    from rich.table import Table
+
+    def text_width(values: list[str]) -> int:
+        return max(len(v) for v in values)
+
+    key_width = sum(text_width([k, *(row[n] for row in key_rows)]) + 3 for n, k in enumerate(keys)) + 1
+    groups: list[list[tuple[str, list[str]]]] = [[]]
+    used = key_width
+    for header, cells in columns:
+        need = max(text_width(cells), min(len(header), 12)) + 3
+        if groups[-1] and used + need > width:
+            groups.append([])
+            used = key_width
+        groups[-1].append((header, cells))
+        used += need
+    tables = []
+    for n, group in enumerate(groups):
+        table = Table(title=title if n == 0 else None)
+        for k in keys:
+            table.add_column(k, overflow="fold")
+        for header, _ in group:
+            table.add_column(header, justify="right", overflow="fold")
+        for r, row in enumerate(key_rows):
+            table.add_row(*row, *(cells[r] for _, cells in group))
+        tables.append(table)
+    return tables
+
+
+def _print_warnings(caught: list) -> None:
+    """Each distinct warning once, with how often it came (a library warns once per file of a series)."""
+    counts: dict[str, int] = {}
+    for w in caught:
+        counts[str(w.message)] = counts.get(str(w.message), 0) + 1
+    for message, n in counts.items():
+        console.print(f"[yellow]warning:[/yellow] {message}" + (f" [dim]({n} times)[/dim]" if n > 1 else ""))
+
+
 def _parse_range(text: str) -> tuple[int, int]:
     lo, _, hi = text.partition("-")
     lo_i, hi_i = int(lo), int(hi or lo)
@@ -96,7 +188,7 @@ def _parse_range(text: str) -> tuple[int, int]:
     return lo_i, hi_i
 
 
-@app.command()
+@_command()
 def prepare(
     inputs: list[Path] = typer.Argument(..., help="Folders (searched recursively) or files with DICOM studies."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (or continue with --resume)."),
@@ -115,6 +207,10 @@ def prepare(
     pseudonym_map: Optional[Path] = typer.Option(None, "--pseudonym-map", help="Also write a CSV linking each "
                                                  "study pseudonym to its StudyInstanceUID and patient id (it "
                                                  "identifies patients: must lie outside the dataset)."),
+    min_coverage: float = typer.Option(0.0, "--min-coverage", min=0.0, max=1.0, help="Drop the pairs whose "
+                                       "source (CT, MR) covers less than this fraction of the PET slice's area "
+                                       "(e.g. 0.5; default 0 keeps all, and studies with pairs under 50% are "
+                                       "named)."),
 ) -> None:
     """Prepare raw DICOM studies into a paired, split dataset in physical units (HU, SUV).
 
@@ -122,8 +218,8 @@ def prepare(
     DATASET/prepare_report.json (pseudonyms only)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from petsynth.data.prepare import prepare_dataset
-    from petsynth.data.store import DatasetError
+    from petsynth.data.prepare import LOW_COVERAGE, prepare_dataset
+    from petsynth.data.store import DatasetError, DatasetExistsError
 
     if task not in TASK_NAMES:
         raise typer.BadParameter(f"{task!r}; choose one of {', '.join(TASK_NAMES)}", param_hint="--task")
@@ -149,16 +245,31 @@ def prepare(
         try:
             report = prepare_dataset(inputs, out, task, size=size, workers=workers, resume=resume,
                                      key_file=key_file, split=fractions, seed=seed, slices_per_study=per_study,
-                                     mapping_file=pseudonym_map, progress=advance)
+                                     min_coverage=min_coverage, mapping_file=pseudonym_map, progress=advance)
+        except DatasetExistsError:
+            bar.remove_task(job)
+            console.print(f"[red]error:[/red] {out} already holds a dataset: continue it with --resume, or choose "
+                          "a new --out")
+            raise typer.Exit(code=1) from None
         except (DatasetError, FileNotFoundError, ValueError) as err:
+            bar.remove_task(job)
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(code=1) from None
     counts = {k: sum(r.status == k for r in report.results) for k in ("ok", "skipped", "failed")}
     slices = sum(r.slices for r in report.results)
-    console.print(f"{counts['ok']} studies prepared ({slices} slice pairs), {counts['skipped']} already present, "
-                  f"{counts['failed']} failed; {len(report.skipped_files)} files ignored. Dataset: {out}")
+    console.print(f"{_count(len(report.results), 'study', 'studies')} found: {counts['ok']} prepared "
+                  f"({_count(slices, 'slice pair')}), {counts['skipped']} already present, {counts['failed']} "
+                  f"failed; {_count(len(report.skipped_files), 'file')} ignored. Dataset: {out}")
     for r in report.failed:
         console.print(f"[red]failed[/red] {r.study}: {r.reason}")
+    for r in report.results:
+        if r.low_coverage:
+            console.print(f"[yellow]coverage[/yellow] {r.study}: {r.low_coverage} of {r.slices} pairs have a source "
+                          f"covering less than {LOW_COVERAGE:.0%} of the PET slice (down to {r.least_coverage:.0%}); "
+                          "the rest of them is air. --min-coverage 0.5 drops such pairs")
+        if r.dropped_coverage:
+            console.print(f"[dim]{r.study}: {_count(r.dropped_coverage, 'pair')} under --min-coverage "
+                          f"{min_coverage:g} dropped[/dim]")
     for path, reason in report.skipped_files[:20]:
         console.print(f"[dim]ignored {path}: {reason}[/dim]")
     if len(report.skipped_files) > 20:
@@ -180,11 +291,23 @@ def _parse_overrides(items: list[str], param_hint: str = "--set", example: str =
     return out
 
 
+DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."
+
+
+def _device(text: str) -> str | None:
+    """The --device value as the API takes it (None: auto), checked."""
+    if text == "auto":
+        return None
+    if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise typer.BadParameter(f"{text!r}; use auto, cpu, cuda or cuda:N", param_hint="--device")
+
+
 SAMPLER_OPTION_HELP = ("Sampler option KEY=VALUE of diffusion models, repeatable (e.g. snr=0.16); "
                        "`petsynth methods` lists each method's options. An option the model lacks is an error.")
 
 
-@app.command()
+@_command()
 def train(
     method: str = typer.Argument(..., help="Method name (`petsynth methods` lists them)."),
     data: Path = typer.Argument(..., help="Prepared dataset folder (from `petsynth prepare`)."),
@@ -192,11 +315,12 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with method_config: and train: "
                                           "sections."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimiser steps (train.steps)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Slices per step."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Slices per step."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the method's)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or bf16 (autocast)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="cpdm/bbdm: a trained vqgan model "
                                                "folder (RUN/model)."),
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="cpdm: a trained attention model folder."),
@@ -236,14 +360,14 @@ def train(
                     info += f" {1.0 / max(logged['sec_per_step'], 1e-9):.2f} it/s"
                 bar.update(job, completed=step, info=info)
 
-            model = run_training(run, out, resume=resume, progress=advance)
+            model = run_training(run, out, resume=resume, progress=advance, device=_device(device))
     except (TrainError, ConfigError, MethodError, CheckpointError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=1) from None
     console.print(f"trained {method}: model in {model}; curves in {out / 'curves.png'}")
 
 
-@app.command()
+@_command()
 def evaluate(
     models: list[str] = typer.Argument(..., help="Models to compare: run folders, model folders (RUN/model) or "
                                        "bundled model names (phantom-cpdm)."),
@@ -255,7 +379,8 @@ def evaluate(
                                         "(default: each model's)."),
     eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="Sampler stochasticity of "
                                         "diffusion models (0: deterministic; default: each model's)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per batch."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per batch."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     max_slices: Optional[int] = typer.Option(None, "--max-slices", min=1, help="Evaluate this many evenly "
                                              "spaced slices of the split (the same for every model)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
@@ -265,9 +390,10 @@ def evaluate(
 ) -> None:
     """Score models on a dataset split against the real PET (and the phantom truth): a CSV, a Markdown table
     like the CPDM paper's Table 4, and an error-map figure like its Figure 3."""
+    import warnings
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
-    from rich.table import Table
 
     from petsynth.data.store import DatasetError
     from petsynth.evaluate import EvaluationError, evaluate as run_evaluation
@@ -289,30 +415,37 @@ def evaluate(
                     jobs[name] = bar.add_task(f"evaluate {name}", total=total)
                 bar.update(jobs[name], completed=done, total=total)
 
-            report = run_evaluation(models, data, out, split=split, options=options, max_slices=max_slices,
-                                    progress=advance)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                report = run_evaluation(models, data, out, split=split, options=options, max_slices=max_slices,
+                                        progress=advance, device=_device(device))
     except (EvaluationError, DatasetError, MethodError, CheckpointError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=1) from None
     n_studies = len(report.studies)
-    table = Table(title=f"{report.split}: {report.slices} slices of {n_studies} stud{'y' if n_studies == 1 else 'ies'} "
-                        f"({report.seconds:.0f} s); means over slices")
-    table.add_column("model")
-    table.add_column("ref")
-    for s in report.metrics:
-        table.add_column(s.label + (" (paper)" if s.convention == "cpdm" else ""), justify="right")
-    for model in report.models:
-        for ref in report.references:
-            row = report.overall[model][ref]
-            table.add_row(model, ref, *(f"{row[s.key]:.{s.digits}f}" for s in report.metrics))
-    Console().print(table)
+    title = (f"{report.split}: {_count(report.slices, 'slice')} of {_count(n_studies, 'study', 'studies')} "
+             f"({report.seconds:.0f} s); means over slices")
+    out = Console()
+    for table in _tables_that_fit(out.width, title, ["model", "ref"],
+                                  [[model, ref] for model in report.models for ref in report.references],
+                                  [(s.label + (" (paper)" if s.convention == "cpdm" else ""),
+                                    [f"{report.overall[m][r][s.key]:.{s.digits}f}"
+                                     for m in report.models for r in report.references]) for s in report.metrics]):
+        out.print(table)
+    _print_warnings(caught)
+    warned = {str(w.message) for w in caught}
+    from petsynth.inference import PHANTOMS_ONLY_NOTICE
+
     for note in report.notes:
-        console.print(f"[dim]{note}[/dim]")
+        if note in warned:
+            continue
+        bundled = PHANTOMS_ONLY_NOTICE.split("{name}")[1] in note
+        console.print(f"[yellow]{note}[/yellow]" if bundled else f"[dim]{note}[/dim]")
     for name, path in report.files.items():
         Console().print(f"{name:>10}: {path}")
 
 
-@app.command()
+@_command()
 def methods() -> None:
     """List the available methods, the tasks each can be trained for and their sampler options."""
     from petsynth.methods.base import available_methods, method_class
@@ -324,7 +457,7 @@ def methods() -> None:
                       + (f" [dim](sampler options: {options})[/dim]" if options else ""))
 
 
-@app.command()
+@_command()
 def translate(
     model: str = typer.Argument(..., help="A trained model: run folder, RUN/model folder, checkpoint folder, or "
                                 "the bundled 'phantom-cpdm' (phantoms only)."),
@@ -341,14 +474,19 @@ def translate(
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per forward pass."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (fast on GPUs; slow on most CPUs)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
-    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu or cuda."),
-    kvp: Optional[float] = typer.Option(None, "--kvp", min=20.0, max=200.0, help="Tube voltage (kV) for the "
-                                        "attenuation map when the CT gives none (NIfTI); default 120."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    kvp: Optional[float] = typer.Option(None, "--kvp", min=KVP_RANGE[0], max=KVP_RANGE[1], help="Tube voltage "
+                                        f"(kV, {KVP_RANGE[0]:g}..{KVP_RANGE[1]:g}: the range of the HU -> mu "
+                                        "tables) for the attenuation map when the CT gives none (NIfTI); "
+                                        "default 120."),
     spacing: Optional[float] = typer.Option(None, "--spacing", help="In-plane output pixel spacing in mm "
                                             "(default: the spacing the model was trained at)."),
     split: str = typer.Option("test", "--split", help="Dataset inputs: train, val or test."),
     dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="Also write the synthetic PET as a DICOM series."),
-    png: bool = typer.Option(False, "--png", help="Also write PNG panels of a few slices."),
+    png: bool = typer.Option(False, "--png", help="Also write PNGs: a few slices, a coronal MIP and fused "
+                             "PET/CT (or PET/MR) slices with an SUV legend (OUT/panels/)."),
+    report: bool = typer.Option(False, "--report", help="Also write OUT/report.html: MIPs, a slice viewer and the "
+                                "model's facts in one file that opens from disk (no network)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (stochastic samplers)."),
     sampler_options: list[str] = typer.Option([], "--sampler-option", help=SAMPLER_OPTION_HELP),
     mask_body: bool = typer.Option(True, "--mask-body/--no-mask-body", help="SUV 0 outside the body (CT > -500 "
@@ -383,11 +521,11 @@ def translate(
             result = run_translate(model, input, out, ct=ct, steps=steps, eta=eta, batch_size=batch_size,
                                    sampler=_parse_overrides(sampler_options, "--sampler-option", "snr=0.16"),
                                    bf16=bf16, threads=threads, kvp=kvp, spacing_mm=spacing, split=split, write_dicom=dicom,
-                                   png=png, seed=seed, overwrite=overwrite, mask_body=mask_body, device=device,
+                                   png=png, report=report, seed=seed, overwrite=overwrite, mask_body=mask_body,
+                                   device=_device(device) or "auto",
                                    progress=advance,
                                    say=lambda msg: bar.update(job, description=msg))
-        for w in caught:
-            console.print(f"[yellow]warning:[/yellow] {w.message}")
+        _print_warnings(caught)
     except (TranslateError, MethodError, CheckpointError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=1) from None
@@ -395,19 +533,20 @@ def translate(
                   f"({result.seconds / max(result.slices, 1):.3f} s/slice) into {result.out_dir}")
     for name, path in result.files.items():
         Console().print(f"{name:>10}: {path}")
-    if result.info.get("model", {}).get("name") == "phantom-cpdm":
-        console.print("[yellow]phantom-cpdm knows digital phantoms only: its output for a real patient means "
-                      "nothing. Train on real data with `petsynth prepare` and `petsynth train`.[/yellow]")
+    from petsynth.inference import PHANTOMS_ONLY_NOTICE, bundled_models
+
+    if result.info.get("model", {}).get("name") in bundled_models():
+        console.print(f"[yellow]{PHANTOMS_ONLY_NOTICE.format(name=result.info['model']['name'])}[/yellow]")
 
 
-@app.command()
+@_command()
 def bench(
     model: str = typer.Option("phantom-cpdm", "--model", help="Model to time (default: the bundled one)."),
     steps: str = typer.Option("1,5,10,20", "--steps", help="Comma-separated sampling step counts."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per forward pass."),
     slices: int = typer.Option(32, "--slices", min=1, help="Slices timed per step count."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast."),
     prepare_studies: int = typer.Option(1, "--prepare-studies", min=0, help="Phantom studies for the prepare "
                                         "timing (0: skip it)."),
@@ -428,8 +567,7 @@ def bench(
     except ValueError:
         raise typer.BadParameter(f"{steps!r}; use e.g. 1,5,10", param_hint="--steps") from None
     set_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Console()
     out.print(f"machine: {b.machine()}")
     with console.status("bench") as status:
@@ -438,7 +576,7 @@ def bench(
                                  bf16=bf16, say=say)
         whole = b.study_translate_time(model, workdir=workdir, say=say) if study else None
         peak = b.peak_rss_mb()
-        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
         prep = b.prepare_speed(prepare_studies, workdir=workdir, say=say) if prepare_studies else None
     table = Table(title=f"translate: {model}, batch {batch_size}, {'bf16' if bf16 else 'fp32'}, {device}")
     for name in ("steps", "slices/s", f"s per {b.STUDY_SLICES}-slice study"):
@@ -458,7 +596,7 @@ def bench(
         out.print(f"peak memory (after prepare): {b.peak_rss_mb():.0f} MB resident")
 
 
-@app.command()
+@_command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder to write into (replaced files "
                              "inside it are overwritten)."),
@@ -496,8 +634,10 @@ def demo(
     Console().print(table)
     for name, path in report.files.items():
         Console().print(f"{name:>16}: {path}")
-    console.print("[yellow]The bundled model knows digital phantoms only; real use means preparing your own data "
-                  "(`petsynth prepare`) and training on it (`petsynth train`).[/yellow]")
+    from petsynth.inference import PHANTOMS_ONLY_NOTICE, bundled_models
+
+    if model in bundled_models():
+        console.print(f"[yellow]{PHANTOMS_ONLY_NOTICE.format(name=model)}[/yellow]")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from petsynth import metrics
-from petsynth.data.geometry import resample
+from petsynth.data.geometry import Geometry, resample
+from petsynth.data.prepare import phantom_label_table
 from petsynth.inference import DEMO_MODEL
 from petsynth.io.nifti import write_nifti
 from petsynth.phantom import make_torso, write_study
@@ -47,6 +48,7 @@ class DemoReport:
     files: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     reference: dict[str, float] = field(default_factory=dict)
+    organs: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     translate_seconds: float = 0.0
 
@@ -74,16 +76,76 @@ def score(pred: np.ndarray, truth: np.ndarray, data_range: float = DEMO_SUV_RANG
     }
 
 
-def _panel(path: Path, images: list[tuple[np.ndarray, str, str]], title: str) -> None:
+def _panel(path: Path, images: list[tuple[np.ndarray, str, str]], title: str, columns: int = 3) -> None:
+    """The images cropped to the body (and table) with a margin, ``columns`` per row."""
     from petsynth.io.png import save_panel
 
     ct = images[0][0]
-    rows, cols = np.nonzero(ct > -500)  # crop to the body (and table) with a margin
+    rows, cols = np.nonzero(ct > -500)
     if rows.size:
         r0, r1 = max(rows.min() - 4, 0), rows.max() + 5
         c0, c1 = max(cols.min() - 4, 0), cols.max() + 5
         images = [(img[r0:r1, c0:c1], caption, kind) for img, caption, kind in images]
-    save_panel(path, [images], title=title, dpi=90)
+    grid = [images[n:n + columns] for n in range(0, len(images), columns)]
+    save_panel(path, grid, title=title, dpi=110)
+
+
+def organ_table(truth: np.ndarray, images: dict[str, np.ndarray], labels: np.ndarray,
+                label_table: list[dict]) -> list[dict]:
+    """Per organ and per lesion of ``label_table`` (rows ``{"label", "name", "kind"}``) present in ``labels``:
+    voxels, the truth's SUVmean (and SUVmax for lesions), each image's, and each image's relative bias
+    ((image - truth) / truth). All volumes (nz, ny, nx) SUV on one grid."""
+    out = []
+    for row in label_table:
+        mask = labels == int(row["label"])
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        stat = np.max if row["kind"] == "lesion" else np.mean
+        ref = float(stat(truth[mask]))
+        entry = {"region": row["name"], "kind": row["kind"], "voxels": n,
+                 "statistic": "SUVmax" if row["kind"] == "lesion" else "SUVmean", "truth": ref}
+        for name, image in images.items():
+            value = float(stat(image[mask]))
+            entry[name] = value
+            entry[f"{name}_rel_bias"] = (value - ref) / ref if ref > 0 else float("nan")
+        out.append(entry)
+    return out
+
+
+def _pictures(out: Path, grid: Geometry, ct: np.ndarray, synthetic: np.ndarray, scanner: np.ndarray, k: int,
+              model: str | Path, study_id: str, scores: dict, reference: dict, organs: list[dict],
+              info: dict) -> dict[str, Path]:
+    """The coronal MIPs, fused slices and report.html of the demo (all on the phantom's PET grid)."""
+    from petsynth.io import views
+    from petsynth.report import ReportContent, Table, write_report
+
+    (ct, synthetic, scanner), grid = views.crop_to(ct > -500, grid, [ct, synthetic, scanner])
+    mip = views.save_mip_png(out / "mip.png", [(synthetic, f"synthetic PET ({model})"), (scanner, "scanner PET")],
+                             grid, title=f"phantom {study_id}: coronal MIP")
+    axial = views.display_index(grid, "axial", k)
+    fused = views.save_fused_png(out / "fused.png", ct, [(synthetic, "synthetic PET"), (scanner, "scanner PET")],
+                                 grid, [("axial", axial), ("coronal", views.plane_size(grid, "coronal") // 2)],
+                                 title=f"phantom {study_id}: PET over CT")
+    metric_rows = [[name, value, reference.get(name, "")] for name, value in scores.items()
+                   if isinstance(value, float) and name in reference]
+    organ_rows = [[o["region"], o["statistic"], o["truth"], o["synthetic"], 100 * o["synthetic_rel_bias"],
+                   o["scanner"], 100 * o["scanner_rel_bias"]] for o in organs]
+    content = ReportContent(
+        title=f"petsynth demo: phantom {study_id}", geometry=grid, anatomy=ct, synthetic=synthetic,
+        reference=scanner, reference_label="scanner PET",
+        facts={"model": info["model"]["name"], "method": info["model"]["method"], "task": info["task"],
+               "trained on": ", ".join(f"{k}: {v}" for k, v in info["model"].get("training_data", {}).items()),
+               "sampling steps": info["options"]["steps_used"], "translation seconds": info["seconds"],
+               "petsynth": info["petsynth_version"]},
+        tables=[Table("Scores against the phantom's noise-free truth (whole volume)",
+                      ["metric", "synthetic PET", "scanner PET"], metric_rows, digits=3),
+                Table("Organs (SUVmean) and lesions (SUVmax) against the noise-free truth",
+                      ["region", "statistic", "truth", "synthetic", "bias %", "scanner", "bias %"], organ_rows,
+                      digits=2, note="bias = (image - truth) / truth; the truth is blurred to the scanner's "
+                                     "resolution.")],
+        notes=["The bundled model knows digital phantoms only."])
+    return {"mip": mip, "fused": fused, "report": write_report(out / "report.html", content)}
 
 
 def run_demo(out_dir: str | Path, *, seed: int = 0, preset: str = "small", model: str | Path = DEMO_MODEL,
@@ -121,21 +183,28 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, preset: str = "small", model
     mu_map = attenuation_map(ct_on_pet, kvp, method="bilinear", path_length_cm=1.0)
     mu_path = write_nifti(out / "attenuation_map.nii.gz", mu_map.astype(np.float32), pet.geometry.affine)
     labels = study.truth_images["labels"].volume
+    scanner = pet.volume.astype(np.float32)
+    organs = organ_table(truth, {"synthetic": synthetic, "scanner": scanner}, labels,
+                         phantom_label_table(study.truth))
     k = int(np.argmax([len(np.unique(labels[i])) for i in range(labels.shape[0])]))  # most organs in view
     panel = out / "panel.png"
+    say("drawing the panel, MIPs and fused slices")
     _panel(panel, [(ct_on_pet[k], f"CT ({kvp:g} kVp, HU)", "ct"), (mu_map[k], "attenuation map exp(-mu L)", "map"),
-                   (synthetic[k], "synthetic PET (SUV)", "pet"), (pet.volume[k], "scanner PET (SUV)", "pet"),
+                   (synthetic[k], "synthetic PET (SUV)", "pet"), (scanner[k], "scanner PET (SUV)", "pet"),
                    (truth[k], "noise-free truth (SUV)", "pet"), (synthetic[k] - truth[k], "synthetic - truth", "error")],
            f"phantom {study.study_id}, slice {k}: {model} vs truth (SSIM {scores['ssim']:.3f}, "
            f"MAE {scores['mae_suv']:.3f} SUV); the scanner's PET: SSIM {reference['ssim']:.3f}, "
            f"MAE {reference['mae_suv']:.3f} SUV")
-    report = DemoReport(out_dir=out, study_dir=dicom_dir, metrics=scores, reference=reference,
+    pictures = _pictures(out, pet.geometry, ct_on_pet, synthetic, scanner, k, model, study.study_id,
+                         scores, reference, organs, result.info)
+    report = DemoReport(out_dir=out, study_dir=dicom_dir, metrics=scores, reference=reference, organs=organs,
                         files={"phantom_dicom": dicom_dir, "phantom_nifti": nifti_dir,
                                "synthetic_nifti": result.files["nifti"], "synthetic_dicom": result.files["dicom"],
-                               "attenuation_map": mu_path, "panel": panel},
+                               "attenuation_map": mu_path, "panel": panel, **pictures},
                         seconds=time.perf_counter() - start, translate_seconds=result.seconds)
     atomic_write_text(out / "metrics.json", json.dumps(
         {"study": study.study_id, "model": str(model), "metrics": scores, "scanner_pet_metrics": reference,
+         "organs": organs,
          "seconds": round(report.seconds, 2), "translate_seconds": round(result.seconds, 2),
          "files": {k: str(v) for k, v in report.files.items()}}, indent=2))
     return report

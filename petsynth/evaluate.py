@@ -57,6 +57,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +68,8 @@ import torch
 
 import petsynth
 from petsynth.data.store import SPLITS, PreparedDataset, open_dataset
-from petsynth.inference import (BUNDLED_MODELS_DIR, PredictOptions, load_model, model_name,
-                                predict_items)
+from petsynth.inference import (BUNDLED_MODELS_DIR, PHANTOMS_ONLY_NOTICE, PredictOptions, bundled_models,
+                                load_model, model_name, predict_items)
 from petsynth.methods.base import Method
 from petsynth.metrics import (
     CPDM_PET_SCALE,
@@ -292,6 +293,35 @@ def _model_info(name: str, method: Method) -> dict[str, Any]:
             "training_data": {k: data[k] for k in ("train_slices", "train_studies", "spacing_mm") if k in data}}
 
 
+#: A model is run on slices whose pixel spacing differs from its training spacing by more than this fraction
+#: only with a warning: anatomy at another scale is another input (translate resamples; evaluate scores the
+#: dataset's slices as stored).
+SPACING_TOLERANCE = 0.15
+
+
+def spacing_mismatches(methods: Mapping[str, Method], dataset: PreparedDataset) -> list[str]:
+    """One message per model whose training pixel spacing (its card) differs from the dataset's slices' by more
+    than :data:`SPACING_TOLERANCE`, with the ``--size`` that would prepare the dataset at the model's spacing."""
+    from petsynth.translation import model_spacing_mm
+
+    spacings = [float(np.mean(dataset.study_meta(s)["spacing_mm"])) for s in dataset.studies]
+    if not spacings:
+        return []
+    data_mm = float(np.median(spacings))
+    size = int(dataset.info.get("size", 0))
+    out = []
+    for name, method in methods.items():
+        model_mm = model_spacing_mm(method)
+        if model_mm is None or abs(data_mm / model_mm - 1) <= SPACING_TOLERANCE:
+            continue
+        hint = f" (about --size {max(8, round(size * data_mm / model_mm))})" if size else ""
+        out.append(f"{name} was trained on pixels of {model_mm:.3g} mm, these slices have {data_mm:.3g} mm: the "
+                   f"model sees anatomy {model_mm / data_mm:.2g}x its training scale and its scores say little. "
+                   f"Prepare the dataset at the model's spacing{hint}, or use `petsynth translate`, which "
+                   "resamples.")
+    return out
+
+
 # --- the report ------------------------------------------------------------------------------------------
 @dataclass
 class EvaluationReport:
@@ -426,6 +456,11 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     references = [r for r, (key, _) in REFERENCES.items() if key in first]
     has_labels = "labels" in first
     specs, notes = metric_specs(size, window)
+    for problem in spacing_mismatches(methods, dataset):
+        warnings.warn(problem, stacklevel=2)
+        notes.append(problem)
+    bundled = [name for name, spec in named.items() if str(spec) in bundled_models()]
+    notes += [PHANTOMS_ONLY_NOTICE.format(name=name) for name in bundled]
     figure_pos = _figure_candidates(dataset, indices, figure_rows)
     figure_set = set(figure_pos)
 

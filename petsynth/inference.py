@@ -5,12 +5,19 @@
   ``method.translate`` with the method's own collate (which computes the attenuation map from the CT), in
   inference mode, optionally under bf16 autocast, reporting progress per batch.
 
-Threads: :func:`set_threads` sets torch's CPU threads once (``None`` keeps torch's default).
+Threads: :func:`set_threads` sets torch's CPU threads; ``None`` chooses them (:func:`choose_threads`): torch's
+default (one per core) on an idle machine, fewer when other processes keep cores busy. Why, measured by
+``benchmarks/bench_threads.py`` on 2 cores (the demo's translation): idle, 2 threads 10 s and 1 thread 13 s;
+with one core kept busy by another process, 2 threads 35 s and 1 thread 13 s (torch's threads wait for each
+other at every operation, so one slowed thread slows them all).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +34,9 @@ BUNDLED_MODELS_DIR = Path(__file__).parent / "models"
 DEMO_MODEL = "phantom-cpdm"
 
 Progress = Callable[[int, int], None]
+#: What translate, evaluate and demo print whenever a bundled model is used.
+PHANTOMS_ONLY_NOTICE = ("{name} is bundled with petsynth and knows digital phantoms only: its output for a real "
+                        "patient means nothing. Train on real data with `petsynth prepare` and `petsynth train`.")
 
 
 def bundled_models() -> list[str]:
@@ -83,12 +93,68 @@ def load_model(spec: str | Path, *, task: str | None = None, device: str | torch
     return method
 
 
-def set_threads(threads: int | None) -> None:
-    """Set torch's CPU threads (None: leave torch's default)."""
+#: torch's own thread count at import (one per core), before any :func:`set_threads`.
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:
+    """(busy, total) jiffies summed over ``cpus`` from /proc/stat (None where there is no such file)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0.0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [float(v) for v in rest.split()]
+            idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+            busy += sum(values[:8]) - idle
+            total += sum(values[:8])
+    return (busy, total) if total > 0 else None
+
+
+def busy_cores(sample_s: float = 0.1) -> tuple[float, int] | None:
+    """(cores kept busy by other work, cores this process may use), measured over ``sample_s`` seconds from
+    /proc/stat on the cores of this process' affinity; None where that cannot be read (not Linux). A limit
+    set by a cgroup CPU quota is not seen."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    first = _cpu_times(cpus)
+    if first is None:
+        return None
+    time.sleep(sample_s)
+    second = _cpu_times(cpus)
+    if second is None or second[1] <= first[1]:
+        return None
+    return len(cpus) * (second[0] - first[0]) / (second[1] - first[1]), len(cpus)
+
+
+def choose_threads(threads: int | None = None) -> tuple[int, str | None]:
+    """torch CPU threads to use, and a note when they were lowered. ``threads`` given: that. Else torch's
+    default (:data:`TORCH_DEFAULT_THREADS`), less the cores other processes keep busy (at least 1)."""
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+        return threads, None
+    measured = busy_cores()
+    if measured is None:
+        return TORCH_DEFAULT_THREADS, None
+    busy, cores = measured
+    chosen = max(1, min(TORCH_DEFAULT_THREADS, int(round(cores - busy))))
+    if chosen >= TORCH_DEFAULT_THREADS:
+        return TORCH_DEFAULT_THREADS, None
+    return chosen, (f"{busy:.1f} of {cores} cores are busy with other work: using {chosen} torch "
+                    f"thread{'s' if chosen > 1 else ''} instead of {TORCH_DEFAULT_THREADS} (pass --threads to choose)")
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: ``threads``, or None for :func:`choose_threads`' choice (a warning says when it
+    took fewer than one per core). Returns the count set."""
+    chosen, note = choose_threads(threads)
+    torch.set_num_threads(chosen)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    return chosen
 
 
 def autocast(device: torch.device | str, bf16: bool) -> contextlib.AbstractContextManager:

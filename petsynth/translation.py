@@ -33,7 +33,11 @@ Written into ``OUT`` (created atomically: a failed run leaves nothing):
 - ``dicom/``: a PET series (Units GML) in the source's study and frame of reference (the MR's, the low-dose
   PET's; a new study for NIfTI inputs), marked DERIVED and "not for diagnosis", its DerivationDescription
   naming what it was synthesized from (:mod:`petsynth.io.synthetic_pet`);
-- ``panels/`` (optional): PNGs of a few slices, source | synthetic PET;
+- ``panels/`` (optional, ``png``): ``slices.png`` (a few slices, source | synthetic PET), ``mip.png`` (coronal
+  maximum-intensity projection in SUV) and ``fused.png`` (the synthetic PET over the CT or MR, axial and
+  coronal, with a legend in SUV), :mod:`petsynth.io.views`;
+- ``report.html`` (optional, ``report``): one self-contained page with MIPs, a slice viewer and the model's
+  facts (:mod:`petsynth.report`), no patient identifier;
 - ``translate.json``: model, task, input kinds, options, grid, kVp, timings (no patient data, no input path).
 
 For a prepared dataset (``INPUT`` holds ``dataset.yaml``): one ``OUT/<study>/synthetic_pet.nii.gz`` per study
@@ -66,7 +70,7 @@ from petsynth.data.suv import SUVError
 from petsynth.inference import PredictOptions, load_model, model_name, predict_dataset, predict_items, set_threads
 from petsynth.io.nifti import write_nifti
 from petsynth.methods.base import Method, MethodError
-from petsynth.physics.constants import HU_AIR
+from petsynth.physics.constants import HU_AIR, KVP_RANGE
 from petsynth.tasks import Task, get_task
 from petsynth.utils.files import atomic_directory
 
@@ -449,6 +453,77 @@ def _write_panels(folder: Path, source: np.ndarray, suv: np.ndarray, task: Task,
     return [save_panel(folder / "slices.png", rows, title="petsynth synthetic PET (not for diagnosis)")]
 
 
+def _anatomy(inputs: TranslateInput, on_grid: dict[str, np.ndarray]) -> tuple[np.ndarray, str, str]:
+    """The image the PET is shown over (the CT where the task has one, else the source), its display kind
+    ("ct" or "mr") and label."""
+    if inputs.task.has_ct:
+        return on_grid[inputs.task.ct_role], "ct", "CT"
+    return on_grid["source"], "mr", inputs.source.label
+
+
+def _write_pictures(folder: Path, inputs: TranslateInput, on_grid: dict[str, np.ndarray], suv: np.ndarray,
+                    grid: Geometry) -> dict[str, Path]:
+    """``mip.png`` (coronal MIP of the synthetic PET, and of the input PET for a low-dose source) and
+    ``fused.png`` (the synthetic PET over the CT or MR: a mid axial and a mid coronal slice)."""
+    from petsynth.io import views
+
+    anatomy, kind, label = _anatomy(inputs, on_grid)
+    volumes = [anatomy, suv] + ([on_grid["source"]] if inputs.source.modality == "PT" else [])
+    volumes, grid = views.crop_to(suv > 0, grid, volumes)
+    anatomy = volumes[0]
+    pets = [(volumes[1], "synthetic PET")] + [(v, inputs.source.label) for v in volumes[2:]]
+    mip = views.save_mip_png(folder / "mip.png", pets, grid, title="petsynth synthetic PET (not for diagnosis)")
+    window = views.CT_WINDOWS["soft tissue"] if kind == "ct" else _mr_window(anatomy)
+    fused = views.save_fused_png(folder / "fused.png", anatomy, pets[:1], grid,
+                                 [("axial", views.plane_size(grid, "axial") // 2),
+                                  ("coronal", views.plane_size(grid, "coronal") // 2)],
+                                 anatomy_window=window, title=f"synthetic PET over the {label}")
+    return {"mip": mip, "fused": fused}
+
+
+def _mr_window(image: np.ndarray) -> tuple[float, float]:
+    """(level, width) spanning an MR's 1st to 99.5th percentile."""
+    lo, hi = (float(v) for v in np.percentile(image[:: max(1, image.shape[0] // 16)], [1, 99.5]))
+    return (lo + hi) / 2, max(hi - lo, 1e-6)
+
+
+def _write_report(path: Path, inputs: TranslateInput, on_grid: dict[str, np.ndarray], suv: np.ndarray,
+                  grid: Geometry, info: dict[str, Any]) -> Path:
+    """``report.html`` (:mod:`petsynth.report`): no input path, no header value, only the model's and the run's
+    facts and the images."""
+    from petsynth.report import ReportContent, Table, write_report
+
+    from petsynth.io.views import crop_to
+
+    anatomy, kind, label = _anatomy(inputs, on_grid)
+    low_dose = inputs.source.modality == "PT"
+    shown, shown_grid = crop_to(suv > 0, grid, [anatomy, suv] + ([on_grid["source"]] if low_dose else []))
+    body = suv > 0
+    ml = float(body.sum() * grid.voxel_volume_ml())
+    stats = [["voxels with SUV > 0", int(body.sum())], ["their volume (ml)", ml],
+             ["SUVmean there", float(suv[body].mean()) if body.any() else float("nan")],
+             ["SUVmax", float(suv.max())], ["SUV 99th percentile there",
+                                            float(np.percentile(suv[body], 99)) if body.any() else float("nan")]]
+    model = info["model"]
+    content = ReportContent(
+        title=f"petsynth: synthetic PET from {inputs.source.label}", geometry=shown_grid, anatomy=shown[0],
+        anatomy_kind=kind, anatomy_label=label, synthetic=shown[1], reference=shown[2] if low_dose else None,
+        reference_label=f"{inputs.source.label} (input)",
+        facts={"model": model["name"], "method": model["method"], "task": info["task"],
+               "trained on": ", ".join(f"{k}: {v}" for k, v in model.get("training_data", {}).items()) or "not recorded",
+               "input": f"{info['input_kind']} {inputs.source.label}"
+                        + (f" with {inputs.guidance.label} guidance" if inputs.guidance is not None else ""),
+               "sampling steps": info["options"]["steps_used"], "kVp of the attenuation map":
+                   f"{info['kvp']:g} ({info['kvp_source']})" if info.get("kvp") else "no CT",
+               "grid": f"{' x '.join(map(str, grid.shape))} voxels of "
+                       f"{' x '.join(f'{v:.3g}' for v in grid.spacing)} mm",
+               "seconds": info["seconds"], "petsynth": info["petsynth_version"]},
+        tables=[Table("The synthetic PET", ["", "value"], stats, digits=2)],
+        notes=["No reference PET was given: the slice viewer shows the input and the synthetic PET only."
+               if not low_dose else "The comparison panels show the low-dose input, not a reference."])
+    return write_report(path, content)
+
+
 def _kvp(inputs: TranslateInput, kvp: float | None, method: Method, where: Path) -> tuple[float | None, str | None]:
     """The kVp of the attenuation map and where it came from: the CT's header, the ``kvp`` option, or the
     default (with a warning when the model uses it); (None, None) for a task without a CT."""
@@ -460,6 +535,10 @@ def _kvp(inputs: TranslateInput, kvp: float | None, method: Method, where: Path)
     if ct.kvp is not None:
         return ct.kvp, "header"
     if kvp is not None:
+        lo, hi = KVP_RANGE
+        if not lo <= kvp <= hi:
+            raise TranslateError(f"kvp {kvp:g} kV is outside {lo:g}..{hi:g} kV, the range of the HU -> mu tables "
+                                 "the attenuation map is computed with (CLI: --kvp)")
         return float(kvp), "option"
     if method.needs_mu_map:
         warnings.warn(f"{where}: the CT gives no kVp; its attenuation map assumes {DEFAULT_KVP:g} kV "
@@ -470,7 +549,7 @@ def _kvp(inputs: TranslateInput, kvp: float | None, method: Method, where: Path)
 def translate(model: str | Path | Method, input: str | Path, out: str | Path, *, ct: str | Path | None = None,
               steps: int | None = None, eta: float | None = None, sampler: dict[str, Any] | None = None,
               batch_size: int = 8, bf16: bool = False, threads: int | None = None, kvp: float | None = None, spacing_mm: float | None = None,
-              split: str = "test", write_dicom: bool = True, png: bool = False, seed: int = 0,
+              split: str = "test", write_dicom: bool = True, png: bool = False, report: bool = False, seed: int = 0,
               overwrite: bool = False, mask_body: bool = True, device: str = "auto",
               progress: Progress | None = None, say: Say | None = None) -> TranslateResult:
     """Translate what the model's task reads (a DICOM study folder, a NIfTI source and, for lpet2spet, its
@@ -489,7 +568,8 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
         threads: torch CPU threads (None: torch's default).
         kvp: tube voltage for the attenuation map when the CT has none (default 120, with a warning).
         spacing_mm: in-plane output pixel spacing (default: the model's training spacing).
-        write_dicom: also write the DICOM PET series. png: also write PNG panels.
+        write_dicom: also write the DICOM PET series. png: also write PNG panels, a coronal MIP and fused
+            slices (``panels/``). report: also write ``report.html`` (:mod:`petsynth.report`; study inputs).
         mask_body: set SUV to 0 outside the body (:func:`input_body_mask`): networks leave a rim of spurious
             activity at the slice edges; air has none. Off: the network's output as is.
         progress: ``progress(done_slices, total_slices)``. say: one-line status messages.
@@ -512,6 +592,9 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
         if ct is not None:
             raise TranslateError(f"{input_path} is a prepared dataset: its CT is in it; --ct goes with a NIfTI "
                                  "input")
+        if report:
+            raise TranslateError(f"{input_path} is a prepared dataset: report.html is written for a study (a DICOM "
+                                 "folder or a NIfTI); use `petsynth evaluate` for a dataset")
         return _translate_dataset(method, model_info, input_path, out, split, options, overwrite, png, start,
                                   progress, say)
 
@@ -553,10 +636,12 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
             derivation = (f"Synthesized from {task.source_label}{guided} by petsynth {petsynth.__version__}, model "
                           f"{model_info['name']} ({method.name})" + (f", {used} sampling steps" if used else ""))
             write_synthetic_pet(tmp / "dicom", suv, grid.affine, reference=inputs.source.reference,
-                                model_name=str(model_info["name"]), derivation=derivation)
+                                model_name=str(model_info["name"]), derivation=derivation,
+                                reference_label=f"{input_path}: the {inputs.source.label} series")
             files["dicom"] = tmp / "dicom"
         if png:
             files["panels"] = _write_panels(tmp / "panels", on_grid["source"], suv, task)[0].parent
+            _write_pictures(tmp / "panels", inputs, on_grid, suv, grid)
         result.seconds = time.perf_counter() - start
         result.info = {
             "petsynth_version": petsynth.__version__, "model": model_info, "task": task.name,
@@ -572,6 +657,9 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
             "suv": {"min": float(suv.min()), "max": float(suv.max()), "mean": float(suv.mean())},
             "seconds": round(result.seconds, 2), "seconds_per_slice": round(result.seconds / grid.shape[0], 4),
         }
+        if report:
+            say("writing report.html")
+            files["report"] = _write_report(tmp / "report.html", inputs, on_grid, suv, grid, result.info)
         (tmp / "translate.json").write_text(json.dumps(result.info, indent=2))
         files["summary"] = tmp / "translate.json"
     result.files = {k: out / Path(v).relative_to(tmp) for k, v in files.items()}

@@ -30,7 +30,7 @@ def test_prepare_phantom_studies(phantoms, tmp_path):
     files = sum(1 for f in phantoms.rglob("*") if f.is_file())
     scans = [c for c in calls if c[2] == "scanning"]
     assert scans and scans[-1][:2] == (files, files)  # the scan reports its progress, ending at every file
-    assert calls[len(scans):] == [(1, 3, "ok"), (2, 3, "ok"), (3, 3, "ok")]
+    assert calls[len(scans):] == [(0, 3, "starting"), (1, 3, "ok"), (2, 3, "ok"), (3, 3, "ok")]
     ds = open_dataset(tmp_path / "ds")
     assert len(ds) == sum(r.slices for r in report.results) and len(ds.studies) == 3
     assert {ds.splits[s] for s in ds.studies} <= {"train", "val", "test"} and len(set(ds.splits.values())) == 3
@@ -104,9 +104,10 @@ def test_cli_prepare_exit_codes(phantoms, tmp_path):
 
     result = run()
     assert result.exit_code == 0, result.output
-    assert "3 studies prepared" in result.text and key.exists() and (key.stat().st_mode & 0o777) == 0o600
+    assert "3 studies found: 3 prepared" in result.text and key.exists() and (key.stat().st_mode & 0o777) == 0o600
     result = run()  # exists, no --resume
     assert result.exit_code == 1 and "already holds a dataset" in result.text and "--resume" in result.text
+    assert "resume=True" not in result.text  # the command line's words, not the Python API's
     result = run("--resume")
     assert result.exit_code == 0 and "3 already present" in result.text
     result = run("--resume", "--split", "0.5,0.1")

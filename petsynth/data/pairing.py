@@ -29,6 +29,8 @@ class PairedSlices:
         target_index: (n,) index of each pair's slice in the target series.
         z_mm: (n,) position of each slice along the target's slice normal, mm.
         spacing_mm: (row, column) pixel spacing after resizing, mm.
+        coverage: (n,) fraction of each (cropped) target slice's area inside the source's in-plane field
+            (:func:`inplane_coverage`); outside it the source is ``fill``.
     """
 
     source: np.ndarray
@@ -36,6 +38,7 @@ class PairedSlices:
     target_index: np.ndarray
     z_mm: np.ndarray
     spacing_mm: tuple[float, float]
+    coverage: np.ndarray
 
 
 def slice_geometry(series: SeriesVolume, k: int) -> Geometry:
@@ -65,6 +68,35 @@ def covered(source: SeriesVolume, points_mm: np.ndarray) -> np.ndarray:
     lo = first - 0.5 * source.geometry.spacing[0]
     hi = first + (source.positions_mm[-1] - source.positions_mm[0]) + 0.5 * source.geometry.spacing[0]
     return (along >= lo) & (along <= hi)
+
+
+#: Points per side of the lattice on which :func:`inplane_coverage` measures a slice's area.
+COVERAGE_SAMPLES = 64
+
+
+def inplane_coverage(target: SeriesVolume, source: SeriesVolume, index: np.ndarray,
+                     samples: int = COVERAGE_SAMPLES) -> np.ndarray:
+    """(len(index),) fraction of the area of each target slice ``index`` that lies inside the source's
+    in-plane field of view (its rows and columns, half a pixel beyond the outer centres), measured on a
+    ``samples`` x ``samples`` lattice of points spread over the slice. Slice coverage along the normal is
+    :func:`covered`'s business. A CT reconstructed on a small field (a limb, a cropped series) covers little
+    of a whole-body PET slice: the rest of its pairs is air."""
+    index = np.asarray(index, dtype=np.int64)
+    g = target.geometry
+    _, ny, nx = g.shape
+    frac = (np.arange(samples) + 0.5) / samples
+    jj, ii = np.meshgrid(frac * ny - 0.5, frac * nx - 0.5, indexing="ij")
+    a = g.affine
+    inplane = np.stack([ii.ravel(), jj.ravel()], axis=1) @ a[:3, :2].T  # (s*s, 3) offsets from a slice origin
+    normal = g.direction_matrix[:, 2]
+    origins = np.asarray(g.origin) + (target.positions_mm[index, None] - target.positions_mm[0]) * normal[None, :]
+    out = np.empty(index.size, dtype=np.float64)
+    sy, sx = source.geometry.shape[1:]
+    for n, origin in enumerate(origins):
+        ijk = source.geometry.world_to_index(inplane + origin)
+        inside = (ijk[:, 0] > -0.5) & (ijk[:, 0] < sx - 0.5) & (ijk[:, 1] > -0.5) & (ijk[:, 1] < sy - 0.5)
+        out[n] = inside.mean()
+    return out
 
 
 def resize_inplane(stack: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
@@ -149,4 +181,5 @@ def pair_slices(target: SeriesVolume, source: SeriesVolume, *, fill: float, size
         tgt = resize_inplane(tgt, size)
         dy, dx = dy * ny / size, dx * nx / size
     return PairedSlices(source=src, target=tgt.astype(np.float32, copy=False), target_index=keep_idx,
-                        z_mm=target.positions_mm[keep_idx], spacing_mm=(dy, dx))
+                        z_mm=target.positions_mm[keep_idx], spacing_mm=(dy, dx),
+                        coverage=inplane_coverage(target, source, keep_idx))

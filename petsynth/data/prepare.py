@@ -45,6 +45,9 @@ DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 #: Where the pseudonym key lives unless the user names one; never inside a dataset.
 DEFAULT_KEY_FILE = Path.home() / ".petsynth" / "pseudonym.key"
 REPORT_FILE = "prepare_report.json"
+#: Pairs whose source covers less than this fraction of the PET slice are counted (and shown) per study: the
+#: rest of such a pair's source is air (or 0), which a model learns as "no anatomy here".
+LOW_COVERAGE = 0.5
 
 
 class StudyError(ValueError):
@@ -127,6 +130,9 @@ class StudyResult:
     status: str  # "ok", "failed", "skipped"
     slices: int = 0
     reason: str = ""
+    low_coverage: int = 0  # pairs kept whose source covers less than LOW_COVERAGE of the PET slice
+    dropped_coverage: int = 0  # pairs dropped by min_coverage
+    least_coverage: float | None = None  # the smallest coverage among the pairs kept (0..1)
 
 
 def largest_series(series: list[SeriesInfo]) -> SeriesInfo:
@@ -188,11 +194,11 @@ def _truth_series(pet: SeriesVolume) -> tuple[dict[str, SeriesVolume], list[dict
                        if (folder / fname).is_file()}
             if "labels" not in volumes:
                 return volumes, []
-            return volumes, _phantom_label_table(json.loads((folder / "truth.json").read_text()))
+            return volumes, phantom_label_table(json.loads((folder / "truth.json").read_text()))
     return {}, []
 
 
-def _phantom_label_table(record: dict) -> list[dict]:
+def phantom_label_table(record: dict) -> list[dict]:
     """The label table of a phantom's truth.json: each tissue but air (label 0), then lesion n as "lesion_n"."""
     rows = [{"label": int(r["label"]), "name": str(r["name"]), "kind": "organ"}
             for r in record.get("labels", []) if int(r["label"]) != 0]
@@ -209,9 +215,31 @@ def _scrub(text: str, plan: StudyPlan) -> str:
     return text
 
 
+def _pairs_kept(coverage: np.ndarray, min_coverage: float, slices_per_study: tuple[int, int] | None,
+                rng_seed: list[int]) -> slice | np.ndarray:
+    """Which pairs a study keeps: those whose source covers at least ``min_coverage`` of the PET slice, then
+    (``slices_per_study``) a contiguous run of them, drawn with ``rng_seed``. A slice when contiguous (the
+    arrays taken with it are views, not copies)."""
+    kept = np.nonzero(coverage >= min_coverage)[0] if min_coverage > 0 else np.arange(coverage.size)
+    if kept.size == 0:
+        raise StudyError(f"no pair has a source covering at least {min_coverage:.0%} of its PET slice (the most "
+                         f"is {coverage.max():.0%}); lower --min-coverage to keep them")
+    if slices_per_study is not None:
+        rng = np.random.default_rng(rng_seed)
+        lo, hi = slices_per_study
+        n = min(kept.size, int(rng.integers(lo, hi + 1)))
+        start = int(rng.integers(0, kept.size - n + 1))
+        kept = kept[start:start + n]  # contiguous slices, in order, as in the CPDM experiment
+    if kept[-1] - kept[0] + 1 == kept.size:
+        return slice(int(kept[0]), int(kept[-1]) + 1)
+    return kept
+
+
 def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
-                  slices_per_study: tuple[int, int] | None = None, seed: int = 0) -> StudyResult:
-    """Load, pair and write one study; returns its result (failures are results, not exceptions)."""
+                  slices_per_study: tuple[int, int] | None = None, seed: int = 0,
+                  min_coverage: float = 0.0) -> StudyResult:
+    """Load, pair and write one study; returns its result (failures are results, not exceptions).
+    ``min_coverage``: drop the pairs whose source covers less than this fraction of the PET slice."""
     name, patient = pseudonym(key, plan.study_uid), pseudonym(key, plan.patient_id, prefix="p")
     try:
         pet = _load(plan.target, "PT")
@@ -220,14 +248,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         pairs = pair_slices(pet, source, fill=fill, size=size)
         if len(pairs.target_index) == 0:
             raise StudyError("no PET slice lies within the source series' coverage")
-        keep = slice(0, len(pairs.target_index))  # a slice, not indices: the arrays below are views, not copies
-        if slices_per_study is not None:
-            rng = np.random.default_rng([seed, int(name[1:], 16)])  # per study, from its keyed pseudonym
-            lo, hi = slices_per_study
-            total = len(pairs.target_index)
-            n = min(total, int(rng.integers(lo, hi + 1)))
-            start = int(rng.integers(0, total - n + 1))
-            keep = slice(start, start + n)  # contiguous slices, in order, as in the CPDM experiment
+        keep = _pairs_kept(pairs.coverage, min_coverage, slices_per_study, [seed, int(name[1:], 16)])
         arrays = {"source": pairs.source[keep], "target": pairs.target[keep]}
         index = pairs.target_index[keep]  # the PET slices of the pairs kept: guidance and truth go onto these
         kvp = source.kvp
@@ -248,7 +269,10 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         store.write_study(root, name, arrays,
                           {"index": [int(i) for i in index],
                            "z_mm": [float(z) for z in pairs.z_mm[keep]]}, meta)
-        return StudyResult(name, patient, "ok", slices=len(index))
+        coverage = pairs.coverage[keep]
+        return StudyResult(name, patient, "ok", slices=len(index), low_coverage=int((coverage < LOW_COVERAGE).sum()),
+                           dropped_coverage=int((pairs.coverage < min_coverage).sum()),
+                           least_coverage=round(float(coverage.min()), 3))
     except (StudyError, SUVError, ValueError, OSError) as err:
         return StudyResult(name, patient, "failed", reason=_scrub(f"{type(err).__name__}: {err}", plan))
     except Exception as err:  # noqa: BLE001 - a fault in one study must not stop the batch: report it
@@ -338,17 +362,23 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
                     workers: int = 1, resume: bool = False, key: bytes | None = None,
                     key_file: str | Path | None = None, split: Sequence[float] = DEFAULT_SPLIT,
                     seed: int = 0, slices_per_study: tuple[int, int] | None = None,
-                    mapping_file: str | Path | None = None,
+                    min_coverage: float = 0.0, mapping_file: str | Path | None = None,
                     progress: Callable[[int, int, str], None] | None = None) -> PrepareReport:
     """Prepare every study found under ``inputs`` into the dataset ``out``; see the module docstring.
 
     ``progress(done, total, status)`` is called while files are scanned (status "scanning", files done and
-    found, every 200 files and at the end), then after each study (its status). Studies already in the dataset are
-    skipped when ``resume``. Returns the report (also written as ``out/prepare_report.json``).
+    found, every 200 files and at the end), once the studies are planned (status "starting"; ``total`` is
+    every study found, and those that failed planning or are already present count as done), then after
+    each study (its status). Studies already in the dataset are skipped when ``resume``. Returns the report (also written as ``out/prepare_report.json``).
+    ``min_coverage`` (0..1): drop the pairs whose source covers less of the PET slice's area than this
+    (:func:`~petsynth.data.pairing.inplane_coverage`); each study's result counts the pairs kept below
+    :data:`LOW_COVERAGE` either way.
     ``mapping_file``: only when asked, a CSV (outside the dataset) linking each pseudonym to the study's
     original identifier (StudyInstanceUID or NIfTI study name) and patient id; merged with an existing one.
     """
     get_task(task)  # a TaskError (a ValueError) for an unknown name
+    if not 0.0 <= min_coverage <= 1.0:
+        raise ValueError(f"min_coverage is a fraction of the PET slice, 0..1; got {min_coverage}")
     if mapping_file is not None:
         mapping_file = Path(mapping_file).resolve()
         if mapping_file.is_relative_to(Path(out).resolve()):
@@ -385,10 +415,13 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
                                               reason="already in the dataset (resume)"))
             continue
         jobs.append(plan)
-    total = len(jobs)
-    args = (root, task, size, key, slices_per_study, seed)
+    total = len(candidates)  # every study found; those failed while planning or already present count as done
+    settled = total - len(jobs)
+    if progress:
+        progress(settled, total, "starting")
+    args = (root, task, size, key, slices_per_study, seed, min_coverage)
     if workers <= 1:
-        for n, plan in enumerate(jobs, 1):
+        for n, plan in enumerate(jobs, settled + 1):
             result = prepare_study(plan, *args)
             report.results.append(result)
             if progress:
@@ -398,7 +431,7 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init) as pool:
             futures = [pool.submit(prepare_study, plan, *args) for plan in jobs]
-            for n, fut in enumerate(as_completed(futures), 1):
+            for n, fut in enumerate(as_completed(futures), settled + 1):
                 result = fut.result()
                 report.results.append(result)
                 if progress:

@@ -71,6 +71,10 @@ class DatasetError(ValueError):
     """A dataset folder is missing, incompatible or damaged; the message names the path and the problem."""
 
 
+class DatasetExistsError(DatasetError):
+    """The folder already holds a dataset and resuming it was not asked for."""
+
+
 def create_dataset(root: str | Path, task: str, size: int, *, resume: bool = False) -> Path:
     """Create ``root`` for ``task`` at ``size`` x ``size`` slices, or check it matches when resuming."""
     root = Path(root)
@@ -79,16 +83,40 @@ def create_dataset(root: str | Path, task: str, size: int, *, resume: bool = Fal
     meta = root / DATASET_FILE
     if meta.exists():
         if not resume:
-            raise DatasetError(f"{root} already holds a dataset; pass resume=True (CLI: --resume) to continue it, or choose a new folder")
+            raise DatasetExistsError(f"{root} already holds a dataset: continue it with resume=True, or choose "
+                                     "a new folder")
         found = yaml.safe_load(meta.read_text())
         for key in ("task", "size", "store_version"):
             if found.get(key) != info[key]:
                 raise DatasetError(f"{root} was prepared with {key}={found.get(key)!r}, not {info[key]!r}: "
                                    "resume with the same settings or choose a new folder")
         return root
+    foreign = _foreign_entries(root)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise DatasetError(f"{root} is not empty and holds no dataset ({shown}): a dataset goes into a new or "
+                           "empty folder, so that nothing of yours is mixed with it or overwritten")
     (root / STUDIES_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write_text(meta, yaml.safe_dump(info, sort_keys=False))
     return root
+
+
+def _foreign_entries(root: Path) -> list[str]:
+    """What a folder holds other than the start of a dataset (an empty ``studies/`` and the hidden temporary
+    files of a run killed before its ``dataset.yaml`` was written)."""
+    if not root.exists():
+        return []
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a folder: choose a new folder for the dataset")
+    out = []
+    for entry in sorted(root.iterdir()):
+        if entry.name == STUDIES_DIR and entry.is_dir() and \
+                all(p.name.startswith(".") for p in entry.iterdir()):
+            continue
+        if entry.name.startswith(f".{DATASET_FILE}.") and entry.name.endswith(".tmp"):
+            continue
+        out.append(entry.name)
+    return out
 
 
 def finished_studies(root: str | Path) -> list[str]:

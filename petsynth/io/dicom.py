@@ -16,14 +16,18 @@ Files are written with pydicom 3 in explicit VR little endian with a file meta h
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.datadict import keyword_for_tag
+from pydicom.valuerep import MAX_VALUE_LEN, validate_value
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -173,6 +177,48 @@ def patient_orientation_codes(patient_position: str, scheme: Literal["SCT", "SRT
     orient.PatientOrientationModifierCodeSequence = [code("supine" if pos[2] == "S" else "prone")]
     gantry = code("headfirst" if pos[:2] == "HF" else "feet-first")
     return {"PatientOrientationCodeSequence": [orient], "PatientGantryRelationshipCodeSequence": [gantry]}
+
+
+# --- values copied from other files ----------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_reading() -> Iterator[None]:
+    """Read element values without pydicom's per-access validation warnings (they name neither the tag nor
+    the file, and repeat once per file); check what is kept with :func:`conformed_value` instead."""
+    mode = pydicom_config.settings.reading_validation_mode
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    try:
+        yield
+    finally:
+        pydicom_config.settings.reading_validation_mode = mode
+
+
+def conformed_value(ds: Dataset, keyword: str) -> tuple[Any, str | None]:
+    """The value of ``keyword`` in ``ds`` made valid for its VR, and what was wrong with it (None: nothing).
+
+    A text value longer than its VR allows (PS3.5 6.2: SH 16 characters, LO 64, ...) is cut to that length;
+    any other invalid value (characters a CS may not hold, a malformed date) becomes empty. The problem
+    names the attribute and its tag, never the value (it may identify the patient)."""
+    with quiet_reading():
+        elem = ds[keyword]
+        value = elem.value
+    tag = f"({elem.tag.group:04X},{elem.tag.element:04X})"
+    name = keyword_for_tag(elem.tag) or tag
+    vr = str(elem.VR)
+    values = list(value) if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
+    limit = MAX_VALUE_LEN.get(vr)
+    if limit is not None and any(isinstance(v, str) and len(v) > limit for v in values):
+        longest = max(len(v) for v in values if isinstance(v, str))
+        cut = [v[:limit] if isinstance(v, str) else v for v in values]
+        return (cut if len(cut) > 1 else cut[0]), (f"{name} {tag} has {longest} characters, more than VR {vr} "
+                                                  f"allows ({limit}): cut to {limit}")
+    try:
+        for v in values:
+            if isinstance(v, str | bytes):
+                validate_value(vr, v, pydicom_config.RAISE)
+    except ValueError as err:
+        reason = str(err).split(".")[0]
+        return "", f"{name} {tag} is not a valid VR {vr} value ({reason}): left empty"
+    return value, None
 
 
 # --- the writer -----------------------------------------------------------------------------------------

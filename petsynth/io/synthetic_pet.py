@@ -42,9 +42,11 @@ from pydicom.uid import generate_uid
 from petsynth import __version__
 from petsynth.io.dicom import (
     PixelEncoding,
+    conformed_value,
     dicom_date,
     dicom_time,
     patient_orientation_codes,
+    quiet_reading,
     write_series,
 )
 
@@ -115,7 +117,8 @@ def _derivation(model_name: str, derivation: str) -> str:
     return text[:1024]  # VR ST
 
 
-def _study_header(reference: Dataset | None, entropy: list[str], now: _dt.datetime) -> dict:
+def _study_header(reference: Dataset | None, entropy: list[str], now: _dt.datetime,
+                  reference_label: str = "the reference series") -> dict:
     """Patient, study and frame-of-reference attributes: the reference's, or a new anonymous study."""
     hdr: dict = {}
     if reference is None:
@@ -133,12 +136,19 @@ def _study_header(reference: Dataset | None, entropy: list[str], now: _dt.dateti
     if not study_uid:
         raise ValueError("reference header has no StudyInstanceUID (0020,000D): pass the header of an instance "
                          "of the source series, or reference=None for a new study")
-    for keyword in (*_PATIENT_TYPE2, *_STUDY_TYPE2):
-        value = reference.get(keyword)
-        hdr[keyword] = "" if value is None else value
-    for keyword in _COPIED_IF_PRESENT:
-        if keyword in reference and reference[keyword].value not in (None, ""):
-            hdr[keyword] = reference[keyword].value
+    problems = []
+    for keyword in (*_PATIENT_TYPE2, *_STUDY_TYPE2, *_COPIED_IF_PRESENT):
+        if keyword not in reference:
+            if keyword not in _COPIED_IF_PRESENT:
+                hdr[keyword] = ""
+            continue
+        value, problem = conformed_value(reference, keyword)
+        if problem:
+            problems.append(problem)
+        if value not in (None, "") or keyword not in _COPIED_IF_PRESENT:
+            hdr[keyword] = "" if value is None else value
+    if problems:
+        warnings.warn(f"{reference_label}: " + "; ".join(problems) + " in the synthetic series", stacklevel=3)
     hdr["StudyInstanceUID"] = str(study_uid)
     for_uid = reference.get("FrameOfReferenceUID")
     if for_uid:
@@ -154,7 +164,8 @@ def _study_header(reference: Dataset | None, entropy: list[str], now: _dt.dateti
 
 def write_synthetic_pet(out_dir: str | Path, suv: np.ndarray, affine_lps: np.ndarray, *,
                         reference: Dataset | None, model_name: str, derivation: str = "",
-                        uid_entropy: Sequence[str] = ()) -> list[Path]:
+                        uid_entropy: Sequence[str] = (), reference_label: str = "the reference series"
+                        ) -> list[Path]:
     """Write a synthetic PET volume as a DERIVED PET series (Units GML) labelled not for diagnosis.
 
     Args:
@@ -172,6 +183,9 @@ def write_synthetic_pet(out_dir: str | Path, suv: np.ndarray, affine_lps: np.nda
             from MR"); petsynth and ``model_name`` are added when it does not name them.
         uid_entropy: strings making the new UIDs deterministic (together with the reference's study and
             series UIDs and ``model_name``); empty: random UIDs.
+        reference_label: how warnings name the reference (e.g. "STUDY/: the CT series"). A copied value that
+            its VR does not allow (a 17-character StudyID, VR SH) is made valid (cut to length, or emptied)
+            with one warning naming the attributes (:func:`~petsynth.io.dicom.conformed_value`).
 
     Returns:
         The written files in slice (k) order.
@@ -190,26 +204,27 @@ def write_synthetic_pet(out_dir: str | Path, suv: np.ndarray, affine_lps: np.nda
     vol = np.clip(vol, 0.0, None)
     nz = vol.shape[0]
     now = _dt.datetime.now()
-    entropy = [str(s) for s in uid_entropy]
-    if entropy:
-        ref_uids = [] if reference is None else [str(reference.get(k, "")) for k in
-                                                 ("StudyInstanceUID", "SeriesInstanceUID")]
-        entropy = [*entropy, *ref_uids, model_name]
+    with quiet_reading():  # the reference's values: copied ones are checked by conformed_value
+        entropy = [str(s) for s in uid_entropy]
+        if entropy:
+            ref_uids = [] if reference is None else [str(reference.get(k, "")) for k in
+                                                     ("StudyInstanceUID", "SeriesInstanceUID")]
+            entropy = [*entropy, *ref_uids, model_name]
 
-    hdr = _study_header(reference, entropy, now)
-    laterality = None if reference is None else reference.get("Laterality")
-    if laterality:
-        hdr["Laterality"] = laterality
-    elif "BodyPartExamined" not in hdr:
-        # General Series: Laterality is 2C (paired body parts); with the body part unknown it must be present,
-        # empty meaning "unknown"
-        hdr["Laterality"] = ""
-    ref_series_no = None if reference is None else reference.get("SeriesNumber")
-    try:
-        series_number = int(ref_series_no) + SERIES_NUMBER_OFFSET
-    except (TypeError, ValueError):
-        series_number = SERIES_NUMBER_OFFSET
-    position = "" if reference is None else str(reference.get("PatientPosition", "") or "")
+        hdr = _study_header(reference, entropy, now, reference_label)
+        laterality = None if reference is None else reference.get("Laterality")
+        if laterality:
+            hdr["Laterality"] = laterality
+        elif "BodyPartExamined" not in hdr:
+            # General Series: Laterality is 2C (paired body parts); with the body part unknown it must be present,
+            # empty meaning "unknown"
+            hdr["Laterality"] = ""
+        ref_series_no = None if reference is None else reference.get("SeriesNumber")
+        try:
+            series_number = int(ref_series_no) + SERIES_NUMBER_OFFSET
+        except (TypeError, ValueError):
+            series_number = SERIES_NUMBER_OFFSET
+        position = "" if reference is None else str(reference.get("PatientPosition", "") or "")
     hdr.update({
         # General Series (C.7.3.1); PatientPosition is replaced by the orientation codes below
         "SeriesNumber": series_number,

@@ -1,4 +1,9 @@
-"""Atomic writes: a reader or a killed process never sees a half-written file or folder."""
+"""Atomic writes: a reader or a killed process never sees a half-written file or folder.
+
+The temporary files and folders ``tempfile`` makes are private (0600 / 0700); what is moved into place gets
+the permissions a plain ``open`` or ``mkdir`` would have given it (0666 / 0777 less the process umask), so
+a dataset or an output folder is as readable as the user's umask says. Secrets (the pseudonym key) are
+written elsewhere, 0600 on purpose."""
 
 from __future__ import annotations
 
@@ -8,6 +13,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -30,6 +42,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -61,6 +74,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
