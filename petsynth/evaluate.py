@@ -45,6 +45,8 @@ Outputs in ``out`` (each written atomically):
 - ``figure.png``: its Figure 3 layout: CT | real PET | each model's PET | each model's absolute error
   against the real PET, for a few slices, on shared colour scales.
 - ``evaluation.json``: settings, models (name, method, task, step), split, slice counts, versions.
+- ``report.html``: the tables, the figure, the notes and the models' facts in one page that opens from disk
+  (:mod:`petsynth.report`).
 
 Nothing written names a file path: models by name, studies by their pseudonyms.
 """
@@ -57,7 +59,6 @@ import json
 import math
 import platform
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,10 @@ import torch
 
 import petsynth
 from petsynth.data.store import SPLITS, PreparedDataset, open_dataset
-from petsynth.inference import (BUNDLED_MODELS_DIR, PHANTOMS_ONLY_NOTICE, PredictOptions, bundled_models,
-                                load_model, model_name, predict_items)
+from petsynth.inference import (BUNDLED_MODELS_DIR, PHANTOMS_ONLY_NOTICE, ModelScale, PredictOptions,
+                                bundled_models, load_model, model_name, model_scales, model_spacing_mm,
+                                predict_items)
+from petsynth.physics.constants import HU_AIR
 from petsynth.methods.base import Method
 from petsynth.metrics import (
     CPDM_PET_SCALE,
@@ -293,33 +296,24 @@ def _model_info(name: str, method: Method) -> dict[str, Any]:
             "training_data": {k: data[k] for k in ("train_slices", "train_studies", "spacing_mm") if k in data}}
 
 
-#: A model is run on slices whose pixel spacing differs from its training spacing by more than this fraction
-#: only with a warning: anatomy at another scale is another input (translate resamples; evaluate scores the
-#: dataset's slices as stored).
-SPACING_TOLERANCE = 0.15
-
-
-def spacing_mismatches(methods: Mapping[str, Method], dataset: PreparedDataset) -> list[str]:
-    """One message per model whose training pixel spacing (its card) differs from the dataset's slices' by more
-    than :data:`SPACING_TOLERANCE`, with the ``--size`` that would prepare the dataset at the model's spacing."""
-    from petsynth.translation import model_spacing_mm
-
-    spacings = [float(np.mean(dataset.study_meta(s)["spacing_mm"])) for s in dataset.studies]
-    if not spacings:
-        return []
-    data_mm = float(np.median(spacings))
-    size = int(dataset.info.get("size", 0))
-    out = []
-    for name, method in methods.items():
-        model_mm = model_spacing_mm(method)
-        if model_mm is None or abs(data_mm / model_mm - 1) <= SPACING_TOLERANCE:
-            continue
-        hint = f" (about --size {max(8, round(size * data_mm / model_mm))})" if size else ""
-        out.append(f"{name} was trained on pixels of {model_mm:.3g} mm, these slices have {data_mm:.3g} mm: the "
-                   f"model sees anatomy {model_mm / data_mm:.2g}x its training scale and its scores say little. "
-                   f"Prepare the dataset at the model's spacing{hint}, or use `petsynth translate`, which "
-                   "resamples.")
+def _at_model_scale(item: dict[str, Any], scale: ModelScale, task: str) -> dict[str, Any]:
+    """A dataset item with its inputs (source, guidance) resized to the model's training scale
+    (:class:`~petsynth.inference.ModelScale`, air around them); the stored source stays as "_source"."""
+    t = get_task(task)
+    fills = {"source": HU_AIR if t.source_modality == "CT" else 0.0, "guidance": HU_AIR}
+    out = {**item, "_source": item["source"]}
+    for role, fill in fills.items():
+        if role in item:
+            out[role] = scale.to_model(item[role], fill)
     return out
+
+
+def _scale_note(name: str, method: Method, spacings: Mapping[str, float], scale: Mapping[str, ModelScale]) -> str:
+    data_mm = float(np.median(list(spacings.values())))
+    one = next(iter(scale.values()))
+    return (f"{name} was trained on pixels of {model_spacing_mm(method):.3g} mm and these slices have "
+            f"{data_mm:.3g} mm: as translate does, each slice was shown to it at its training scale ({one.size} px "
+            f"resized to about {one.scaled} px on a {one.canvas} px canvas of air) and its output resized back.")
 
 
 # --- the report ------------------------------------------------------------------------------------------
@@ -456,9 +450,9 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     references = [r for r, (key, _) in REFERENCES.items() if key in first]
     has_labels = "labels" in first
     specs, notes = metric_specs(size, window)
-    for problem in spacing_mismatches(methods, dataset):
-        warnings.warn(problem, stacklevel=2)
-        notes.append(problem)
+    spacings = {st: float(np.mean(dataset.study_meta(st)["spacing_mm"])) for st in dataset.studies}
+    scales = {name: model_scales(method, size, spacings) for name, method in methods.items()}
+    notes += [_scale_note(name, methods[name], spacings, sc) for name, sc in scales.items() if sc]
     bundled = [name for name, spec in named.items() if str(spec) in bundled_models()]
     notes += [PHANTOMS_ONLY_NOTICE.format(name=name) for name in bundled]
     figure_pos = _figure_candidates(dataset, indices, figure_rows)
@@ -474,10 +468,16 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     for name, method in methods.items():
         t0 = time.perf_counter()
         items = ({**dataset[i], "_position": pos} for pos, i in enumerate(indices))
+        scale = scales[name]
+        if scale:
+            items = (_at_model_scale(item, scale[item["study"]], dataset.task) for item in items)
         report = (lambda done, total, _n=name: progress(_n, done, total)) if progress is not None else None
         for batch, pred in predict_items(method, items, total=len(indices), options=options.for_method(method),
                                          progress=report):
             positions = batch["_position"]
+            if scale:
+                pred = torch.cat([scale[study].from_model(pred[b:b + 1]) for b, study in enumerate(batch["study"])])
+                batch["source"] = torch.from_numpy(np.stack(batch["_source"]))[:, None]
             pred = pred.to(torch.float64)
             labels = batch["labels"].cpu().to(torch.int64) if has_labels else None
             if labels is not None and name == next(iter(methods)):
@@ -563,10 +563,46 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
                      "python": platform.python_version()},
     }
     atomic_write_text(files["settings"], json.dumps(settings, indent=1, default=_json_default))
+    files["report"] = _write_report(out / "report.html", dataset.task, split, len(indices), studies, methods,
+                                    references, specs, overall, region_names, region_overall, notes,
+                                    files["figure"])
     return EvaluationReport(out=out, models=list(methods), references=references, split=split,
                             slices=len(indices), studies=studies, metrics=specs,
                             overall=overall, regions=region_overall, notes=notes, files=files,
                             seconds=time.perf_counter() - start)
+
+
+def _write_report(path: Path, task: str, split: str, n_slices: int, studies: list[str], methods: Mapping[str, Method],
+                  references: list[str], specs: list[MetricSpec], overall: Mapping, region_names: list[str],
+                  region_overall: Mapping, notes: list[str], figure: Path) -> Path:
+    """``report.html`` (:mod:`petsynth.report`) of an evaluation: the models' facts, the metric and region
+    tables, the figure and the notes; models by name, studies by pseudonym."""
+    from petsynth.report import ReportContent, Table, write_report
+
+    facts = {"task": task, "split": split, "slices": n_slices, "studies": len(studies)}
+    for name, method in methods.items():
+        info = _model_info(name, method)
+        trained = ", ".join(f"{k}: {v}" for k, v in info["training_data"].items()) or "not recorded"
+        facts[f"model {name}"] = f"{info['method']}, step {info['step']}; trained on {trained}"
+    labels = [s.label + (" (paper)" if s.convention == "cpdm" else "") for s in specs]
+    tables = [Table(f"Against the {ref} PET: means over slices", ["model", *labels],
+                    [[name, *(overall[name][ref][s.key] for s in specs)] for name in methods], digits=4)
+              for ref in references]
+    for ref in references:
+        rows = []
+        for name in methods:
+            for region in region_names:
+                values = region_overall.get(name, {}).get(ref, {}).get(region)
+                if values:
+                    rows.append([name, region, values.get("suvmean_rel_bias", float("nan")) * 100,
+                                 values.get("suvmax_rel_bias", float("nan")) * 100])
+        if rows:
+            tables.append(Table(f"Regions against the {ref} PET", ["model", "region", "SUVmean bias %",
+                                                                    "SUVmax bias %"], rows, digits=1))
+    content = ReportContent(title=f"petsynth evaluation: {task}, {split}", facts=facts, tables=tables,
+                            figures=[("real PET | each model's PET | each model's error, a few slices",
+                                      figure.read_bytes())], notes=notes)
+    return write_report(path, content)
 
 
 def _conventions(window: tuple[float, float]) -> dict[str, str]:

@@ -15,6 +15,7 @@ other at every operation, so one slowed thread slows them all).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import warnings
@@ -23,7 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from petsynth.methods.base import Method, MethodError, available_methods, load_method, method_class
 from petsynth.train.checkpoint import CARD_FILE, CheckpointError
@@ -129,13 +132,21 @@ def busy_cores(sample_s: float = 0.1) -> tuple[float, int] | None:
     return len(cpus) * (second[0] - first[0]) / (second[1] - first[1]), len(cpus)
 
 
+_AUTO_CHOICE: list[int] = []  # the count the last automatic choice set (empty: none yet)
+
+
 def choose_threads(threads: int | None = None) -> tuple[int, str | None]:
-    """torch CPU threads to use, and a note when they were lowered. ``threads`` given: that. Else torch's
-    default (:data:`TORCH_DEFAULT_THREADS`), less the cores other processes keep busy (at least 1)."""
+    """torch CPU threads to use, and a note when they were lowered. ``threads`` given: that. Else the count
+    the caller already set with ``torch.set_num_threads`` (anything but torch's default or petsynth's own
+    last choice: a program or test that chose keeps its choice); else torch's default
+    (:data:`TORCH_DEFAULT_THREADS`), less the cores other processes keep busy (at least 1)."""
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         return threads, None
+    current = torch.get_num_threads()
+    if current != TORCH_DEFAULT_THREADS and current not in _AUTO_CHOICE[-1:]:
+        return current, None
     measured = busy_cores()
     if measured is None:
         return TORCH_DEFAULT_THREADS, None
@@ -152,9 +163,82 @@ def set_threads(threads: int | None) -> int:
     took fewer than one per core). Returns the count set."""
     chosen, note = choose_threads(threads)
     torch.set_num_threads(chosen)
+    if threads is None:
+        _AUTO_CHOICE[:] = [chosen]
     if note:
         warnings.warn(note, stacklevel=2)
     return chosen
+
+
+# --- the scale a model was trained at -------------------------------------------------------------------
+#: Slice sides a model is run at are multiples of this (the attention segmenter's encoder halves the size 5
+#: times).
+GRID_MULTIPLE = 32
+#: Slices whose pixel spacing is within this fraction of a model's training spacing are given to it as they are;
+#: others are resampled to it (translate in world coordinates, evaluate slice by slice: :class:`ModelScale`).
+SPACING_TOLERANCE = 0.15
+
+
+def model_spacing_mm(method: Method) -> float | None:
+    """The in-plane pixel spacing (mm) the model was trained at, from its card (None when not recorded)."""
+    data = getattr(getattr(method, "card", None), "data", None) or {}
+    spacing = data.get("spacing_mm")
+    if not spacing:
+        return None
+    return float(np.mean(spacing))
+
+
+def model_size(method: Method) -> int | None:
+    """The slice size (pixels) the model was trained at, from its card (None when not recorded)."""
+    data = getattr(getattr(method, "card", None), "data", None) or {}
+    return int(data["size"]) if data.get("size") else None
+
+
+@dataclass(frozen=True)
+class ModelScale:
+    """Square slices of ``size`` px shown to a model at its training scale: each image resized to ``scaled`` px
+    over the same field of view (antialiased when shrinking), centred on a ``canvas`` px square filled with
+    air; the model's output cropped back to the field of view and resized to ``size`` px."""
+
+    size: int
+    scaled: int
+    canvas: int
+
+    @property
+    def offset(self) -> int:
+        return (self.canvas - self.scaled) // 2
+
+    def to_model(self, image: np.ndarray, fill: float) -> np.ndarray:
+        """(size, size) physical units -> (canvas, canvas) float32, ``fill`` around the field of view."""
+        t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        t = F.interpolate(t, size=(self.scaled, self.scaled), mode="bilinear", align_corners=False,
+                          antialias=self.scaled < self.size)[0, 0]
+        out = torch.full((self.canvas, self.canvas), float(fill))
+        o = self.offset
+        out[o:o + self.scaled, o:o + self.scaled] = t
+        return out.numpy()
+
+    def from_model(self, pred: torch.Tensor) -> torch.Tensor:
+        """(B, C, canvas, canvas) -> (B, C, size, size): the field of view, resized back."""
+        o = self.offset
+        crop = pred[..., o:o + self.scaled, o:o + self.scaled]
+        return F.interpolate(crop, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                             antialias=self.size < self.scaled)
+
+
+def model_scales(method: Method, size: int, spacings_mm: Mapping[str, float]) -> dict[str, ModelScale] | None:
+    """Per key (a study), how its ``size`` px slices of ``spacings_mm[key]`` mm are shown to ``method`` at its
+    training spacing, on one canvas for all (a multiple of :data:`GRID_MULTIPLE`, at least the training size);
+    None when the model records no spacing or the median spacing is within :data:`SPACING_TOLERANCE` of it."""
+    model_mm = model_spacing_mm(method)
+    if model_mm is None or not spacings_mm:
+        return None
+    if abs(float(np.median(list(spacings_mm.values()))) / model_mm - 1) <= SPACING_TOLERANCE:
+        return None
+    scaled = {k: max(1, int(round(size * mm / model_mm))) for k, mm in spacings_mm.items()}
+    canvas = max(GRID_MULTIPLE, int(math.ceil(max(scaled.values()) / GRID_MULTIPLE)) * GRID_MULTIPLE,
+                 int(math.ceil((model_size(method) or 0) / GRID_MULTIPLE)) * GRID_MULTIPLE)
+    return {k: ModelScale(size=size, scaled=n, canvas=canvas) for k, n in scaled.items()}
 
 
 def autocast(device: torch.device | str, bf16: bool) -> contextlib.AbstractContextManager:

@@ -63,19 +63,22 @@ class ReportContent:
     """What :func:`write_report` puts on the page.
 
     ``anatomy``: the CT (HU) or MR the PET was synthesized from, on ``geometry``; ``anatomy_kind`` "ct" or
-    "mr"; ``synthetic``: the synthetic PET (SUV); ``reference``: a real PET (SUV) on the same grid, or None;
-    ``facts``: label -> value (model card facts, options); ``tables``; ``notes``: lines under the title."""
+    "mr"; ``synthetic``: the synthetic PET (SUV); ``reference``: a real PET (SUV) on the same grid, or None.
+    Without ``synthetic`` (an evaluation over slices of many studies) the page has no MIPs and no viewer.
+    ``facts``: label -> value (model card facts, options); ``tables``; ``figures``: (caption, PNG bytes);
+    ``notes``: lines under the title."""
 
     title: str
-    geometry: Geometry
-    anatomy: np.ndarray
-    synthetic: np.ndarray
+    geometry: Geometry | None = None
+    anatomy: np.ndarray | None = None
+    synthetic: np.ndarray | None = None
     anatomy_kind: str = "ct"
     anatomy_label: str = "CT"
     reference: np.ndarray | None = None
     reference_label: str = "real PET"
     facts: Mapping[str, Any] = field(default_factory=dict)
     tables: Sequence[Table] = ()
+    figures: Sequence[tuple[str, bytes]] = ()
     notes: Sequence[str] = ()
     rotating_mip: bool = True
     pet_max: float = views.PET_DISPLAY_MAX
@@ -126,8 +129,8 @@ def _table_html(table: Table) -> str:
     return f"<h3>{html.escape(table.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
-def write_report(path: str | Path, content: ReportContent) -> Path:
-    """Write ``content`` as one self-contained HTML file (atomically); returns its path."""
+def _volume_sections(content: ReportContent) -> tuple[str, str, dict]:
+    """The MIP section, the viewer section and the viewer's data."""
     g = content.geometry
     for name, volume in (("anatomy", content.anatomy), ("synthetic", content.synthetic),
                          ("reference", content.reference)):
@@ -143,40 +146,72 @@ def write_report(path: str | Path, content: ReportContent) -> Path:
         if content.reference is not None:
             frames = [np.concatenate([a, b], axis=1)
                       for a, b in zip(frames, views.rotating_mip(content.reference, g, frames=24))]
-        gif = _gif_data(frames, content.pet_max)
+        both = f" (synthetic | {html.escape(content.reference_label)})" if content.reference is not None else ""
+        gif = (f"<figure><img alt='rotating MIP' src='{_gif_data(frames, content.pet_max)}'>"
+               f"<figcaption>rotating MIP{both}</figcaption></figure>")
     _, spacing = views.canonical(content.synthetic, g)
-    shape = [views.plane_size(g, p) for p in views.PLANES]
     anatomy_range = ([float(v) for v in np.percentile(content.anatomy, [1, 99.5])]
                      if content.anatomy_kind != "ct" else None)
     data = {
-        "shape": shape, "spacing": list(spacing), "anatomyKind": content.anatomy_kind,
-        "anatomyLabel": content.anatomy_label, "referenceLabel": content.reference_label,
-        "valueScale": VALUE_SCALE, "huOffset": HU_OFFSET, "petMax": content.pet_max,
-        "ctWindows": {k: list(v) for k, v in views.CT_WINDOWS.items()}, "anatomyRange": anatomy_range,
+        "shape": [views.plane_size(g, p) for p in views.PLANES], "spacing": list(spacing),
+        "anatomyKind": content.anatomy_kind, "anatomyLabel": content.anatomy_label,
+        "referenceLabel": content.reference_label, "valueScale": VALUE_SCALE, "huOffset": HU_OFFSET,
+        "petMax": content.pet_max, "ctWindows": {k: list(v) for k, v in views.CT_WINDOWS.items()},
+        "anatomyRange": anatomy_range,
         "volumes": {"anatomy": _volume_data(content.anatomy, g, content.anatomy_kind),
                     "synthetic": _volume_data(content.synthetic, g, "pet"),
                     **({"reference": _volume_data(content.reference, g, "pet")}
                        if content.reference is not None else {})},
     }
+    mip_section = _MIP_SECTION.replace("%MIP%", mip_png).replace("%GIF%", gif)
+    return mip_section, _VIEWER_SECTION, data
+
+
+def write_report(path: str | Path, content: ReportContent) -> Path:
+    """Write ``content`` as one self-contained HTML file (atomically); returns its path."""
+    if content.synthetic is not None and (content.geometry is None or content.anatomy is None):
+        raise ValueError("a report with volumes needs the geometry, the anatomy and the synthetic PET")
+    mip_section, viewer_section, data = ("", "", {}) if content.synthetic is None else _volume_sections(content)
     facts = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                     for k, v in content.facts.items())
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in content.notes)
     tables = "".join(_table_html(t) for t in content.tables)
+    figures = "".join(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,"
+                      f"{base64.b64encode(png).decode('ascii')}'><figcaption>{html.escape(caption)}</figcaption>"
+                      "</figure>" for caption, png in content.figures)
     page = (_TEMPLATE
             .replace("%TITLE%", html.escape(content.title))
             .replace("%LABEL%", html.escape(NOT_FOR_DIAGNOSIS))
             .replace("%VERSION%", html.escape(__version__))
             .replace("%NOTES%", notes)
             .replace("%FACTS%", facts)
-            .replace("%MIP%", mip_png)
-            .replace("%GIF%", f"<figure><img class='gif' alt='rotating MIP' src='{gif}'><figcaption>rotating MIP"
-                              f"{' (synthetic | ' + html.escape(content.reference_label) + ')' if content.reference is not None else ''}"
-                              "</figcaption></figure>" if gif else "")
+            .replace("%MIPS%", mip_section)
+            .replace("%VIEWER%", viewer_section)
+            .replace("%FIGURES%", f"<section><h2>Figures</h2>{figures}</section>" if figures else "")
             .replace("%TABLES%", tables or "<p class='note'>No tables for this run.</p>")
             .replace("%DATA%", json.dumps(data).replace("</", "<\\/")))
     path = Path(path)
     atomic_write_text(path, page)
     return path
+
+
+_MIP_SECTION = """<section><h2>Maximum-intensity projections</h2><div class="mips">
+<figure><img alt="coronal MIP" src="%MIP%"><figcaption>coronal MIP (inverted grey, SUV)</figcaption></figure>
+%GIF%</div></section>"""
+
+_VIEWER_SECTION = """<section><h2>Slices</h2>
+<div id="controls">
+  <span>plane:
+    <label><input type="radio" name="plane" value="axial" checked> axial</label>
+    <label><input type="radio" name="plane" value="coronal"> coronal</label>
+    <label><input type="radio" name="plane" value="sagittal"> sagittal</label></span>
+  <label>slice <input id="slice" type="range" min="0" max="0" value="0"> <span id="sliceText"></span></label>
+  <label id="windowBox">window <select id="window"></select></label>
+  <label>PET scale 0 .. <input id="suvmax" type="number" min="0.5" max="100" step="0.5" style="width: 4em"> SUV</label>
+</div>
+<div id="panels"></div>
+<p class="note" id="status">decoding the volumes...</p>
+</section>"""
 
 
 _TEMPLATE = """<!DOCTYPE html>
@@ -209,22 +244,9 @@ img { max-width: 100%; }
 <p><span class="label">%LABEL%</span></p>
 %NOTES%
 <section><h2>Model and run</h2><table class="facts">%FACTS%</table></section>
-<section><h2>Maximum-intensity projections</h2><div class="mips">
-<figure><img alt="coronal MIP" src="%MIP%"><figcaption>coronal MIP (inverted grey, SUV)</figcaption></figure>
-%GIF%</div></section>
-<section><h2>Slices</h2>
-<div id="controls">
-  <span>plane:
-    <label><input type="radio" name="plane" value="axial" checked> axial</label>
-    <label><input type="radio" name="plane" value="coronal"> coronal</label>
-    <label><input type="radio" name="plane" value="sagittal"> sagittal</label></span>
-  <label>slice <input id="slice" type="range" min="0" max="0" value="0"> <span id="sliceText"></span></label>
-  <label id="windowBox">window <select id="window"></select></label>
-  <label>PET scale 0 .. <input id="suvmax" type="number" min="0.5" max="100" step="0.5" style="width: 4em"> SUV</label>
-</div>
-<div id="panels"></div>
-<p class="note" id="status">decoding the volumes...</p>
-</section>
+%MIPS%
+%VIEWER%
+%FIGURES%
 <section><h2>Tables</h2>%TABLES%</section>
 <p class="note">Written by petsynth %VERSION%. The page needs no network: every image and volume is inside it.</p>
 <script id="petsynth-data" type="application/json">%DATA%</script>
@@ -353,7 +375,7 @@ async function main() {
   document.getElementById("status").textContent =
     "Drag the slider to move through the slices; pixels are shown at their true aspect.";
 }
-main().catch(err => { document.getElementById("status").textContent = "could not show the volumes: " + err; });
+if (D.volumes) main().catch(err => { document.getElementById("status").textContent = "could not show the volumes: " + err; });
 </script>
 </body></html>
 """

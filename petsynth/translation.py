@@ -67,15 +67,14 @@ from petsynth.data.nifti_layouts import load_nifti_volume
 from petsynth.data.prepare import by_frame_duration, largest_series
 from petsynth.data.store import DATASET_FILE, open_dataset
 from petsynth.data.suv import SUVError
-from petsynth.inference import PredictOptions, load_model, model_name, predict_dataset, predict_items, set_threads
+from petsynth.inference import (GRID_MULTIPLE, PredictOptions, load_model, model_name, model_size, model_spacing_mm,
+                                predict_dataset, predict_items, set_threads)
 from petsynth.io.nifti import write_nifti
 from petsynth.methods.base import Method, MethodError
 from petsynth.physics.constants import HU_AIR, KVP_RANGE
 from petsynth.tasks import Task, get_task
 from petsynth.utils.files import atomic_directory
 
-#: Output grid sides are multiples of this (the attention segmenter's encoder halves the size 5 times).
-GRID_MULTIPLE = 32
 #: Slice size used when a model card gives no training spacing and no ``spacing_mm`` is passed.
 FALLBACK_SIZE = 256
 #: Body mask of translate's output where the task has a CT: CT above this HU (holes filled), grown by the
@@ -322,21 +321,6 @@ def read_input(path: str | Path, task: str | Task, ct: str | Path | None = None,
 
 
 # --- the output grid --------------------------------------------------------------------------------------
-def model_spacing_mm(method: Method) -> float | None:
-    """The in-plane pixel spacing (mm) the model was trained at, from its card (None when not recorded)."""
-    data = getattr(getattr(method, "card", None), "data", None) or {}
-    spacing = data.get("spacing_mm")
-    if not spacing:
-        return None
-    return float(np.mean(spacing))
-
-
-def model_size(method: Method) -> int | None:
-    """The slice size (pixels) the model was trained at, from its card (None when not recorded)."""
-    data = getattr(getattr(method, "card", None), "data", None) or {}
-    return int(data["size"]) if data.get("size") else None
-
-
 def output_geometry(source: Geometry, spacing_mm: float, multiple: int = GRID_MULTIPLE,
                     min_size: int | None = None) -> Geometry:
     """The source's slices with square pixels of ``spacing_mm``, centred on its field of view, covering it,

@@ -5,6 +5,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -40,12 +41,37 @@ def test_demo_translates_the_phantom_and_scores_it_against_the_truth(tmp_path):
     assert mu_map.max() <= 1.0 + 1e-6 and mu_map.min() > 0.8
     assert np.isclose(np.median(mu_map[mu_map < 0.95]), np.exp(-0.096), atol=0.01)
     with Image.open(report.files["panel"]) as png:
-        assert png.size[0] > 800
+        assert png.size[0] > 800 and png.size[0] / png.size[1] < 2.5  # a readable grid, not a 6:1 strip
+    for name in ("mip", "fused"):
+        with Image.open(report.files[name]) as png:
+            assert min(png.size) > 200 and np.asarray(png.convert("L")).std() > 5  # drawn, not blank
+    assert "not for diagnosis" in report.files["report"].read_text()
+
+    # the organ table, recomputed with numpy from the written truth: SUVmean per organ, SUVmax per lesion
+    truth_record = json.loads((study / "truth" / "truth.json").read_text())
+    labels, _ = read_nifti(study / "truth" / "labels.nii.gz")
+    organs = {o["region"]: o for o in saved["organs"]}
+    liver = next(r["label"] for r in truth_record["labels"] if r["name"] == "liver")
+    assert organs["liver"]["truth"] == pytest.approx(truth[labels == liver].mean(), rel=1e-5)
+    assert organs["liver"]["scanner"] == pytest.approx(pet[labels == liver].mean(), rel=1e-5)
+    for n, lesion in enumerate(truth_record["lesions"]):
+        inside = labels == lesion["label"]
+        assert (f"lesion_{n}" in organs) == bool(inside.any())  # a lesion the PET grid does not hold has no row
+        if inside.any():
+            row = organs[f"lesion_{n}"]
+            assert row["statistic"] == "SUVmax" and row["truth"] == pytest.approx(truth[inside].max())
     assert len(list(report.files["synthetic_dicom"].glob("*.dcm"))) == synthetic.shape[0]
     assert any(report.files["phantom_dicom"].rglob("*.dcm"))
 
 
 def test_demo_command_exit_code(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--preset", "tiny", "--steps", "1"])
+    import os
+
+    before = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--preset", "tiny", "--steps", "1"])
+    finally:
+        os.umask(before)
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "d" / "metrics.json").stat().st_mode & 0o777 == 0o644  # the umask, not 0600
     assert "ssim" in result.output and "phantoms only" in result.output

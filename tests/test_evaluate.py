@@ -78,7 +78,7 @@ def test_writes_every_file_and_reports_names_not_paths(evaluation, models, tiny_
     assert report.references == ["real", "truth"] and report.slices == 48 and len(report.studies) == 3
     assert {k: p.name for k, p in report.files.items()} == {
         "metrics": "metrics.csv", "per_slice": "per_slice.csv", "table": "table.md", "figure": "figure.png",
-        "settings": "evaluation.json"}
+        "settings": "evaluation.json", "report": "report.html"}
     for path in report.files.values():
         assert path.parent == out and path.is_file() and path.stat().st_size > 0
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -87,6 +87,9 @@ def test_writes_every_file_and_reports_names_not_paths(evaluation, models, tiny_
     assert str(tiny_dataset) not in text and str(models["run-a"]) not in text and "/" not in json.dumps(
         settings["models"])
     assert [m["name"] for m in settings["models"]] == ["run-a", "run-b"]
+    page = (out / "report.html").read_text()
+    assert str(tiny_dataset) not in page and str(models["run-a"].parent) not in page  # paths hold "-": not base64
+    assert "not for diagnosis" in page and "run-a" in page and "data:image/png;base64," in page
     assert settings["models"][0]["method"] == "unet" and settings["models"][0]["step"] == 1
     assert settings["slices_evaluated"] == 48 and sum(settings["studies"].values()) == 48
     assert settings["suv_window"] == [0.0, 20.0] and set(settings["versions"]) >= {"petsynth", "torch"}
@@ -370,3 +373,51 @@ def test_lpips_is_reported_when_the_user_supplied_its_weights(tiny_dataset, mode
     want = lpips(pred, target, data_range=WINDOW, net="alex").mean().item()
     assert report.overall["run-a"]["real"]["lpips_suv"] == pytest.approx(want, rel=1e-6)
     assert "LPIPS" in (tmp_path / "o" / "table.md").read_text().split("## Conventions")[0]
+
+
+def _save_unet_at(path, spacing_mm, size=32):
+    """A tiny U-Net whose card says it was trained on ``size`` px slices of ``spacing_mm`` mm."""
+    torch.manual_seed(1)
+    method = build_method("unet", TINY_UNET, task="ct2pet")
+    card = ModelCard(method="unet", task="ct2pet", config=method.config.to_dict(), step=1,
+                     intensity={k: t.to_dict() for k, t in method.intensity_transforms().items()},
+                     data={"size": size, "spacing_mm": [spacing_mm, spacing_mm]})
+    return save_checkpoint(path, card, {"model": method.state_dict()})
+
+
+def test_a_model_trained_at_another_pixel_spacing_sees_the_slices_at_its_own_scale(tiny_dataset, tmp_path):
+    ds = open_dataset(tiny_dataset, "test")
+    data_mm = float(np.mean(ds.study_meta(ds.studies[0])["spacing_mm"]))
+    assert data_mm > 10  # tiny phantoms prepared at 32 px: coarse pixels
+    model = _save_unet_at(tmp_path / "fine" / "model", spacing_mm=data_mm / 4)
+    report = evaluate([model], tiny_dataset, tmp_path / "o", options=OPTIONS, max_slices=2)
+    assert any("trained on pixels of" in n and "resized back" in n for n in report.notes)
+    assert "trained on pixels of" in (tmp_path / "o" / "table.md").read_text()
+
+    # independently: the first evaluated slice, enlarged 4x (to 128 px, on a 128 px canvas), predicted, shrunk back
+    item = ds[select_slices(len(ds), 2)[0]]
+    big = torch.nn.functional.interpolate(torch.from_numpy(item["source"])[None, None], size=(128, 128),
+                                          mode="bilinear", align_corners=False)[0, 0].numpy()
+    method = load_model(model, task="ct2pet")
+    (_, pred), = predict_items(method, [{**item, "source": big}], options=OPTIONS)
+    back = torch.nn.functional.interpolate(pred, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    want = mae(back.double(), torch.from_numpy(item["target"])[None, None].double(), data_range=WINDOW).item()
+    rows = [r for r in _read_csv(tmp_path / "o" / "per_slice.csv") if r["reference"] == "real"]
+    assert float(rows[0]["mae_suv"]) == pytest.approx(want, rel=1e-5)
+
+    same = _save_unet_at(tmp_path / "same" / "model", spacing_mm=data_mm)  # at its own scale: as stored
+    plain = evaluate([same], tiny_dataset, tmp_path / "p", options=OPTIONS, max_slices=2)
+    assert not any("trained on pixels of" in n for n in plain.notes)
+
+
+def test_cli_tables_fit_80_columns_and_bundled_models_are_named(tiny_dataset, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", "phantom-cpdm", "--data", str(tiny_dataset), "--out",
+                                      str(tmp_path / "o"), "--max-slices", "2", "--steps", "1", "--threads", "1"],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output and max(len(line) for line in result.output.splitlines()) <= 80
+    text = " ".join(result.output.split())
+    for label in ("MAE", "PSNR", "SSIM", "(paper)"):
+        assert label in text
+    assert "phantom-cpdm is bundled with petsynth and knows digital phantoms only" in text
+    assert "trained on pixels of 5.92 mm" in text  # the bundled model's scale, not the 32 px slices'

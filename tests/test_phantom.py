@@ -1,6 +1,6 @@
 """Digital phantoms: checked against independent truth, with the tiny preset.
 
-SUV is computed here by hand from the DICOM header (DESIGN.md's formula), never with petsynth's readers.
+SUV is computed here by hand from the DICOM header (the formula of docs/formulas.md), never with petsynth's readers.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _dicom_dt(date: str, time: str) -> dt.datetime:
 
 
 def suv_by_hand(dss, vol):
-    """DESIGN.md: SUV = value * weight[kg] * 1000 / (dose * 2^(-dt / half-life)), dt from injection to the
+    """docs/formulas.md: SUV = value * weight[kg] * 1000 / (dose * 2^(-dt / half-life)), dt from injection to the
     series time (or the earliest acquisition time when that is earlier)."""
     d0 = dss[0]
     assert d0.Units == "BQML" and d0.DecayCorrection == "START"

@@ -1,4 +1,4 @@
-"""SUVbw from DICOM PET, following the QIBA vendor-neutral pseudo-code (see DESIGN.md).
+"""SUVbw from DICOM PET, following the QIBA vendor-neutral pseudo-code (docs/formulas.md).
 
 - Units BQML: SUV = value * PatientWeight[kg] * 1000 / (RadionuclideTotalDose * 2^(-dt / RadionuclideHalfLife)),
   dt from injection to scan time. Injection: RadiopharmaceuticalStartDateTime, else

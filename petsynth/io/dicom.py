@@ -215,9 +215,8 @@ def conformed_value(ds: Dataset, keyword: str) -> tuple[Any, str | None]:
         for v in values:
             if isinstance(v, str | bytes):
                 validate_value(vr, v, pydicom_config.RAISE)
-    except ValueError as err:
-        reason = str(err).split(".")[0]
-        return "", f"{name} {tag} is not a valid VR {vr} value ({reason}): left empty"
+    except ValueError:
+        return "", f"{name} {tag} is not a valid VR {vr} value: left empty"
     return value, None
 
 

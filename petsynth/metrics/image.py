@@ -70,7 +70,7 @@ VIF_SCALES: int = 4
 
 # --- CPDM paper mode.
 #: CPDM's public code divides stored PET values (16-bit signed DICOM pixel values, max 2**15 - 1)
-#: by 2**15 - 1 before evaluation, and evaluates SSIM with data range 1 (DESIGN.md, "paper mode").
+#: by 2**15 - 1 before evaluation, and evaluates SSIM with data range 1 (the CPDM paper's convention, see petsynth.evaluate).
 #: Defined once, with the intensity transforms.
 CPDM_PET_SCALE: int = CPDM_PET_MAX_STORED
 

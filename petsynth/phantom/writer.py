@@ -15,7 +15,7 @@ Layout of ``OUT/<study_id>/``::
 A study is built under a hidden temporary name beside its folder and renamed into place when complete, so an
 interrupted run never leaves a half-written study under its final name.
 
-DICOM facts the headers carry (see DESIGN.md, SUV logic): PET Units BQML with a RescaleSlope per slice and
+DICOM facts the headers carry (docs/formulas.md, SUVbw): PET Units BQML with a RescaleSlope per slice and
 RescaleIntercept 0; DecayCorrection START; values are Bq/ml decay-corrected to the series start
 (SeriesDate/SeriesTime = the earliest AcquisitionTime), so that
 ``SUV = value * PatientWeight * 1000 / (RadionuclideTotalDose * 2^(-(series - injection) / half-life))``
