@@ -20,15 +20,17 @@ from pathlib import Path
 BURNER = "while True: pass"
 
 
-def demo_seconds(threads: int | None, preset: str) -> tuple[float, float]:
-    """(translation seconds, whole demo seconds) of one ``petsynth demo`` in a new process."""
+def demo_seconds(threads: int | None, preset: str) -> tuple[float, float, int]:
+    """(translation seconds, whole demo seconds, torch threads used) of one ``petsynth demo`` in a new
+    process."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "petsynth.cli", "demo", "--out", tmp, "--preset", preset]
         if threads is not None:
             cmd += ["--threads", str(threads)]
         subprocess.run(cmd, check=True, capture_output=True)
         report = json.loads((Path(tmp) / "metrics.json").read_text())
-    return report["translate_seconds"], report["seconds"]
+        used = json.loads((Path(tmp) / "synthetic" / "translate.json").read_text())["options"]["threads"]
+    return report["translate_seconds"], report["seconds"], used
 
 
 def main() -> None:
@@ -37,13 +39,13 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     demo_seconds(None, args.preset)  # warm the file cache
-    print(f"demo ({args.preset} phantom), {cores} cores: translation s / whole demo s")
+    print(f"demo ({args.preset} phantom), {cores} cores: translation s / whole demo s (threads used)")
     for busy in (False, True):
         burner = subprocess.Popen([sys.executable, "-c", BURNER]) if busy else None
         try:
             for label, threads in (("default (chosen)", None), ("1 thread", 1), (f"{cores} threads", cores)):
-                t, whole = demo_seconds(threads, args.preset)
-                print(f"  {'one core busy' if busy else 'idle':>13} | {label:>16}: {t:6.1f} / {whole:6.1f}")
+                t, whole, used = demo_seconds(threads, args.preset)
+                print(f"  {'one core busy' if busy else 'idle':>13} | {label:>16}: {t:6.1f} / {whole:6.1f} ({used})")
         finally:
             if burner is not None:
                 burner.kill()

@@ -171,6 +171,18 @@ def _tables_that_fit(width: int, title: str, keys: list[str], key_rows: list[lis
     return tables
 
 
+def _set_threads(threads: int | None) -> None:
+    """torch's CPU threads (None: chosen from the idle cores), the choice's note printed as a warning."""
+    import warnings
+
+    from petsynth.inference import set_threads
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        set_threads(threads)
+    _print_warnings(caught)
+
+
 def _print_warnings(caught: list) -> None:
     """Each distinct warning once, with how often it came (a library warns once per file of a series)."""
     counts: dict[str, int] = {}
@@ -397,11 +409,11 @@ def evaluate(
 
     from petsynth.data.store import DatasetError
     from petsynth.evaluate import EvaluationError, evaluate as run_evaluation
-    from petsynth.inference import PredictOptions, set_threads
+    from petsynth.inference import PredictOptions
     from petsynth.methods.base import MethodError
     from petsynth.train.checkpoint import CheckpointError
 
-    set_threads(threads)
+    _set_threads(threads)
     extra = _parse_overrides(sampler_options, "--sampler-option", "snr=0.16")
     options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed, sampler=extra)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -560,13 +572,12 @@ def bench(
     from rich.table import Table
 
     from petsynth import bench as b
-    from petsynth.inference import set_threads
 
     try:
         step_list = [int(v) for v in steps.split(",")]
     except ValueError:
         raise typer.BadParameter(f"{steps!r}; use e.g. 1,5,10", param_hint="--steps") from None
-    set_threads(threads)
+    _set_threads(threads)
     device = _device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Console()
     out.print(f"machine: {b.machine()}")
@@ -615,13 +626,17 @@ def demo(
     from petsynth.train.checkpoint import CheckpointError
     from petsynth.translation import TranslateError
 
+    import warnings
+
     try:
-        with console.status("demo") as status:
+        with console.status("demo") as status, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             report = run_demo(out, seed=seed, preset=preset, model=model, steps=steps, threads=threads,
                               progress=lambda msg: status.update(f"demo: {msg}"))
     except (TranslateError, MethodError, CheckpointError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=1) from None
+    _print_warnings(caught)
     table = Table(title=f"petsynth demo ({report.seconds:.0f} s, translation {report.translate_seconds:.0f} s): "
                         "scores against the phantom's noise-free truth")
     table.add_column("metric")

@@ -156,8 +156,11 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, preset: str = "small", model
     ``steps``: the model's sampling steps (None: its default); ``model``: another trained ct2pet model."""
     from petsynth.translation import translate
 
+    from petsynth.inference import set_threads
+
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
+    threads = set_threads(threads)  # the simulation runs on torch too: chosen once here, for every stage
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say("simulating a whole-body PET/CT phantom")
