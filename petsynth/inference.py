@@ -135,6 +135,13 @@ def busy_cores(sample_s: float = 0.1) -> tuple[float, int] | None:
 _AUTO_CHOICE: list[int] = []  # the count the last automatic choice set (empty: none yet)
 
 
+def _callers_choice() -> int | None:
+    """torch's thread count when the program set it itself (not torch's default, not petsynth's last
+    automatic choice), else None."""
+    current = torch.get_num_threads()
+    return current if current != TORCH_DEFAULT_THREADS and current not in _AUTO_CHOICE[-1:] else None
+
+
 def choose_threads(threads: int | None = None) -> tuple[int, str | None]:
     """torch CPU threads to use, and a note when they were lowered. ``threads`` given: that. Else the count
     the caller already set with ``torch.set_num_threads`` (anything but torch's default or petsynth's own
@@ -144,9 +151,8 @@ def choose_threads(threads: int | None = None) -> tuple[int, str | None]:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         return threads, None
-    current = torch.get_num_threads()
-    if current != TORCH_DEFAULT_THREADS and current not in _AUTO_CHOICE[-1:]:
-        return current, None
+    if _callers_choice() is not None:
+        return torch.get_num_threads(), None
     measured = busy_cores()
     if measured is None:
         return TORCH_DEFAULT_THREADS, None
@@ -161,9 +167,10 @@ def choose_threads(threads: int | None = None) -> tuple[int, str | None]:
 def set_threads(threads: int | None) -> int:
     """Set torch's CPU threads: ``threads``, or None for :func:`choose_threads`' choice (a warning says when it
     took fewer than one per core). Returns the count set."""
+    automatic = threads is None and _callers_choice() is None
     chosen, note = choose_threads(threads)
     torch.set_num_threads(chosen)
-    if threads is None:
+    if automatic:
         _AUTO_CHOICE[:] = [chosen]
     if note:
         warnings.warn(note, stacklevel=2)

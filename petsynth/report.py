@@ -41,8 +41,6 @@ from petsynth.utils.files import atomic_write_text
 NOT_FOR_DIAGNOSIS = "Synthetic PET computed by petsynth: not an acquisition, not for diagnosis."
 #: Value scale of the non-CT volumes in the page (uint16 = value x this).
 VALUE_SCALE = 100.0
-#: Rough height (pixels) of the rotating MIP's frames.
-GIF_HEIGHT = 400
 #: CT offset in the page (uint16 = HU + this).
 HU_OFFSET = 1024.0
 
@@ -95,9 +93,7 @@ def _gif_data(frames: Sequence[np.ndarray], high: float, duration_ms: int = 120)
     """An animated GIF (inverted grey over 0..``high``) of ``frames``, as a data URI."""
     from PIL import Image
 
-    zoom = max(1, int(round(GIF_HEIGHT / max(frames[0].shape[0], 1))))  # pixels duplicated: crisp, small GIF
-    images = [Image.fromarray((255 - np.clip(f / high, 0, 1) * 255).astype(np.uint8)).resize(
-        (f.shape[1] * zoom, f.shape[0] * zoom), Image.Resampling.NEAREST) for f in frames]
+    images = [Image.fromarray((255 - np.clip(f / high, 0, 1) * 255).astype(np.uint8)) for f in frames]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
     return "data:image/gif;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -147,7 +143,7 @@ def _volume_sections(content: ReportContent) -> tuple[str, str, dict]:
             frames = [np.concatenate([a, b], axis=1)
                       for a, b in zip(frames, views.rotating_mip(content.reference, g, frames=24))]
         both = f" (synthetic | {html.escape(content.reference_label)})" if content.reference is not None else ""
-        gif = (f"<figure><img alt='rotating MIP' src='{_gif_data(frames, content.pet_max)}'>"
+        gif = (f"<figure><img class='gif' alt='rotating MIP' src='{_gif_data(frames, content.pet_max)}'>"
                f"<figcaption>rotating MIP{both}</figcaption></figure>")
     _, spacing = views.canonical(content.synthetic, g)
     anatomy_range = ([float(v) for v in np.percentile(content.anatomy, [1, 99.5])]
@@ -238,6 +234,7 @@ canvas { display: block; width: 300px; }
 img { max-width: 100%; }
 .mips { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .mips figure { margin: 0; } .mips img { max-height: 520px; }
+.mips img.gif { height: 420px; image-rendering: pixelated; }  /* scaled by the browser: a small file */
 </style></head>
 <body>
 <h1>%TITLE%</h1>
