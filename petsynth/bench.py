@@ -164,6 +164,26 @@ class PrepareSpeed:
         return self.floor_seconds / self.seconds
 
 
+def bench_phantoms(work: Path, studies: int, preset: str = "default", *, with_truth: bool = False,
+                   say: Say | None = None) -> Path:
+    """GE-like ct2pet phantom DICOM studies (seed 0) in ``work``, written once (atomically) and reused; without
+    ``with_truth`` only the DICOM series, as an archive holds them."""
+    import shutil
+
+    from petsynth import phantom as ph
+
+    raw = Path(work) / f"raw-{preset}-{studies}{'-truth' if with_truth else ''}"
+    if not raw.exists():
+        (say or (lambda _m: None))(f"simulating {studies} {preset} phantom studies (not timed)")
+        tmp = Path(work) / f".{raw.name}-{time.time_ns()}"
+        ph.write_studies(tmp, task=DEFAULT_TASK, studies=studies, seed=0, fmt="dicom", preset=preset, flavour="ge")
+        if not with_truth:
+            for folder in tmp.rglob("truth"):
+                shutil.rmtree(folder)
+        tmp.rename(raw)
+    return raw
+
+
 def prepare_speed(studies: int = 1, preset: str = "default", size: int = 256, workdir: Path | None = None,
                   say: Say | None = None, progress: Callable[[int, int, str], None] | None = None,
                   repeats: int = 3, with_truth: bool = False) -> PrepareSpeed:
@@ -176,20 +196,11 @@ def prepare_speed(studies: int = 1, preset: str = "default", size: int = 256, wo
 
     import pydicom
 
-    from petsynth import phantom as ph
     from petsynth.data.prepare import prepare_dataset
 
     say = say or (lambda _m: None)
     work = Path(workdir or tempfile.mkdtemp(prefix="petsynth_bench_"))
-    raw = work / f"raw-{preset}-{studies}{'-truth' if with_truth else ''}"
-    if not raw.exists():
-        say(f"simulating {studies} {preset} phantom studies (not timed)")
-        tmp = work / f".{raw.name}-{time.time_ns()}"
-        ph.write_studies(tmp, task=DEFAULT_TASK, studies=studies, seed=0, fmt="dicom", preset=preset, flavour="ge")
-        if not with_truth:
-            for folder in tmp.rglob("truth"):
-                shutil.rmtree(folder)
-        tmp.rename(raw)
+    raw = bench_phantoms(work, studies, preset, with_truth=with_truth, say=say)
     files = sorted(raw.rglob("*.dcm"))
     floor_runs, run_seconds, run_cpu, pairs = [], [], [], 0
     rss_before = peak_rss_mb()

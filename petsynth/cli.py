@@ -22,6 +22,11 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+DASK_HELP = ("Run one task per study on a Dask cluster: a scheduler's address (tcp://host:8786; every worker must "
+             "see the same paths) or 'local' (a local cluster of --workers processes). Needs "
+             "pip install 'petsynth[dask]'.")
+DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."
+
 #: How a value is shown in help, by its Python type (the conventional upper-case names).
 _VALUE_NAMES = {Path: "PATH", int: "N", float: "X", str: "TEXT"}
 
@@ -206,7 +211,9 @@ def prepare(
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (or continue with --resume)."),
     task: str = typer.Option(DEFAULT_TASK, "--task", help="The task: " + ", ".join(TASK_NAMES) + "."),
     size: int = typer.Option(256, "--size", min=8, help="Output slice size in pixels (square)."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Studies prepared in parallel (processes)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Studies prepared in parallel (processes; with "
+                                "--dask local, the local cluster's workers)."),
+    dask: Optional[str] = typer.Option(None, "--dask", help=DASK_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue a dataset: skip the studies it already has."),
     split: str = typer.Option("0.8,0.1,0.1", "--split", help="Train,val,test fractions, by patient."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of slice sampling."),
@@ -231,6 +238,7 @@ def prepare(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from petsynth.data.prepare import LOW_COVERAGE, prepare_dataset
+    from petsynth.parallel import ClusterError
     from petsynth.data.store import DatasetError, DatasetExistsError
 
     if task not in TASK_NAMES:
@@ -257,13 +265,14 @@ def prepare(
         try:
             report = prepare_dataset(inputs, out, task, size=size, workers=workers, resume=resume,
                                      key_file=key_file, split=fractions, seed=seed, slices_per_study=per_study,
-                                     min_coverage=min_coverage, mapping_file=pseudonym_map, progress=advance)
+                                     min_coverage=min_coverage, mapping_file=pseudonym_map, dask=dask,
+                                     progress=advance)
         except DatasetExistsError:
             bar.remove_task(job)
             console.print(f"[red]error:[/red] {out} already holds a dataset: continue it with --resume, or choose "
                           "a new --out")
             raise typer.Exit(code=1) from None
-        except (DatasetError, FileNotFoundError, ValueError) as err:
+        except (DatasetError, FileNotFoundError, ValueError, ClusterError) as err:
             bar.remove_task(job)
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(code=1) from None
@@ -303,7 +312,6 @@ def _parse_overrides(items: list[str], param_hint: str = "--set", example: str =
     return out
 
 
-DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."
 
 
 def _device(text: str) -> str | None:
@@ -393,6 +401,9 @@ def evaluate(
                                         "diffusion models (0: deterministic; default: each model's)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per batch."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes predicting in parallel, one study "
+                                "per task (with --dask local, the local cluster's workers)."),
+    dask: Optional[str] = typer.Option(None, "--dask", help=DASK_HELP),
     max_slices: Optional[int] = typer.Option(None, "--max-slices", min=1, help="Evaluate this many evenly "
                                              "spaced slices of the split (the same for every model)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
@@ -409,6 +420,7 @@ def evaluate(
 
     from petsynth.data.store import DatasetError
     from petsynth.evaluate import EvaluationError, evaluate as run_evaluation
+    from petsynth.parallel import ClusterError
     from petsynth.inference import PredictOptions
     from petsynth.methods.base import MethodError
     from petsynth.train.checkpoint import CheckpointError
@@ -430,8 +442,9 @@ def evaluate(
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 report = run_evaluation(models, data, out, split=split, options=options, max_slices=max_slices,
-                                        progress=advance, device=_device(device))
-    except (EvaluationError, DatasetError, MethodError, CheckpointError) as err:
+                                        progress=advance, device=_device(device), workers=workers,
+                                        dask=dask)
+    except (EvaluationError, DatasetError, MethodError, CheckpointError, ClusterError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=1) from None
     n_studies = len(report.studies)
@@ -505,13 +518,37 @@ def translate(
                                    "HU where the task has a CT, else the MR above a tenth of its 99th "
                                    "percentile; holes filled, + 10 mm); --no-mask-body keeps the raw output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Archive: studies translated in parallel "
+                                "(processes; with --dask local, the local cluster's workers)."),
+    dask: Optional[str] = typer.Option(None, "--dask", help="Archive: " + DASK_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Archive: keep the studies already in --out, translate "
+                                "the others."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Archive: secret key of the study pseudonyms "
+                                            "(prepare's; default ~/.petsynth/pseudonym.key)."),
+    pseudonym_map: Optional[Path] = typer.Option(None, "--pseudonym-map", help="Archive: also write a CSV linking "
+                                                 "each output folder to its study (it identifies patients: "
+                                                 "outside --out)."),
 ) -> None:
     """Translate a CT, an MR or a low-dose PET (+ its CT), as the model's task reads, into synthetic PET in SUV.
 
     Writes OUT/synthetic_pet.nii.gz (it overlays the source in a viewer), OUT/dicom/ (a PET series in the
     source's study, Units GML, marked synthetic and not for diagnosis), OUT/translate.json, and with --png
-    panels. A model of another task than the input's is refused."""
+    panels. A model of another task than the input's is refused. A folder holding several DICOM studies is an
+    archive: each study goes to OUT/<pseudonym>/, with OUT/batch_report.json."""
     import warnings
+
+    studies = _studies_of_archive(input) if input.is_dir() else None
+    if studies:
+        if ct is not None:
+            raise typer.BadParameter("an archive's CTs come from its studies; --ct goes with a NIfTI input",
+                                     param_hint="--ct")
+        _translate_archive(model, input, out, studies=studies, steps=steps, eta=eta, batch_size=batch_size, bf16=bf16,
+                           sampler=_parse_overrides(sampler_options, "--sampler-option", "snr=0.16"), kvp=kvp,
+                           spacing_mm=spacing, write_dicom=dicom, png=png, report=report, seed=seed,
+                           mask_body=mask_body, workers=workers, dask=dask, device=_device(device) or "auto",
+                           threads=threads, resume=resume, overwrite=overwrite, key_file=key_file,
+                           mapping_file=pseudonym_map)
+        return
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
@@ -549,6 +586,64 @@ def translate(
 
     if result.info.get("model", {}).get("name") in bundled_models():
         console.print(f"[yellow]{PHANTOMS_ONLY_NOTICE.format(name=result.info['model']['name'])}[/yellow]")
+
+
+def _studies_of_archive(folder: Path) -> list | None:
+    """The DICOM studies under ``folder`` when it holds more than one (an archive), else None (a study folder
+    or a prepared dataset: translate reads those itself)."""
+    from petsynth.data.dicom_index import scan_dicom
+    from petsynth.data.store import DATASET_FILE
+
+    if (folder / DATASET_FILE).is_file():
+        return None
+    studies, _ = scan_dicom([folder])
+    return studies if len(studies) > 1 else None
+
+
+def _translate_archive(model: str, archive: Path, out: Path, *, studies: list, workers: int, dask: Optional[str],
+                       device: str,
+                       threads: Optional[int], resume: bool, overwrite: bool, key_file: Optional[Path],
+                       mapping_file: Optional[Path], **options) -> None:
+    """``translate`` of a folder of studies (petsynth.archive), with a bar over the studies."""
+    import warnings
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from petsynth.archive import translate_archive
+    from petsynth.methods.base import MethodError
+    from petsynth.parallel import ClusterError
+    from petsynth.train.checkpoint import CheckpointError
+    from petsynth.translation import StudyOptions, TranslateError
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as bar, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            job = bar.add_task("translating studies", total=None)
+            result = translate_archive(
+                model, archive, out, StudyOptions(**options), workers=workers, dask=dask, device=device,
+                threads=threads, resume=resume, overwrite=overwrite, key_file=key_file, mapping_file=mapping_file,
+                studies=studies,
+                progress=lambda done, total, status: bar.update(job, completed=done, total=total,
+                                                                description=f"translating studies ({status})"))
+        _print_warnings(caught)
+    except (TranslateError, MethodError, CheckpointError, ValueError, ClusterError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=1) from None
+    counts = {k: sum(s.status == k for s in result.studies) for k in ("ok", "skipped", "failed")}
+    console.print(f"{_count(len(result.studies), 'study', 'studies')} found: {counts['ok']} translated "
+                  f"({_count(sum(s.slices for s in result.studies), 'slice')}), {counts['skipped']} already in "
+                  f"{out}, {counts['failed']} failed, in {result.seconds:.1f} s. Report: {out / 'batch_report.json'}")
+    for s in result.failed:
+        console.print(f"[red]failed[/red] {s.study}: {s.reason}")
+    from petsynth.inference import PHANTOMS_ONLY_NOTICE, bundled_models
+
+    if model in bundled_models():
+        console.print(f"[yellow]{PHANTOMS_ONLY_NOTICE.format(name=model)}[/yellow]")
+    if result.failed:
+        raise typer.Exit(code=1)
 
 
 @_command()

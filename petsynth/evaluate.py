@@ -59,7 +59,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,11 @@ import torch
 
 import petsynth
 from petsynth.data.store import SPLITS, PreparedDataset, open_dataset
+from petsynth.data.batch import Collate
 from petsynth.inference import (BUNDLED_MODELS_DIR, PHANTOMS_ONLY_NOTICE, ModelScale, PredictOptions,
-                                bundled_models, load_model, model_name, model_scales, model_spacing_mm,
-                                predict_items)
+                                bundled_models, cached_model, load_model, model_name, model_scales,
+                                model_spacing_mm, predict_items)
+from petsynth.parallel import run_each
 from petsynth.physics.constants import HU_AIR
 from petsynth.methods.base import Method
 from petsynth.metrics import (
@@ -296,6 +298,74 @@ def _model_info(name: str, method: Method) -> dict[str, Any]:
             "training_data": {k: data[k] for k in ("train_slices", "train_studies", "spacing_mm") if k in data}}
 
 
+@dataclass(frozen=True)
+class _PredictJob:
+    """What a process needs to predict slices of one model: the model's spec, the dataset, the options, the
+    per-study :class:`~petsynth.inference.ModelScale` (or None) and the device."""
+
+    spec: str
+    data: str
+    split: str
+    options: PredictOptions
+    scale: Mapping[str, ModelScale] | None
+    device: str
+
+
+def _predict(method: Method, items: list[dict[str, Any]], job: _PredictJob, task: str,
+             progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """``(batch, prediction in SUV)`` over ``items`` (the dataset's, in physical units), each shown to the model at
+    its training scale when ``job.scale`` says so; the batch keeps the stored source."""
+    if job.scale:
+        items = [_at_model_scale(item, job.scale[item["study"]], task) for item in items]
+    for batch, pred in predict_items(method, items, total=len(items), options=job.options, progress=progress):
+        if job.scale:
+            pred = torch.cat([job.scale[study].from_model(pred[b:b + 1]) for b, study in enumerate(batch["study"])])
+            batch["source"] = torch.from_numpy(np.stack(batch["_source"]))[:, None]
+        yield batch, pred
+
+
+def _local_predictions(method: Method, dataset: PreparedDataset, indices: list[int], job: _PredictJob,
+                       progress) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    items = [{**dataset[i], "_position": pos} for pos, i in enumerate(indices)]
+    yield from _predict(method, items, job, dataset.task, progress)
+
+
+_DATASETS: dict[tuple[str, str], PreparedDataset] = {}  # opened once per worker process
+
+
+def _predict_study(positions: list[int], indices: list[int], job: _PredictJob) -> np.ndarray:
+    """On a worker: the predictions (n, 1, H, W) float32 in SUV for the dataset slices ``indices``."""
+    key = (job.data, job.split)
+    if key not in _DATASETS:
+        _DATASETS[key] = _open(job.data, job.split)
+    dataset = _DATASETS[key]
+    method = cached_model(job.spec, job.device)
+    items = [{**dataset[indices[p]], "_position": p} for p in positions]
+    return torch.cat([pred for _, pred in _predict(method, items, job, dataset.task)]).numpy()
+
+
+def _remote_predictions(dataset: PreparedDataset, indices: list[int], job: _PredictJob, workers: int,
+                        dask: str | None, progress) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """The predictions made in other processes (a local pool or a Dask cluster), one task per study, taken in
+    the slices' order; the batches are rebuilt here from the dataset (the references never travel)."""
+    by_study: dict[str, list[int]] = {}
+    for pos, i in enumerate(indices):
+        by_study.setdefault(dataset.slice_study(i), []).append(pos)
+    jobs = list(by_study.values())
+    collate = Collate(dataset.task)
+    done = 0
+    for n, preds in run_each(_predict_study, jobs, (indices, job), workers=workers, dask=dask, name="evaluate",
+                             ordered=True):
+        positions = jobs[n]
+        for start in range(0, len(positions), job.options.batch_size):
+            chunk = positions[start:start + job.options.batch_size]
+            batch = collate([{**dataset[indices[p]], "_position": p} for p in chunk])
+            yield batch, torch.from_numpy(preds[start:start + len(chunk)])
+        done += len(positions)
+        if progress is not None:
+            progress(done, len(indices))
+
+
 def _at_model_scale(item: dict[str, Any], scale: ModelScale, task: str) -> dict[str, Any]:
     """A dataset item with its inputs (source, guidance) resized to the model's training scale
     (:class:`~petsynth.inference.ModelScale`, air around them); the stored source stays as "_source"."""
@@ -402,7 +472,8 @@ def _figure_candidates(dataset: PreparedDataset, indices: Sequence[int], rows: i
 def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str | Path, out: str | Path, *,
              split: str = "test", options: PredictOptions = PredictOptions(), max_slices: int | None = None,
              progress: Progress | None = None, device: str | torch.device | None = None,
-             window: tuple[float, float] = SUV_WINDOW, figure_rows: int = FIGURE_ROWS) -> EvaluationReport:
+             window: tuple[float, float] = SUV_WINDOW, figure_rows: int = FIGURE_ROWS, workers: int = 1,
+             dask: str | None = None) -> EvaluationReport:
     """Evaluate models on a prepared dataset split and write the tables, the figure and the settings.
 
     Args:
@@ -420,6 +491,10 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
         progress: ``progress(model_name, done, total)`` after each batch.
         device: where the models run (default: CUDA when available, else CPU).
         window: the SUV window (data range of the SUV metrics, and the map to the CPDM paper's scale).
+        workers, dask: where the predictions are made (:func:`petsynth.parallel.run_each`): here (1 worker),
+            in a pool of local processes, or on a Dask cluster; one task per study, each process loading the
+            model once. The scores are the same (deterministic samplers; a stochastic one draws its noise per
+            study there).
 
     Raises:
         DatasetError: ``data`` is not a prepared dataset.
@@ -467,17 +542,13 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     timings: dict[str, float] = {}
     for name, method in methods.items():
         t0 = time.perf_counter()
-        items = ({**dataset[i], "_position": pos} for pos, i in enumerate(indices))
-        scale = scales[name]
-        if scale:
-            items = (_at_model_scale(item, scale[item["study"]], dataset.task) for item in items)
         report = (lambda done, total, _n=name: progress(_n, done, total)) if progress is not None else None
-        for batch, pred in predict_items(method, items, total=len(indices), options=options.for_method(method),
-                                         progress=report):
+        job = _PredictJob(spec=str(named[name]), data=str(data), split=split, options=options.for_method(method),
+                          scale=scales[name], device=str(device))
+        batches = (_local_predictions(method, dataset, indices, job, report) if not (dask or workers > 1) else
+                   _remote_predictions(dataset, indices, job, workers, dask, report))
+        for batch, pred in batches:
             positions = batch["_position"]
-            if scale:
-                pred = torch.cat([scale[study].from_model(pred[b:b + 1]) for b, study in enumerate(batch["study"])])
-                batch["source"] = torch.from_numpy(np.stack(batch["_source"]))[:, None]
             pred = pred.to(torch.float64)
             labels = batch["labels"].cpu().to(torch.int64) if has_labels else None
             if labels is not None and name == next(iter(methods)):

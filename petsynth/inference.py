@@ -70,6 +70,21 @@ def resolve_model(spec: str | Path) -> Path:
                           f"{path / 'checkpoints'} (give a run folder, RUN/model, or a bundled model name)")
 
 
+#: Models loaded in this process, by (model spec, device): a worker of a batch loads each model once.
+_MODELS: dict[tuple[str, str], Method] = {}
+
+
+def cached_model(spec: str | Path, device: str = "auto") -> Method:
+    """The model ``spec`` on ``device`` ("auto": this process's GPU when it has one, else the CPU), loaded once
+    per process (translate and evaluate of many studies, on pool or cluster workers)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    key = (str(spec), str(device))
+    if key not in _MODELS:
+        _MODELS[key] = load_model(spec, device=device)
+    return _MODELS[key]
+
+
 def model_name(spec: str | Path) -> str:
     """A model's display name: a bundled model's name, else the run folder's name (for RUN/model and
     RUN/checkpoints/step_N, RUN's name, the latter with @step_N), else the folder's name."""

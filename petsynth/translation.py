@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 import petsynth
 from petsynth.data.batch import DEFAULT_KVP
-from petsynth.data.dicom_index import SeriesInfo, scan_dicom
+from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
 from petsynth.data.geometry import Geometry, resample
 from petsynth.data.nifti_layouts import load_nifti_volume
 from petsynth.data.prepare import by_frame_duration, largest_series
@@ -269,8 +269,15 @@ def read_dicom_study(folder: str | Path, task: str | Task, progress: Progress | 
     if not studies:
         raise TranslateError(f"{folder}: no DICOM images found ({len(skipped)} files ignored)")
     if len(studies) > 1:
-        raise TranslateError(f"{folder} holds {len(studies)} studies: give one study's folder")
-    study = studies[0]
+        raise TranslateError(f"{folder} holds {len(studies)} studies: give one study's folder (or translate the "
+                             "whole archive: `petsynth translate MODEL ARCHIVE --out OUT`, petsynth.archive)")
+    return study_inputs(studies[0], task, folder)
+
+
+def study_inputs(study: StudyInfo, task: str | Task, folder: Path) -> TranslateInput:
+    """The series a ``task`` model reads from one scanned DICOM study (:func:`read_dicom_study`'s choice);
+    ``folder`` names it in messages."""
+    task = get_task(task)
     needed = [m for m in (task.source_modality, task.guidance_modality) if m]
     missing = [m for m in needed if not study.of_modality(m)]
     if missing:
@@ -585,6 +592,48 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
     task = get_task(method.task)
     say(f"reading the {task.source_label}")
     inputs = read_input(input_path, task, ct=ct)
+    study = StudyOptions(steps=steps, eta=eta, sampler=dict(sampler or {}), batch_size=batch_size, bf16=bf16,
+                         kvp=kvp, spacing_mm=spacing_mm, write_dicom=write_dicom, png=png, report=report, seed=seed,
+                         mask_body=mask_body)
+    return translate_inputs(method, model_info, inputs, input_path, out, study, overwrite=overwrite, start=start,
+                            progress=progress, say=say)
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """How :func:`translate_inputs` translates one study (the keyword arguments of :func:`translate`)."""
+
+    steps: int | None = None
+    eta: float | None = None
+    sampler: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 8
+    bf16: bool = False
+    kvp: float | None = None
+    spacing_mm: float | None = None
+    write_dicom: bool = True
+    png: bool = False
+    report: bool = False
+    seed: int = 0
+    mask_body: bool = True
+
+    @property
+    def predict(self) -> PredictOptions:
+        return PredictOptions(steps=self.steps, eta=self.eta, batch_size=self.batch_size, bf16=self.bf16,
+                              seed=self.seed, sampler=dict(self.sampler))
+
+
+def translate_inputs(method: Method, model_info: dict[str, Any], inputs: TranslateInput, where: Path, out: Path,
+                     opts: StudyOptions, *, overwrite: bool = False, start: float | None = None,
+                     progress: Progress | None = None, say: Say | None = None) -> TranslateResult:
+    """Translate one study's inputs (:func:`read_input`, :func:`study_inputs`) with a loaded model into ``out``
+    (created atomically; see the module docstring). ``where`` names the input in messages, never in outputs."""
+    start = time.perf_counter() if start is None else start
+    say = say or (lambda _m: None)
+    task, input_path, options = inputs.task, where, opts.predict
+    steps, eta, sampler, batch_size, bf16, seed = (opts.steps, opts.eta, opts.sampler, opts.batch_size, opts.bf16,
+                                                   opts.seed)
+    kvp, spacing_mm, write_dicom, png, report, mask_body = (opts.kvp, opts.spacing_mm, opts.write_dicom, opts.png,
+                                                            opts.report, opts.mask_body)
     kvp_used, kvp_source = _kvp(inputs, kvp, method, input_path)
     grid = translation_grid(method, inputs.source.geometry, spacing_mm)
     spacing = grid.spacing[1]

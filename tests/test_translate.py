@@ -204,3 +204,32 @@ def test_python_api_and_cli(phantom, tmp_path):
                                    str(tmp_path / "e"), "--sampler-option", "snr=0.16"])
     assert bad.exit_code == 1 and "cpdm has no sampler option 'snr'" in " ".join(bad.output.split())
     assert not (tmp_path / "e").exists()
+
+
+def test_an_archive_translates_each_study_into_its_pseudonym_and_a_broken_one_fails_alone(tmp_path):
+    import shutil
+
+    archive = tmp_path / "Doe_Jane-archive"
+    write_study(make_torso(12, preset="tiny"), archive / "a", fmt="dicom")
+    write_study(make_torso(13, preset="tiny"), archive / "b", fmt="dicom")
+    broken = write_study(make_torso(14, preset="tiny"), archive / "Doe_Jane-broken", fmt="dicom")
+    for f in sorted((broken / "CT").glob("*.dcm"))[1:]:
+        f.unlink()  # a CT of one slice: translate needs a volume
+    shutil.rmtree(broken / "PT")
+    key = tmp_path / "key"
+    args = ["translate", DEMO_MODEL, str(archive), "--out", str(tmp_path / "out"), "--steps", "1", "--threads", "1",
+            "--key-file", str(key), "--no-dicom"]
+    result = CliRunner().invoke(app, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "3 studies found: 2 translated" in text and "1 failed" in text
+    report = json.loads((tmp_path / "out" / "batch_report.json").read_text())
+    statuses = sorted(s["status"] for s in report["studies"])
+    assert statuses == ["failed", "ok", "ok"] and all(s["study"].startswith("s") for s in report["studies"])
+    failed = next(s for s in report["studies"] if s["status"] == "failed")
+    assert "single slice" in failed["reason"] and "Doe_Jane" not in json.dumps(report)
+    for s in report["studies"]:
+        assert (tmp_path / "out" / s["study"] / "synthetic_pet.nii.gz").is_file() == (s["status"] == "ok")
+    again = CliRunner().invoke(app, args + ["--resume"])
+    assert again.exit_code == 1 and "2 already in" in " ".join(again.output.split())
+    refused = CliRunner().invoke(app, args)  # OUT exists: neither --resume nor --overwrite
+    assert refused.exit_code == 1 and "--resume" in " ".join(refused.output.split())

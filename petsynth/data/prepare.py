@@ -19,11 +19,9 @@ import hashlib
 import hmac
 import io
 import json
-import multiprocessing
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from petsynth.data.dicom_series import SeriesVolume, load_series
 from petsynth.data.nifti_layouts import NiftiStudy, find_nifti_studies, load_nifti_volume
 from petsynth.data.pairing import pair_slices, resample_onto
 from petsynth.data.suv import SUVError
+from petsynth.parallel import run_each
 from petsynth.physics.constants import HU_AIR
 from petsynth.tasks import get_task
 from petsynth.utils.files import atomic_write_text
@@ -146,14 +145,19 @@ def by_frame_duration(pets: list[SeriesInfo]) -> list[SeriesInfo]:
     return sorted(pets, key=lambda s: (s.frame_duration_ms, s.series_uid))
 
 
+def patient_of(series: SeriesInfo, default: str) -> str:
+    """The PatientID of a series (its first file), or ``default`` when it has none."""
+    first = pydicom.dcmread(series.files[0], stop_before_pixels=True, specific_tags=["PatientID"])
+    return str(first.get("PatientID", "")) or default
+
+
 def plan_study(study: StudyInfo, task: str) -> StudyPlan:
     """Choose target, source (and guidance) series of a study for ``task``; StudyError if impossible."""
     pets = [s for s in study.of_modality("PT") if s.attenuation_corrected]
     if not pets:
         found = ", ".join(sorted({s.modality for s in study.series})) or "none"
         raise StudyError(f"no attenuation-corrected PET series (CorrectedImage with ATTN); series found: {found}")
-    first = pydicom.dcmread(pets[0].files[0], stop_before_pixels=True, specific_tags=["PatientID"])
-    patient_id = str(first.get("PatientID", "")) or study.study_uid
+    patient_id = patient_of(pets[0], study.study_uid)
     spec = get_task(task)
     if spec.low_dose_source:
         if len(pets) < 2:
@@ -235,12 +239,22 @@ def _pairs_kept(coverage: np.ndarray, min_coverage: float, slices_per_study: tup
     return kept
 
 
+def _result_of_written(root: Path, name: str, patient: str) -> StudyResult:
+    """The result of a study as the dataset holds it (the same whichever attempt wrote it)."""
+    attrs = store.study_attrs(root, name)
+    coverage = attrs["study_meta"].get("coverage", {})
+    return StudyResult(name, patient, "ok", slices=int(attrs["slices"]), low_coverage=int(coverage.get("low", 0)),
+                       dropped_coverage=int(coverage.get("dropped", 0)), least_coverage=coverage.get("least"))
+
+
 def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
                   slices_per_study: tuple[int, int] | None = None, seed: int = 0,
                   min_coverage: float = 0.0) -> StudyResult:
     """Load, pair and write one study; returns its result (failures are results, not exceptions).
     ``min_coverage``: drop the pairs whose source covers less than this fraction of the PET slice."""
     name, patient = pseudonym(key, plan.study_uid), pseudonym(key, plan.patient_id, prefix="p")
+    if store.has_study(root, name):  # an earlier attempt (on a lost cluster worker) finished it
+        return _result_of_written(root, name, patient)
     try:
         pet = _load(plan.target, "PT")
         source = _load(plan.source, plan.source_modality, lazy=True)  # never held whole: resampled slice by slice
@@ -262,17 +276,18 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         for tname, tvol in volumes.items():
             mode = "nearest" if tname == "labels" else "bilinear"
             arrays[tname] = resample_onto(pet, tvol, index, fill=0.0, size=size, mode=mode)
+        coverage = pairs.coverage[keep]
         meta = {"spacing_mm": list(pairs.spacing_mm), "kvp": kvp, "vendor": pet.manufacturer, "units": pet.units,
-                "dose_fraction": plan.dose_fraction, "task": task, "patient": patient}
+                "dose_fraction": plan.dose_fraction, "task": task, "patient": patient,
+                "coverage": {"low": int((coverage < LOW_COVERAGE).sum()),
+                             "dropped": int((pairs.coverage < min_coverage).sum()),
+                             "least": round(float(coverage.min()), 3)}}
         if table:
             meta[store.LABEL_TABLE] = table
         store.write_study(root, name, arrays,
                           {"index": [int(i) for i in index],
                            "z_mm": [float(z) for z in pairs.z_mm[keep]]}, meta)
-        coverage = pairs.coverage[keep]
-        return StudyResult(name, patient, "ok", slices=len(index), low_coverage=int((coverage < LOW_COVERAGE).sum()),
-                           dropped_coverage=int((pairs.coverage < min_coverage).sum()),
-                           least_coverage=round(float(coverage.min()), 3))
+        return _result_of_written(root, name, patient)
     except (StudyError, SUVError, ValueError, OSError) as err:
         return StudyResult(name, patient, "failed", reason=_scrub(f"{type(err).__name__}: {err}", plan))
     except Exception as err:  # noqa: BLE001 - a fault in one study must not stop the batch: report it
@@ -319,12 +334,6 @@ def _count_reasons(skipped: Sequence[tuple[str, str]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker process
-
-
 def _relative(path: Path, inputs: Sequence[str | Path]) -> str:
     """A file's path relative to the input folder holding it (reports never name folders above the input)."""
     for root in map(Path, inputs):
@@ -362,7 +371,7 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
                     workers: int = 1, resume: bool = False, key: bytes | None = None,
                     key_file: str | Path | None = None, split: Sequence[float] = DEFAULT_SPLIT,
                     seed: int = 0, slices_per_study: tuple[int, int] | None = None,
-                    min_coverage: float = 0.0, mapping_file: str | Path | None = None,
+                    min_coverage: float = 0.0, mapping_file: str | Path | None = None, dask: str | None = None,
                     progress: Callable[[int, int, str], None] | None = None) -> PrepareReport:
     """Prepare every study found under ``inputs`` into the dataset ``out``; see the module docstring.
 
@@ -370,6 +379,8 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     found, every 200 files and at the end), once the studies are planned (status "starting"; ``total`` is
     every study found, and those that failed planning or are already present count as done), then after
     each study (its status). Studies already in the dataset are skipped when ``resume``. Returns the report (also written as ``out/prepare_report.json``).
+    ``workers``, ``dask``: where the studies run (:func:`petsynth.parallel.run_each`: here, a pool of local
+    processes, or a Dask cluster, "local" or a scheduler's address); the dataset is the same either way.
     ``min_coverage`` (0..1): drop the pairs whose source covers less of the PET slice's area than this
     (:func:`~petsynth.data.pairing.inplane_coverage`); each study's result counts the pairs kept below
     :data:`LOW_COVERAGE` either way.
@@ -420,22 +431,14 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     if progress:
         progress(settled, total, "starting")
     args = (root, task, size, key, slices_per_study, seed, min_coverage)
-    if workers <= 1:
-        for n, plan in enumerate(jobs, settled + 1):
-            result = prepare_study(plan, *args)
-            report.results.append(result)
-            if progress:
-                progress(n, total, result.status)
-    else:
-        # spawn, not fork: a forked child of a process that already ran torch's thread pools can deadlock
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            futures = [pool.submit(prepare_study, plan, *args) for plan in jobs]
-            for n, fut in enumerate(as_completed(futures), settled + 1):
-                result = fut.result()
-                report.results.append(result)
-                if progress:
-                    progress(n, total, result.status)
+    lost = lambda plan, err: StudyResult(pseudonym(key, plan.study_uid),  # noqa: E731
+                                         pseudonym(key, plan.patient_id, prefix="p"), "failed",
+                                         reason=f"the worker running it failed: {type(err).__name__}: {err}")
+    for n, (_, result) in enumerate(run_each(prepare_study, jobs, args, workers=workers, dask=dask, failed=lost,
+                                             name="prepare"), settled + 1):
+        report.results.append(result)
+        if progress:
+            progress(n, total, result.status)
     patients = {}
     for study_name in store.finished_studies(root):
         attrs = store.study_attrs(root, study_name)

@@ -126,6 +126,11 @@ def finished_studies(root: str | Path) -> list[str]:
         if folder.exists() else []
 
 
+def has_study(root: str | Path, study: str) -> bool:
+    """Whether the dataset holds the complete study ``study`` (a study folder exists only when complete)."""
+    return (Path(root) / STUDIES_DIR / study).is_dir()
+
+
 def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
                 slice_meta: Mapping[str, Sequence[Any]], study_meta: Mapping[str, Any],
                 overwrite: bool = False) -> Path:
@@ -290,6 +295,10 @@ class PreparedDataset(torch.utils.data.Dataset):
         """Dataset indices of one study's slices, in slice order."""
         s = self.studies.index(study)
         return range(int(self._offsets[s]), int(self._offsets[s + 1]))
+
+    def slice_study(self, i: int) -> str:
+        """The study that dataset slice ``i`` belongs to (no array is read)."""
+        return self.studies[int(np.searchsorted(self._offsets, i % len(self), side="right") - 1)]
 
     def __getstate__(self):  # DataLoader workers open their own zarr handles
         state = dict(self.__dict__)
