@@ -23,13 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import petsynth
 from petsynth.data.dicom_index import StudyInfo, scan_dicom
 from petsynth.data.prepare import load_key, patient_of, pseudonym, write_pseudonym_mapping
 from petsynth.inference import cached_model, model_name, set_threads
-from petsynth.methods.base import Method, MethodError
+from petsynth.methods.base import MethodError
 from petsynth.parallel import run_each
 from petsynth.train.checkpoint import CheckpointError
 from petsynth.translation import StudyOptions, TranslateError, _model_info, study_inputs, translate_inputs

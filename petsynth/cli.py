@@ -104,7 +104,6 @@ def phantom(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace study folders that exist."),
 ) -> None:
     """Write digital phantom studies (CT/PET, MR/PET or low-dose PET) with their ground truth."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from petsynth import phantom as ph
 
@@ -121,8 +120,7 @@ def phantom(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--dose-fractions") from None
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
+    with _progress(remaining=False) as bar:
         job = bar.add_task(f"{task} phantoms", total=studies)
 
         def advance(done: int, total: int, study_id: str) -> None:
@@ -137,6 +135,17 @@ def phantom(
             raise typer.Exit(code=1) from None
     console.print(f"[green]wrote {len(paths)} {task} {fmt} stud{'y' if len(paths) == 1 else 'ies'}[/green] "
                   f"to {out} (truth in each study's truth/ folder; index in {out / 'phantoms.json'})")
+
+
+def _progress(info: bool = False, remaining: bool = True):
+    """The commands' progress bar on stderr: description, bar, done/total, [info field], elapsed[, remaining]."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn("{task.fields[info]}")] if info else []
+    columns += [TimeElapsedColumn()] + ([TimeRemainingColumn()] if remaining else [])
+    return Progress(*columns, console=console)
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:
@@ -235,7 +244,6 @@ def prepare(
 
     Exits with 1 when any study failed; the good ones are kept. The per-study report is
     DATASET/prepare_report.json (pseudonyms only)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from petsynth.data.prepare import LOW_COVERAGE, prepare_dataset
     from petsynth.parallel import ClusterError
@@ -254,8 +262,7 @@ def prepare(
         except ValueError:
             raise typer.BadParameter(f"{slices_per_study!r}; use N or LO-HI", param_hint="--slices-per-study") \
                 from None
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
+    with _progress(remaining=False) as bar:
         job = bar.add_task("scanning", total=None)
 
         def advance(done: int, total: int, status: str) -> None:
@@ -352,8 +359,6 @@ def train(
 
     CPDM is trained in three runs: `train vqgan`, `train attention`, then `train cpdm --autoencoder
     RUN1/model --segmenter RUN2/model`. The trained model is OUT/model."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
 
     from petsynth.config import ConfigError
     from petsynth.methods.base import MethodError
@@ -367,11 +372,9 @@ def train(
                        ("method_config.segmenter_checkpoint", segmenter and str(segmenter))):
         if value is not None:
             sets[key] = value
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
     try:
         run = make_run_config(method, data, config_file=config, overrides=sets)
-        with Progress(*columns, console=console) as bar:
+        with _progress(info=True) as bar:
             job = bar.add_task(f"train {method}", total=run.train.steps, info="")
 
             def advance(step: int, total: int, logged: dict) -> None:
@@ -415,8 +418,6 @@ def evaluate(
     like the CPDM paper's Table 4, and an error-map figure like its Figure 3."""
     import warnings
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
 
     from petsynth.data.store import DatasetError
     from petsynth.evaluate import EvaluationError, evaluate as run_evaluation
@@ -428,10 +429,8 @@ def evaluate(
     _set_threads(threads)
     extra = _parse_overrides(sampler_options, "--sampler-option", "snr=0.16")
     options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed, sampler=extra)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console) as bar:
+        with _progress() as bar:
             jobs: dict[str, int] = {}
 
             def advance(name: str, done: int, total: int) -> None:
@@ -550,17 +549,13 @@ def translate(
                            mapping_file=pseudonym_map)
         return
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
 
     from petsynth.methods.base import MethodError
     from petsynth.train.checkpoint import CheckpointError
     from petsynth.translation import TranslateError, translate as run_translate
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console) as bar, warnings.catch_warnings(record=True) as caught:
+        with _progress() as bar, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             job = bar.add_task("translate", total=None)
 
@@ -607,8 +602,6 @@ def _translate_archive(model: str, archive: Path, out: Path, *, studies: list, w
     """``translate`` of a folder of studies (petsynth.archive), with a bar over the studies."""
     import warnings
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
 
     from petsynth.archive import translate_archive
     from petsynth.methods.base import MethodError
@@ -616,10 +609,8 @@ def _translate_archive(model: str, archive: Path, out: Path, *, studies: list, w
     from petsynth.train.checkpoint import CheckpointError
     from petsynth.translation import StudyOptions, TranslateError
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console) as bar, warnings.catch_warnings(record=True) as caught:
+        with _progress() as bar, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             job = bar.add_task("translating studies", total=None)
             result = translate_archive(

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from petsynth.archive import translate_archive
 from petsynth.cli import app
 from petsynth.data.prepare import prepare_dataset
-from petsynth.data.store import open_dataset
 from petsynth.evaluate import evaluate
 from petsynth.inference import PredictOptions
 from petsynth.io.nifti import read_nifti
