@@ -70,11 +70,19 @@ def test_real_ge_slices_are_ordered_by_position_not_name(tmp_path):
     assert 5.0 < vol.array.max() < 8.0  # SUVmax of the crop region lies in these slices
 
 
-def test_duplicates_and_mixed_orientation_are_refused(tmp_path):
+def test_identical_copies_collapse_and_mixed_slices_or_orientation_are_refused(tmp_path):
     f = sorted((DATA / "raw_pet").glob("*.dcm"))[0]
     shutil.copy(f, tmp_path / "a.dcm")
     shutil.copy(f, tmp_path / "b.dcm")
-    with pytest.raises(SeriesError, match="same position"):
+    with pytest.warns(UserWarning, match="copy of a.dcm"):  # the same image twice: used once
+        vol = load_series([tmp_path / "a.dcm", tmp_path / "b.dcm"], modality="PT")
+    assert vol.array.shape[0] == 1 and vol.files == [tmp_path / "a.dcm"]
+    ds = pydicom.dcmread(f)
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += 1
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(tmp_path / "b.dcm")  # another image at the same position: two series mixed
+    with pytest.raises(SeriesError, match=r"a\.dcm and .*b\.dcm lie at the same position .* different pixels"):
         load_series([tmp_path / "a.dcm", tmp_path / "b.dcm"], modality="PT")
     ds = pydicom.dcmread(f)
     ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]

@@ -43,7 +43,7 @@ _HEADER_TAGS = ["SOPClassUID", "Modality", "ImageType", "StudyInstanceUID", "Ser
                 "NumberOfFrames", "SeriesNumber", "SeriesDate", "SeriesTime", "KVP", "ActualFrameDuration",
                 # read too so that loading the series need not parse the header again (InstanceHeader)
                 "RescaleSlope", "RescaleIntercept", "BitsAllocated", "BitsStored", "PixelRepresentation",
-                "SamplesPerPixel", "AcquisitionDate", "AcquisitionTime"]
+                "SamplesPerPixel", "AcquisitionDate", "AcquisitionTime", "SOPInstanceUID"]
 _WANTED = wanted_tags(_HEADER_TAGS)
 #: A header as the scan reads it: the fast reader's fields, or a pydicom dataset for the files it leaves.
 Header = HeaderFields | pydicom.Dataset
@@ -170,6 +170,22 @@ def _native_pixels(h: HeaderFields) -> tuple[int, str]:
     return h.pixel_offset, ("<i" if h.get("PixelRepresentation") == 1 else "<u") + str(bits // 8)
 
 
+#: An encapsulated (compressed) pixel data element has no declared length.
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def truncation(path: Path, ds: Header) -> str | None:
+    """Why a file is cut short (its pixel data ends before the length its header declares, as an interrupted
+    copy leaves it), or None. Checked where the fast header reader found the pixel data element; files
+    pydicom reads instead fail when their pixels are decoded."""
+    offset, length = getattr(ds, "pixel_offset", -1), getattr(ds, "pixel_length", _UNDEFINED_LENGTH)
+    if offset < 0 or length == _UNDEFINED_LENGTH:
+        return None
+    missing = offset + length - path.stat().st_size
+    return f"truncated: its pixel data ends {missing} bytes short of the {length} its header declares" \
+        if missing > 0 else None
+
+
 def _instance_header(path: Path, ds: Header, offset: int, dtype: str) -> InstanceHeader | None:
     try:
         st = os.stat(path)
@@ -221,11 +237,15 @@ def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None]
         progress: called as ``progress(done, total)`` after each file.
 
     Returns:
-        (studies sorted by StudyInstanceUID, skipped files with reasons).
+        (studies sorted by StudyInstanceUID, skipped files with reasons). Among the skipped: files whose
+        pixel data is shorter than their header declares ("truncated", :func:`truncation`), and every copy
+        of an instance after the first (same SOPInstanceUID; files are visited in sorted order, truncated
+        copies never kept).
     """
     files = iter_files(paths)
     series: dict[str, SeriesInfo] = {}
     skipped: list[SkippedFile] = []
+    instances: dict[str, Path] = {}  # SOPInstanceUID -> the file kept
     for n, path in enumerate(files, 1):
         ds, offset, dtype = None, -1, ""
         try:
@@ -235,10 +255,15 @@ def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None]
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never fatal
             skipped.append(SkippedFile(path, f"unreadable DICOM: {type(err).__name__}: {err}"))
         if ds is not None:
-            reason = classify_header(ds)
+            reason = classify_header(ds) or truncation(path, ds)
+            sop = str(ds.get("SOPInstanceUID", "") or "")
+            if reason is None and sop and sop in instances:  # one instance, several copies: keep the first
+                reason = f"duplicate of {instances[sop].name} (the same SOPInstanceUID)"
             if reason is not None:
                 skipped.append(SkippedFile(path, reason))
             else:
+                if sop:
+                    instances[sop] = path
                 uid = str(ds.SeriesInstanceUID)
                 info = series.get(uid)
                 if info is None:

@@ -8,6 +8,7 @@ RescaleIntercept are applied. CT comes out in HU, PET in SUVbw (:mod:`petsynth.d
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,11 +98,9 @@ def load_series(series: SeriesInfo | list[str | Path], modality: str | None = No
     positions = positions[order]
     datasets = [datasets[i] for i in order]
     files = [files[i] for i in order]
+    keep = _one_per_position(files, positions, lambda f: _pixel_bytes(f))
+    datasets, files, positions = [datasets[i] for i in keep], [files[i] for i in keep], positions[keep]
     steps = np.diff(positions)
-    if steps.size and steps.min() < 1e-3:
-        k = int(np.argmin(steps))
-        raise SeriesError(f"{files[k]} and {files[k + 1]} lie at the same position ({positions[k]:.3f} mm "
-                          "along the slice normal): duplicate instances or two series mixed")
     step = float(np.median(steps)) if steps.size else float(datasets[0].get("SliceThickness", 1.0) or 1.0)
     irregular = bool(steps.size and np.abs(steps - step).max() > IRREGULAR_STEP_TOLERANCE * step)
 
@@ -110,6 +109,34 @@ def load_series(series: SeriesInfo | list[str | Path], modality: str | None = No
     for k, ds in enumerate(datasets):
         _decode(ds, files[k], array[k])
     return _volume(datasets[0], modality, array, step, axes, positions, irregular, files, suv)
+
+
+#: Slices closer than this along the normal (mm) lie at the same position.
+SAME_POSITION_MM = 1e-3
+
+
+def _pixel_bytes(path: Path) -> bytes:
+    """A file's pixel data as stored (compared, not decoded)."""
+    return bytes(pydicom.dcmread(path).PixelData)
+
+
+def _one_per_position(files: list[Path], positions: np.ndarray, pixels) -> np.ndarray:
+    """Indices of ``files`` (sorted by ``positions``) to keep: of several instances at one position, the first
+    when their pixels (``pixels(file)``) are identical (the same image sent twice under two instance UIDs);
+    different pixels at one position are two series mixed, an error naming both files."""
+    keep = [0] if len(files) else []
+    for k in range(1, len(files)):
+        if positions[k] - positions[keep[-1]] >= SAME_POSITION_MM:
+            keep.append(k)
+            continue
+        kept = files[keep[-1]]
+        if pixels(kept) != pixels(files[k]):
+            raise SeriesError(f"{kept} and {files[k]} lie at the same position ({positions[k]:.3f} mm along the "
+                              "slice normal) with different pixels: two series mixed, or two versions of one "
+                              "image; remove one of them")
+        warnings.warn(f"{files[k]} is a copy of {kept.name} (same position, same pixels): used once",
+                      stacklevel=3)
+    return np.asarray(keep, dtype=np.int64)
 
 
 def _scanned_headers(series: SeriesInfo | list, files: list[Path]) -> list[InstanceHeader] | None:
@@ -211,12 +238,10 @@ def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceH
     positions = positions[order]
     headers = [headers[i] for i in order]
     files = [files[i] for i in order]
+    keep = _one_per_position(files, positions, lambda f: _pixel_bytes(f))
+    headers, files, positions = [headers[i] for i in keep], [files[i] for i in keep], positions[keep]
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     steps = np.diff(positions)
-    if steps.size and steps.min() < 1e-3:
-        k = int(np.argmin(steps))
-        raise SeriesError(f"{files[k]} and {files[k + 1]} lie at the same position ({positions[k]:.3f} mm "
-                          "along the slice normal): duplicate instances or two series mixed")
     step = float(np.median(steps)) if steps.size else float(first.get("SliceThickness", 1.0) or 1.0)
     irregular = bool(steps.size and np.abs(steps - step).max() > IRREGULAR_STEP_TOLERANCE * step)
 
