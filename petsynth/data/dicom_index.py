@@ -151,7 +151,7 @@ def classify_header(ds: Header) -> str | None:
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         return "multi-frame image (not supported yet)"
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
-                    "PixelSpacing"):
+                    "PixelSpacing", "Rows", "Columns"):
         if not ds.get(keyword):
             return f"image without {keyword}"
     return None
@@ -228,6 +228,37 @@ def read_header(path: Path) -> Header | None:
     return _read_header_offset(path)[0]
 
 
+def _index_file(path: Path, ds: Header, offset: int, dtype: str, series: dict[str, SeriesInfo],
+                instances: dict[str, Path], skipped: list[SkippedFile]) -> None:
+    """Add one file to its series, or to ``skipped`` with the reason it is not used."""
+    reason = classify_header(ds) or truncation(path, ds)
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    if reason is None and sop and sop in instances:  # one instance, several copies: keep the first
+        reason = f"duplicate of {instances[sop].name} (the same SOPInstanceUID)"
+    if reason is not None:
+        skipped.append(SkippedFile(path, reason))
+    else:
+        uid = str(ds.SeriesInstanceUID)
+        info = series.get(uid)
+        if info is None:
+            corrected = _values(ds.get("CorrectedImage"))
+            info = series[uid] = SeriesInfo(
+                series_uid=uid, modality=IMAGE_SOP_CLASSES[str(ds.SOPClassUID)],
+                study_uid=str(ds.StudyInstanceUID),
+                frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+                description=str(ds.get("SeriesDescription", "")),
+                manufacturer=str(ds.get("Manufacturer", "")), units=str(ds.get("Units", "")),
+                attenuation_corrected="ATTN" in corrected,
+                rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
+                frame_duration_ms=float(ds.get("ActualFrameDuration", 0) or 0))
+        info.files.append(path)
+        if sop:
+            instances[sop] = path
+        header = _instance_header(path, ds, offset, dtype)
+        if header is not None:
+            info.headers[path] = header
+
+
 def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None] | None = None
                ) -> tuple[list[StudyInfo], list[SkippedFile]]:
     """Index DICOM image series under ``paths`` (files or folders, searched recursively).
@@ -255,32 +286,10 @@ def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None]
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never fatal
             skipped.append(SkippedFile(path, f"unreadable DICOM: {type(err).__name__}: {err}"))
         if ds is not None:
-            reason = classify_header(ds) or truncation(path, ds)
-            sop = str(ds.get("SOPInstanceUID", "") or "")
-            if reason is None and sop and sop in instances:  # one instance, several copies: keep the first
-                reason = f"duplicate of {instances[sop].name} (the same SOPInstanceUID)"
-            if reason is not None:
-                skipped.append(SkippedFile(path, reason))
-            else:
-                if sop:
-                    instances[sop] = path
-                uid = str(ds.SeriesInstanceUID)
-                info = series.get(uid)
-                if info is None:
-                    corrected = _values(ds.get("CorrectedImage"))
-                    info = series[uid] = SeriesInfo(
-                        series_uid=uid, modality=IMAGE_SOP_CLASSES[str(ds.SOPClassUID)],
-                        study_uid=str(ds.StudyInstanceUID),
-                        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
-                        description=str(ds.get("SeriesDescription", "")),
-                        manufacturer=str(ds.get("Manufacturer", "")), units=str(ds.get("Units", "")),
-                        attenuation_corrected="ATTN" in corrected,
-                        rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
-                        frame_duration_ms=float(ds.get("ActualFrameDuration", 0) or 0))
-                info.files.append(path)
-                header = _instance_header(path, ds, offset, dtype)
-                if header is not None:
-                    info.headers[path] = header
+            try:
+                _index_file(path, ds, offset, dtype, series, instances, skipped)
+            except Exception as err:  # noqa: BLE001 - a header pydicom cannot convert: reported, never fatal
+                skipped.append(SkippedFile(path, f"unreadable DICOM header: {type(err).__name__}: {err}"))
         if progress is not None:
             progress(n, len(files))
     studies: dict[str, StudyInfo] = defaultdict(lambda: StudyInfo(""))

@@ -8,6 +8,7 @@ RescaleIntercept are applied. CT comes out in HU, PET in SUVbw (:mod:`petsynth.d
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import pydicom
 from petsynth.data.dicom_header import HeaderFields
 from petsynth.data.dicom_index import InstanceHeader, SeriesInfo
 from petsynth.data.geometry import Geometry
-from petsynth.data.suv import SUVScale, rescaled_pixels, suv_scale
+from petsynth.data.suv import MALFORMED_ERRORS, SUVError, SUVScale, rescaled_pixels, suv_scale
 
 #: Largest disagreement between slice orientations (direction cosines) accepted within one series.
 ORIENTATION_TOLERANCE: float = 1e-4
@@ -80,6 +81,16 @@ def load_series(series: SeriesInfo | list[str | Path], modality: str | None = No
     files = list(series.files) if isinstance(series, SeriesInfo) else [Path(f) for f in series]
     if not files:
         raise SeriesError("empty series: no files")
+    try:
+        return _load(series, files, modality, lazy)
+    except (SeriesError, SUVError):
+        raise
+    except (*MALFORMED_ERRORS, AttributeError, struct.error) as err:  # a header pydicom cannot convert
+        raise SeriesError(f"a damaged file among the {len(files)} of the series in {files[0].parent}: "
+                          f"{type(err).__name__}: {err}") from None
+
+
+def _load(series: SeriesInfo | list, files: list[Path], modality: str | None, lazy: bool) -> SeriesVolume:
     headers = _scanned_headers(series, files)
     if headers is not None:
         return _load_scanned(series, files, headers, modality, lazy=lazy)

@@ -64,6 +64,11 @@ def _where(ds: Dataset) -> str:
     return str(getattr(ds, "filename", None) or "<dataset>")
 
 
+#: What pydicom raises for an element whose bytes cannot be converted (a damaged file: an unknown VR, a value
+#: cut short); :func:`suv_scale` reports it as an SUVError naming the file.
+MALFORMED_ERRORS = (NotImplementedError, ValueError, TypeError, KeyError, IndexError, EOFError)
+
+
 def _require(ds: Dataset, keyword: str, where: Dataset | None = None):
     value = ds.get(keyword)
     if value is None or value == "":
@@ -119,10 +124,19 @@ def philips_suv_factor(ds: Dataset) -> float:
 
 
 def suv_scale(instances: Dataset | Sequence[Dataset]) -> SUVScale:
-    """SUVbw factor of one PET series (all its instances, or one instance), per the module docstring."""
+    """SUVbw factor of one PET series (all its instances, or one instance), per the module docstring. An
+    attribute that pydicom cannot convert (a damaged file) is an SUVError naming the first instance's file."""
     instances = [instances] if isinstance(instances, Dataset) else list(instances)
     if not instances:
         raise SUVError("no PET instances given")
+    try:
+        return _suv_scale(instances)
+    except MALFORMED_ERRORS as err:
+        raise SUVError(f"{_where(instances[0])}: its SUV attributes cannot be read ({type(err).__name__}: {err}): "
+                       "a damaged file") from None
+
+
+def _suv_scale(instances: list[Dataset]) -> SUVScale:
     ds = instances[0]
     units = str(_require(ds, "Units")).upper()
     if units == "GML":
