@@ -153,3 +153,21 @@ def test_phantom_dicom_study_is_found_and_its_suv_matches_the_truth(tmp_path):
     # the reconstructed PET is noisy; over the whole body the mean SUV agrees with the truth
     assert suv.shape == truth.shape
     assert suv[body].mean() == pytest.approx(truth[body].mean(), rel=0.05)
+
+
+def test_a_reported_problem_is_said_once_and_a_damaged_attribute_names_the_file(tmp_path):
+    with pytest.raises(SUVError) as err:
+        suv_scale(_bqml(Units="CNTS"))
+    assert "cannot be read" not in str(err.value)  # an SUVError is not re-wrapped as a damaged file
+    ds = _bqml()
+    ds.filename = str(tmp_path / "IM0001.dcm")
+
+    class Damaged(type(ds)):  # an attribute pydicom cannot convert, as a damaged file gives
+        def get(self, key, default=None):
+            if key == "PatientWeight":
+                raise NotImplementedError("Unknown Value Representation '0x44 0xff' in tag (0010,1030)")
+            return super().get(key, default)
+
+    ds.__class__ = Damaged
+    with pytest.raises(SUVError, match=r"IM0001\.dcm: its SUV attributes cannot be read \(NotImplementedError"):
+        suv_scale(ds)

@@ -131,6 +131,8 @@ def suv_scale(instances: Dataset | Sequence[Dataset]) -> SUVScale:
         raise SUVError("no PET instances given")
     try:
         return _suv_scale(instances)
+    except SUVError:
+        raise
     except MALFORMED_ERRORS as err:
         raise SUVError(f"{_where(instances[0])}: its SUV attributes cannot be read ({type(err).__name__}: {err}): "
                        "a damaged file") from None
