@@ -197,6 +197,14 @@ def _set_threads(threads: int | None) -> None:
     _print_warnings(caught)
 
 
+def _phantoms_only(model: str) -> None:
+    """The warning that a bundled model knows phantoms only, when ``model`` names one."""
+    from petsynth.inference import PHANTOMS_ONLY_NOTICE, bundled_models
+
+    if model in bundled_models():
+        console.print(f"[yellow]{PHANTOMS_ONLY_NOTICE.format(name=model)}[/yellow]")
+
+
 def _print_warnings(caught: list) -> None:
     """Each distinct warning once, with how often it came (a library warns once per file of a series)."""
     counts: dict[str, int] = {}
@@ -457,14 +465,11 @@ def evaluate(
                                      for m in report.models for r in report.references]) for s in report.metrics]):
         out.print(table)
     _print_warnings(caught)
-    warned = {str(w.message) for w in caught}
     from petsynth.inference import PHANTOMS_ONLY_NOTICE
 
+    bundled = {PHANTOMS_ONLY_NOTICE.format(name=m) for m in report.models}
     for note in report.notes:
-        if note in warned:
-            continue
-        bundled = PHANTOMS_ONLY_NOTICE.split("{name}")[1] in note
-        console.print(f"[yellow]{note}[/yellow]" if bundled else f"[dim]{note}[/dim]")
+        console.print(f"[yellow]{note}[/yellow]" if note in bundled else f"[dim]{note}[/dim]")
     for name, path in report.files.items():
         Console().print(f"{name:>10}: {path}")
 
@@ -577,10 +582,7 @@ def translate(
                   f"({result.seconds / max(result.slices, 1):.3f} s/slice) into {result.out_dir}")
     for name, path in result.files.items():
         Console().print(f"{name:>10}: {path}")
-    from petsynth.inference import PHANTOMS_ONLY_NOTICE, bundled_models
-
-    if result.info.get("model", {}).get("name") in bundled_models():
-        console.print(f"[yellow]{PHANTOMS_ONLY_NOTICE.format(name=result.info['model']['name'])}[/yellow]")
+    _phantoms_only(str(result.info.get("model", {}).get("name")))
 
 
 def _studies_of_archive(folder: Path) -> list | None:
@@ -629,10 +631,7 @@ def _translate_archive(model: str, archive: Path, out: Path, *, studies: list, w
                   f"{out}, {counts['failed']} failed, in {result.seconds:.1f} s. Report: {out / 'batch_report.json'}")
     for s in result.failed:
         console.print(f"[red]failed[/red] {s.study}: {s.reason}")
-    from petsynth.inference import PHANTOMS_ONLY_NOTICE, bundled_models
-
-    if model in bundled_models():
-        console.print(f"[yellow]{PHANTOMS_ONLY_NOTICE.format(name=model)}[/yellow]")
+    _phantoms_only(model)
     if result.failed:
         raise typer.Exit(code=1)
 
@@ -735,10 +734,7 @@ def demo(
     Console().print(table)
     for name, path in report.files.items():
         Console().print(f"{name:>16}: {path}")
-    from petsynth.inference import PHANTOMS_ONLY_NOTICE, bundled_models
-
-    if model in bundled_models():
-        console.print(f"[yellow]{PHANTOMS_ONLY_NOTICE.format(name=model)}[/yellow]")
+    _phantoms_only(model)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,7 +118,7 @@ def _pictures(out: Path, grid: Geometry, ct: np.ndarray, synthetic: np.ndarray, 
               info: dict) -> dict[str, Path]:
     """The coronal MIPs, fused slices and report.html of the demo (all on the phantom's PET grid)."""
     from petsynth.io import views
-    from petsynth.report import ReportContent, Table, write_report
+    from petsynth.report import ReportContent, Table, training_summary, write_report
 
     (ct, synthetic, scanner), grid = views.crop_to(ct > -500, grid, [ct, synthetic, scanner])
     mip = views.save_mip_png(out / "mip.png", [(synthetic, f"synthetic PET ({model})"), (scanner, "scanner PET")],
@@ -135,7 +135,7 @@ def _pictures(out: Path, grid: Geometry, ct: np.ndarray, synthetic: np.ndarray, 
         title=f"petsynth demo: phantom {study_id}", geometry=grid, anatomy=ct, synthetic=synthetic,
         reference=scanner, reference_label="scanner PET",
         facts={"model": info["model"]["name"], "method": info["model"]["method"], "task": info["task"],
-               "trained on": ", ".join(f"{k}: {v}" for k, v in info["model"].get("training_data", {}).items()),
+               "trained on": training_summary(info["model"].get("training_data", {})),
                "sampling steps": info["options"]["steps_used"], "translation seconds": info["seconds"],
                "petsynth": info["petsynth_version"]},
         tables=[Table("Scores against the phantom's noise-free truth (whole volume)",
@@ -154,9 +154,8 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, preset: str = "small", model
     """Run the demo into ``out_dir``; returns the report (also written as ``out_dir/metrics.json``).
 
     ``steps``: the model's sampling steps (None: its default); ``model``: another trained ct2pet model."""
-    from petsynth.translation import translate
-
     from petsynth.inference import set_threads
+    from petsynth.translation import translate
 
     say = progress or (lambda _msg: None)
     start = time.perf_counter()

@@ -648,13 +648,13 @@ def _write_report(path: Path, task: str, split: str, n_slices: int, studies: lis
                   region_overall: Mapping, notes: list[str], figure: Path) -> Path:
     """``report.html`` (:mod:`petsynth.report`) of an evaluation: the models' facts, the metric and region
     tables, the figure and the notes; models by name, studies by pseudonym."""
-    from petsynth.report import ReportContent, Table, write_report
+    from petsynth.report import ReportContent, Table, training_summary, write_report
 
     facts = {"task": task, "split": split, "slices": n_slices, "studies": len(studies)}
     for name, method in methods.items():
         info = _model_info(name, method)
-        trained = ", ".join(f"{k}: {v}" for k, v in info["training_data"].items()) or "not recorded"
-        facts[f"model {name}"] = f"{info['method']}, step {info['step']}; trained on {trained}"
+        facts[f"model {name}"] = (f"{info['method']}, step {info['step']}; trained on "
+                                  f"{training_summary(info['training_data'])}")
     labels = [s.label + (" (paper)" if s.convention == "cpdm" else "") for s in specs]
     tables = [Table(f"Against the {ref} PET: means over slices", ["model", *labels],
                     [[name, *(overall[name][ref][s.key] for s in specs)] for name in methods], digits=4)

@@ -82,6 +82,12 @@ class ReportContent:
     pet_max: float = views.PET_DISPLAY_MAX
 
 
+def training_summary(data: Mapping[str, Any]) -> str:
+    """A model card's training-data facts as one line ("dataset: ..., train_slices: 1791, ..."), or "not
+    recorded"."""
+    return ", ".join(f"{k}: {v}" for k, v in data.items()) or "not recorded"
+
+
 def _png_data(fig_writer, *args, **kwargs) -> str:
     """A PNG written by one of :mod:`petsynth.io.views`' savers, as a data URI."""
     buffer = io.BytesIO()

@@ -452,23 +452,43 @@ def _anatomy(inputs: TranslateInput, on_grid: dict[str, np.ndarray]) -> tuple[np
     return on_grid["source"], "mr", inputs.source.label
 
 
-def _write_pictures(folder: Path, inputs: TranslateInput, on_grid: dict[str, np.ndarray], suv: np.ndarray,
-                    grid: Geometry) -> dict[str, Path]:
+@dataclass
+class _Shown:
+    """What the pictures and report.html show, cropped once to the synthetic PET's body: the anatomy (CT or MR)
+    with its display kind and label, the synthetic PET, the low-dose input PET (lpet2spet) or None, the grid."""
+
+    anatomy: np.ndarray
+    kind: str
+    label: str
+    synthetic: np.ndarray
+    low_dose: np.ndarray | None
+    low_dose_label: str
+    grid: Geometry
+
+
+def _shown(inputs: TranslateInput, on_grid: dict[str, np.ndarray], suv: np.ndarray, grid: Geometry) -> _Shown:
+    from petsynth.io.views import crop_to
+
+    anatomy, kind, label = _anatomy(inputs, on_grid)
+    low_dose = inputs.source.modality == "PT"
+    volumes, cropped = crop_to(suv > 0, grid, [anatomy, suv] + ([on_grid["source"]] if low_dose else []))
+    return _Shown(volumes[0], kind, label, volumes[1], volumes[2] if low_dose else None, inputs.source.label, cropped)
+
+
+def _write_pictures(folder: Path, shown: _Shown) -> dict[str, Path]:
     """``mip.png`` (coronal MIP of the synthetic PET, and of the input PET for a low-dose source) and
     ``fused.png`` (the synthetic PET over the CT or MR: a mid axial and a mid coronal slice)."""
     from petsynth.io import views
 
-    anatomy, kind, label = _anatomy(inputs, on_grid)
-    volumes = [anatomy, suv] + ([on_grid["source"]] if inputs.source.modality == "PT" else [])
-    volumes, grid = views.crop_to(suv > 0, grid, volumes)
-    anatomy = volumes[0]
-    pets = [(volumes[1], "synthetic PET")] + [(v, inputs.source.label) for v in volumes[2:]]
+    grid = shown.grid
+    pets = [(shown.synthetic, "synthetic PET")] + ([(shown.low_dose, shown.low_dose_label)]
+                                                   if shown.low_dose is not None else [])
     mip = views.save_mip_png(folder / "mip.png", pets, grid, title="petsynth synthetic PET (not for diagnosis)")
-    window = views.CT_WINDOWS["soft tissue"] if kind == "ct" else _mr_window(anatomy)
-    fused = views.save_fused_png(folder / "fused.png", anatomy, pets[:1], grid,
+    window = views.CT_WINDOWS["soft tissue"] if shown.kind == "ct" else _mr_window(shown.anatomy)
+    fused = views.save_fused_png(folder / "fused.png", shown.anatomy, pets[:1], grid,
                                  [("axial", views.plane_size(grid, "axial") // 2),
                                   ("coronal", views.plane_size(grid, "coronal") // 2)],
-                                 anatomy_window=window, title=f"synthetic PET over the {label}")
+                                 anatomy_window=window, title=f"synthetic PET over the {shown.label}")
     return {"mip": mip, "fused": fused}
 
 
@@ -478,17 +498,13 @@ def _mr_window(image: np.ndarray) -> tuple[float, float]:
     return (lo + hi) / 2, max(hi - lo, 1e-6)
 
 
-def _write_report(path: Path, inputs: TranslateInput, on_grid: dict[str, np.ndarray], suv: np.ndarray,
-                  grid: Geometry, info: dict[str, Any]) -> Path:
+def _write_report(path: Path, inputs: TranslateInput, shown: _Shown, suv: np.ndarray, grid: Geometry,
+                  info: dict[str, Any]) -> Path:
     """``report.html`` (:mod:`petsynth.report`): no input path, no header value, only the model's and the run's
-    facts and the images."""
-    from petsynth.report import ReportContent, Table, write_report
+    facts and the images (``shown``); the table describes the whole ``suv`` on ``grid``."""
+    from petsynth.report import ReportContent, Table, training_summary, write_report
 
-    from petsynth.io.views import crop_to
-
-    anatomy, kind, label = _anatomy(inputs, on_grid)
-    low_dose = inputs.source.modality == "PT"
-    shown, shown_grid = crop_to(suv > 0, grid, [anatomy, suv] + ([on_grid["source"]] if low_dose else []))
+    low_dose = shown.low_dose is not None
     body = suv > 0
     ml = float(body.sum() * grid.voxel_volume_ml())
     stats = [["voxels with SUV > 0", int(body.sum())], ["their volume (ml)", ml],
@@ -497,11 +513,11 @@ def _write_report(path: Path, inputs: TranslateInput, on_grid: dict[str, np.ndar
                                             float(np.percentile(suv[body], 99)) if body.any() else float("nan")]]
     model = info["model"]
     content = ReportContent(
-        title=f"petsynth: synthetic PET from {inputs.source.label}", geometry=shown_grid, anatomy=shown[0],
-        anatomy_kind=kind, anatomy_label=label, synthetic=shown[1], reference=shown[2] if low_dose else None,
+        title=f"petsynth: synthetic PET from {inputs.source.label}", geometry=shown.grid, anatomy=shown.anatomy,
+        anatomy_kind=shown.kind, anatomy_label=shown.label, synthetic=shown.synthetic, reference=shown.low_dose,
         reference_label=f"{inputs.source.label} (input)",
         facts={"model": model["name"], "method": model["method"], "task": info["task"],
-               "trained on": ", ".join(f"{k}: {v}" for k, v in model.get("training_data", {}).items()) or "not recorded",
+               "trained on": training_summary(model.get("training_data", {})),
                "input": f"{info['input_kind']} {inputs.source.label}"
                         + (f" with {inputs.guidance.label} guidance" if inputs.guidance is not None else ""),
                "sampling steps": info["options"]["steps_used"], "kVp of the attenuation map":
@@ -576,9 +592,10 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
     say("loading the model")
     method = model if isinstance(model, Method) else load_model(model, device=device)
     model_info = _model_info(method, method.name if isinstance(model, Method) else model)
-    options = PredictOptions(steps=steps, eta=eta, batch_size=batch_size, bf16=bf16, seed=seed,
-                             sampler=dict(sampler or {}))
-    method.sampler_options(options.translate_kwargs())  # an unknown or invalid option fails here, before any work
+    study = StudyOptions(steps=steps, eta=eta, sampler=dict(sampler or {}), batch_size=batch_size, bf16=bf16,
+                         kvp=kvp, spacing_mm=spacing_mm, write_dicom=write_dicom, png=png, report=report, seed=seed,
+                         mask_body=mask_body)
+    method.sampler_options(study.predict.translate_kwargs())  # an unknown or invalid option fails here, first
     if input_path.is_dir() and (input_path / DATASET_FILE).is_file():
         if ct is not None:
             raise TranslateError(f"{input_path} is a prepared dataset: its CT is in it; --ct goes with a NIfTI "
@@ -586,15 +603,12 @@ def translate(model: str | Path | Method, input: str | Path, out: str | Path, *,
         if report:
             raise TranslateError(f"{input_path} is a prepared dataset: report.html is written for a study (a DICOM "
                                  "folder or a NIfTI); use `petsynth evaluate` for a dataset")
-        return _translate_dataset(method, model_info, input_path, out, split, options, overwrite, png, start,
-                                  progress, say)
+        return _translate_dataset(method, model_info, input_path, out, split, study.predict, overwrite, png,
+                                  start, progress, say)
 
     task = get_task(method.task)
     say(f"reading the {task.source_label}")
     inputs = read_input(input_path, task, ct=ct)
-    study = StudyOptions(steps=steps, eta=eta, sampler=dict(sampler or {}), batch_size=batch_size, bf16=bf16,
-                         kvp=kvp, spacing_mm=spacing_mm, write_dicom=write_dicom, png=png, report=report, seed=seed,
-                         mask_body=mask_body)
     return translate_inputs(method, model_info, inputs, input_path, out, study, overwrite=overwrite, start=start,
                             progress=progress, say=say)
 
@@ -629,13 +643,9 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
     (created atomically; see the module docstring). ``where`` names the input in messages, never in outputs."""
     start = time.perf_counter() if start is None else start
     say = say or (lambda _m: None)
-    task, input_path, options = inputs.task, where, opts.predict
-    steps, eta, sampler, batch_size, bf16, seed = (opts.steps, opts.eta, opts.sampler, opts.batch_size, opts.bf16,
-                                                   opts.seed)
-    kvp, spacing_mm, write_dicom, png, report, mask_body = (opts.kvp, opts.spacing_mm, opts.write_dicom, opts.png,
-                                                            opts.report, opts.mask_body)
-    kvp_used, kvp_source = _kvp(inputs, kvp, method, input_path)
-    grid = translation_grid(method, inputs.source.geometry, spacing_mm)
+    task = inputs.task
+    kvp_used, kvp_source = _kvp(inputs, opts.kvp, method, where)
+    grid = translation_grid(method, inputs.source.geometry, opts.spacing_mm)
     spacing = grid.spacing[1]
     say(f"resampling onto {grid.shape[1]}x{grid.shape[2]} pixels of {spacing:.3g} mm")
     if inputs.guidance is not None:
@@ -646,11 +656,11 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
     items = ({"kvp": kvp_used, **{role: v[k] for role, v in on_grid.items()}} for k in range(grid.shape[0]))
     suv = np.empty(grid.shape, dtype=np.float32)
     k = 0
-    for _, pred in predict_items(method, items, total=grid.shape[0], options=options, progress=progress):
+    for _, pred in predict_items(method, items, total=grid.shape[0], options=opts.predict, progress=progress):
         suv[k:k + pred.shape[0]] = pred[:, 0].numpy()
         k += pred.shape[0]
     np.clip(suv, 0.0, None, out=suv)
-    if mask_body:
+    if opts.mask_body:
         suv[~input_body_mask(inputs, on_grid, spacing)] = 0.0
 
     say("writing the outputs")
@@ -661,38 +671,38 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
             if image.kind == "dicom":
                 files[f"{image.file_stem}_nifti"] = write_nifti(tmp / f"{image.file_stem}.nii.gz", image.array,
                                                                 image.geometry.affine, description=image.label)
-        if write_dicom:
+        steps_used = opts.steps or getattr(method.config, "sample_steps", None)
+        if opts.write_dicom:
             from petsynth.io.synthetic_pet import write_synthetic_pet
 
-            used = steps or getattr(method.config, "sample_steps", None)
             guided = f" with {inputs.guidance.label} guidance" if inputs.guidance is not None else ""
             derivation = (f"Synthesized from {task.source_label}{guided} by petsynth {petsynth.__version__}, model "
-                          f"{model_info['name']} ({method.name})" + (f", {used} sampling steps" if used else ""))
+                          f"{model_info['name']} ({method.name})" + (f", {steps_used} sampling steps" if steps_used else ""))
             write_synthetic_pet(tmp / "dicom", suv, grid.affine, reference=inputs.source.reference,
                                 model_name=str(model_info["name"]), derivation=derivation,
-                                reference_label=f"{input_path}: the {inputs.source.label} series")
+                                reference_label=f"{where}: the {inputs.source.label} series")
             files["dicom"] = tmp / "dicom"
-        if png:
+        shown = _shown(inputs, on_grid, suv, grid) if opts.png or opts.report else None
+        if opts.png:
             files["panels"] = _write_panels(tmp / "panels", on_grid["source"], suv, task)[0].parent
-            _write_pictures(tmp / "panels", inputs, on_grid, suv, grid)
+            _write_pictures(tmp / "panels", shown)
         result.seconds = time.perf_counter() - start
         result.info = {
             "petsynth_version": petsynth.__version__, "model": model_info, "task": task.name,
             "input_kind": inputs.source.kind,
             "inputs": {role: {"modality": image.modality, "label": image.label, "kind": image.kind}
                        for role, image in inputs.images.items()},
-            "options": {"steps": steps, "steps_used": steps or getattr(method.config, "sample_steps", None),
-                        "eta": eta, "sampler": dict(sampler or {}), "batch_size": batch_size, "bf16": bf16,
-                        "seed": seed,
+            "options": {"steps": opts.steps, "steps_used": steps_used, "eta": opts.eta, "sampler": dict(opts.sampler),
+                        "batch_size": opts.batch_size, "bf16": opts.bf16, "seed": opts.seed,
                         "threads": torch.get_num_threads()},
-            "kvp": kvp_used, "kvp_source": kvp_source, "mask_body": mask_body,
+            "kvp": kvp_used, "kvp_source": kvp_source, "mask_body": opts.mask_body,
             "grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing)},
             "suv": {"min": float(suv.min()), "max": float(suv.max()), "mean": float(suv.mean())},
             "seconds": round(result.seconds, 2), "seconds_per_slice": round(result.seconds / grid.shape[0], 4),
         }
-        if report:
+        if opts.report:
             say("writing report.html")
-            files["report"] = _write_report(tmp / "report.html", inputs, on_grid, suv, grid, result.info)
+            files["report"] = _write_report(tmp / "report.html", inputs, shown, suv, grid, result.info)
         (tmp / "translate.json").write_text(json.dumps(result.info, indent=2))
         files["summary"] = tmp / "translate.json"
     result.files = {k: out / Path(v).relative_to(tmp) for k, v in files.items()}

@@ -109,7 +109,7 @@ def _load(series: SeriesInfo | list, files: list[Path], modality: str | None, la
     positions = positions[order]
     datasets = [datasets[i] for i in order]
     files = [files[i] for i in order]
-    keep = _one_per_position(files, positions, lambda f: _pixel_bytes(f))
+    keep = _one_per_position(files, positions)
     datasets, files, positions = [datasets[i] for i in keep], [files[i] for i in keep], positions[keep]
     steps = np.diff(positions)
     step = float(np.median(steps)) if steps.size else float(datasets[0].get("SliceThickness", 1.0) or 1.0)
@@ -131,9 +131,9 @@ def _pixel_bytes(path: Path) -> bytes:
     return bytes(pydicom.dcmread(path).PixelData)
 
 
-def _one_per_position(files: list[Path], positions: np.ndarray, pixels) -> np.ndarray:
+def _one_per_position(files: list[Path], positions: np.ndarray) -> np.ndarray:
     """Indices of ``files`` (sorted by ``positions``) to keep: of several instances at one position, the first
-    when their pixels (``pixels(file)``) are identical (the same image sent twice under two instance UIDs);
+    when their stored pixels are identical (the same image sent twice under two instance UIDs);
     different pixels at one position are two series mixed, an error naming both files."""
     keep = [0] if len(files) else []
     for k in range(1, len(files)):
@@ -141,7 +141,7 @@ def _one_per_position(files: list[Path], positions: np.ndarray, pixels) -> np.nd
             keep.append(k)
             continue
         kept = files[keep[-1]]
-        if pixels(kept) != pixels(files[k]):
+        if _pixel_bytes(kept) != _pixel_bytes(files[k]):
             raise SeriesError(f"{kept} and {files[k]} lie at the same position ({positions[k]:.3f} mm along the "
                               "slice normal) with different pixels: two series mixed, or two versions of one "
                               "image; remove one of them")
@@ -249,7 +249,7 @@ def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceH
     positions = positions[order]
     headers = [headers[i] for i in order]
     files = [files[i] for i in order]
-    keep = _one_per_position(files, positions, lambda f: _pixel_bytes(f))
+    keep = _one_per_position(files, positions)
     headers, files, positions = [headers[i] for i in keep], [files[i] for i in keep], positions[keep]
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     steps = np.diff(positions)
