@@ -26,7 +26,7 @@ from pathlib import Path
 
 import petsynth
 from petsynth.data.dicom_index import StudyInfo, scan_dicom
-from petsynth.data.prepare import load_key, patient_of, pseudonym, write_pseudonym_mapping
+from petsynth.data.prepare import load_key, patient_of, pseudonym, scrub_folders, write_pseudonym_mapping
 from petsynth.inference import cached_model, model_name, set_threads
 from petsynth.methods.base import MethodError
 from petsynth.parallel import run_each
@@ -67,9 +67,7 @@ def _folders(study: StudyInfo) -> set[str]:
 
 def _scrub(text: str, study: StudyInfo, archive: Path) -> str:
     """The message with the study's folders (and the archive's) replaced: paths may name patients."""
-    for folder in sorted(_folders(study), key=len, reverse=True):
-        text = text.replace(folder, "<study folder>")
-    return text.replace(str(archive), "<archive>")
+    return scrub_folders(text, {**dict.fromkeys(_folders(study), "<study folder>"), str(archive): "<archive>"})
 
 
 def _translate_job(job: tuple[str, StudyInfo], model: str, device: str, archive: Path, out: Path,

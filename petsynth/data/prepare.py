@@ -21,7 +21,7 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,13 +210,22 @@ def phantom_label_table(record: dict) -> list[dict]:
                    for n, r in enumerate(record.get("lesions", []))]
 
 
+def scrub_folders(text: str, placeholders: Mapping[str, str]) -> str:
+    """``text`` with each folder (a key; folders may be named after the patient) replaced by its placeholder,
+    the longest first, so that a folder inside another is replaced whole."""
+    for folder in sorted(placeholders, key=len, reverse=True):
+        text = text.replace(folder, placeholders[folder])
+    return text
+
+
 def _scrub(text: str, plan: StudyPlan) -> str:
-    """Replace the folders of the study's series (which may be named after the patient) by the modality."""
+    """Replace the folders of the study's series by their role ("<target folder>", ...)."""
+    placeholders: dict[str, str] = {}
     for role, item in (("target", plan.target), ("source", plan.source), ("guidance", plan.guidance),
                        ("labels", plan.labels)):
         for folder in _folders(item):
-            text = text.replace(folder, f"<{role} folder>")
-    return text
+            placeholders.setdefault(folder, f"<{role} folder>")
+    return scrub_folders(text, placeholders)
 
 
 def _pairs_kept(coverage: np.ndarray, min_coverage: float, slices_per_study: tuple[int, int] | None,
