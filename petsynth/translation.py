@@ -244,12 +244,12 @@ def _read_series(series: SeriesInfo, modality: str, label: str, folder: Path, ta
 
     from petsynth.data.dicom_series import SeriesError, load_series
 
-    if series.num_files < 2:
-        raise TranslateError(f"{folder}: the {label} series has a single slice; translate needs a volume")
     try:
         volume = load_series(series, modality)
     except (SeriesError, SUVError) as err:
         raise TranslateError(f"{folder}: {label} series: {err}") from None
+    if volume.geometry.shape[0] < 2:  # (one file may hold many slices: an enhanced multi-frame image)
+        raise TranslateError(f"{folder}: the {label} series has a single slice; translate needs a volume")
     if volume.irregular:
         warnings.warn(f"{folder}: the {label}'s slice spacing is irregular; the output uses its median step",
                       stacklevel=3)

@@ -21,12 +21,15 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from petsynth.data.dicom_header import LITTLE_ENDIAN_SYNTAXES, HeaderFields, read_header_fields, wanted_tags
+from petsynth.data.multiframe import ENHANCED_SOP_CLASSES, frame_headers, is_enhanced
 
-#: SOP classes of image storage that petsynth reads, by modality.
+#: SOP classes of image storage that petsynth reads, by modality: classic single-frame images, and enhanced
+#: multi-frame ones (a whole series in one file, read by :mod:`petsynth.data.multiframe`).
 IMAGE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.2": "CT",     # CT Image Storage
     "1.2.840.10008.5.1.4.1.1.128": "PT",   # Positron Emission Tomography Image Storage
     "1.2.840.10008.5.1.4.1.1.4": "MR",     # MR Image Storage
+    **ENHANCED_SOP_CLASSES,
 }
 #: SOP class prefixes that are known non-image or derived objects, with the reason reported.
 IGNORED_SOP_PREFIXES: dict[str, str] = {
@@ -95,6 +98,8 @@ class SeriesInfo:
     rows: int = 0
     columns: int = 0
     frame_duration_ms: float = 0.0  # ActualFrameDuration (0018,1242); shorter for low-count PET series
+    #: images in the series: its files, or the frames of its enhanced multi-frame files
+    images: int = 0
     #: file -> its header facts from the scan, so that loading does not parse every file twice
     headers: dict[Path, InstanceHeader] = field(default_factory=dict, repr=False, compare=False)
 
@@ -148,8 +153,8 @@ def classify_header(ds: Header) -> str | None:
     image_type = _values(ds.get("ImageType"))
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return "localizer/scout image"
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return "multi-frame image (not supported yet)"
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1 and not is_enhanced(ds):
+        return "multi-frame image of a single-frame SOP class (not supported)"
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
                     "PixelSpacing", "Rows", "Columns"):
         if not ds.get(keyword):
@@ -187,6 +192,8 @@ def truncation(path: Path, ds: Header) -> str | None:
 
 
 def _instance_header(path: Path, ds: Header, offset: int, dtype: str) -> InstanceHeader | None:
+    if is_enhanced(ds):  # one file, many frames: loaded from its functional groups
+        return None
     try:
         st = os.stat(path)
         date, time = ds.get("AcquisitionDate"), ds.get("AcquisitionTime")
@@ -201,10 +208,22 @@ def _instance_header(path: Path, ds: Header, offset: int, dtype: str) -> Instanc
         return None
 
 
+def _first_frame(path: Path, fields: Header) -> Header:
+    """The classic header of an enhanced image's first frame (its geometry lies in functional groups, which
+    the fast reader skips), with the pixel data's offset and length that :func:`truncation` checks."""
+    view = frame_headers(pydicom.dcmread(path, stop_before_pixels=True), path)[0]
+    view.pixel_offset = getattr(fields, "pixel_offset", -1)
+    view.pixel_length = getattr(fields, "pixel_length", _UNDEFINED_LENGTH)
+    return view
+
+
 def _read_header_offset(path: Path) -> tuple[Header | None, int, str]:
     """:func:`read_header`, with the native pixel data's offset and dtype ((-1, "") where there is none).
-    The fast reader first (:mod:`petsynth.data.dicom_header`); pydicom for every file it does not handle."""
+    The fast reader first (:mod:`petsynth.data.dicom_header`); pydicom for every file it does not handle.
+    An enhanced multi-frame image is read whole by pydicom and described by its first frame."""
     fields = read_header_fields(path, _WANTED)
+    if fields is not None and is_enhanced(fields):
+        return _first_frame(path, fields), -1, ""
     if fields is not None:
         return fields, *_native_pixels(fields)
     with warnings.catch_warnings():  # malformed files warn; what matters is whether they parse
@@ -219,7 +238,9 @@ def _read_header_offset(path: Path) -> tuple[Header | None, int, str]:
         except Exception:  # noqa: BLE001 - anything that does not parse is not DICOM
             return None, -1, ""
     sop = str(ds.get("SOPClassUID", ""))
-    return (ds if sop.startswith("1.2.840.10008.") else None), -1, ""
+    if not sop.startswith("1.2.840.10008."):
+        return None, -1, ""
+    return (_first_frame(path, ds) if is_enhanced(ds) else ds), -1, ""
 
 
 def read_header(path: Path) -> Header | None:
@@ -252,6 +273,7 @@ def _index_file(path: Path, ds: Header, offset: int, dtype: str, series: dict[st
                 rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
                 frame_duration_ms=float(ds.get("ActualFrameDuration", 0) or 0))
         info.files.append(path)
+        info.images += int(ds.get("NumberOfFrames", 1) or 1) if is_enhanced(ds) else 1
         if sop:
             instances[sop] = path
         header = _instance_header(path, ds, offset, dtype)

@@ -18,7 +18,9 @@ import pydicom
 
 from petsynth.data.dicom_header import HeaderFields
 from petsynth.data.dicom_index import InstanceHeader, SeriesInfo
-from petsynth.data.geometry import Geometry
+from petsynth.data.geometry import Geometry, resample_affine
+from petsynth.data.multiframe import FrameError, frame_headers, is_enhanced
+from petsynth.physics.constants import HU_AIR
 from petsynth.data.suv import MALFORMED_ERRORS, SUVError, SUVScale, rescaled_pixels, suv_scale
 
 #: Largest disagreement between slice orientations (direction cosines) accepted within one series.
@@ -96,57 +98,106 @@ def _load(series: SeriesInfo | list, files: list[Path], modality: str | None, la
         return _load_scanned(series, files, headers, modality, lazy=lazy)
     datasets = [pydicom.dcmread(f) for f in files]
     modality = modality or (series.modality if isinstance(series, SeriesInfo) else str(datasets[0].Modality))
-    axes = _orientation(datasets[0])
-    for ds, f in zip(datasets, files):
-        if np.abs(_orientation(ds) - axes).max() > ORIENTATION_TOLERANCE:
-            raise SeriesError(f"{f}: ImageOrientationPatient differs from {files[0]} within one series")
-        if (ds.Rows, ds.Columns) != (datasets[0].Rows, datasets[0].Columns):
-            raise SeriesError(f"{f}: {ds.Rows}x{ds.Columns} pixels, but {files[0]} has "
-                              f"{datasets[0].Rows}x{datasets[0].Columns}")
+    slices = _slices(datasets, files)  # one per image: an instance, or a frame of an enhanced image
+    views = [s.header for s in slices]
+    axes = _orientation(views[0])
+    for s in slices:
+        if np.abs(_orientation(s.header) - axes).max() > ORIENTATION_TOLERANCE:
+            raise SeriesError(f"{s.name}: ImageOrientationPatient differs from {slices[0].name} within one series")
+        if (s.header.Rows, s.header.Columns) != (views[0].Rows, views[0].Columns):
+            raise SeriesError(f"{s.name}: {s.header.Rows}x{s.header.Columns} pixels, but {slices[0].name} has "
+                              f"{views[0].Rows}x{views[0].Columns}")
     normal = axes[:, 2]
-    positions = np.array([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in datasets])
+    positions = np.array([float(np.dot([float(v) for v in s.header.ImagePositionPatient], normal)) for s in slices])
     order = np.argsort(positions, kind="stable")
     positions = positions[order]
-    datasets = [datasets[i] for i in order]
-    files = [files[i] for i in order]
-    keep = _one_per_position(files, positions)
-    datasets, files, positions = [datasets[i] for i in keep], [files[i] for i in keep], positions[keep]
+    slices = [slices[i] for i in order]
+    keep = _one_per_position(slices, positions)
+    slices, positions = [slices[i] for i in keep], positions[keep]
+    first = slices[0].header
     steps = np.diff(positions)
-    step = float(np.median(steps)) if steps.size else float(datasets[0].get("SliceThickness", 1.0) or 1.0)
+    step = float(np.median(steps)) if steps.size else float(first.get("SliceThickness", 1.0) or 1.0)
     irregular = bool(steps.size and np.abs(steps - step).max() > IRREGULAR_STEP_TOLERANCE * step)
 
-    suv = suv_scale(datasets) if modality == "PT" else None
-    array = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
-    for k, ds in enumerate(datasets):
-        _decode(ds, files[k], array[k])
-    return _volume(datasets[0], modality, array, step, axes, positions, irregular, files, suv)
+    suv = suv_scale([s.header for s in slices]) if modality == "PT" else None
+    array = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
+    frames: dict[Path, np.ndarray] = {}  # an enhanced image's stored frames, decoded once
+    for k, s in enumerate(slices):
+        if s.frame is None:
+            _decode(s.dataset, s.path, array[k])
+        else:
+            if s.path not in frames:
+                frames[s.path] = _stored_frames(s.dataset, s.path)
+            rescaled_pixels(s.header, out=array[k], stored=frames[s.path][s.frame])
+    return _volume(first, modality, array, step, axes, positions, irregular, [s.path for s in slices], suv,
+                   last=slices[-1].header.ImagePositionPatient)
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One image of a series: a single-frame instance (``frame`` None, ``header`` its dataset) or frame
+    ``frame`` of an enhanced image (``header`` that frame's classic header, :mod:`petsynth.data.multiframe`)."""
+
+    path: Path
+    dataset: pydicom.Dataset | None  # None: read from ``path`` when its pixels are compared
+    header: pydicom.Dataset | None
+    frame: int | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.frame is None else f"{self.path} (frame {self.frame + 1})"
+
+    def stored_bytes(self) -> bytes:
+        """The stored pixels (compared, not rescaled): the file's pixel data, or the decoded frame."""
+        ds = self.dataset if self.dataset is not None else pydicom.dcmread(self.path)
+        if self.frame is None:
+            return bytes(ds.PixelData)
+        return _stored_frames(ds, self.path)[self.frame].tobytes()
+
+
+def _slices(datasets: list[pydicom.Dataset], files: list[Path]) -> list[_Slice]:
+    slices = []
+    for ds, path in zip(datasets, files):
+        if not is_enhanced(ds):
+            slices.append(_Slice(path, ds, ds))
+            continue
+        try:
+            views = frame_headers(ds, path)
+        except FrameError as err:
+            raise SeriesError(str(err)) from None
+        slices.extend(_Slice(path, ds, view, k) for k, view in enumerate(views))
+    return slices
+
+
+def _stored_frames(ds: pydicom.Dataset, path: Path) -> np.ndarray:
+    """(frames, rows, columns) stored values of an enhanced image; a SeriesError naming the file when they
+    cannot be decoded."""
+    try:
+        return ds.pixel_array.reshape(int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns))
+    except Exception as err:  # noqa: BLE001 - pydicom's decoders raise many kinds
+        raise SeriesError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: {err})") from None
 
 
 #: Slices closer than this along the normal (mm) lie at the same position.
 SAME_POSITION_MM = 1e-3
 
 
-def _pixel_bytes(path: Path) -> bytes:
-    """A file's pixel data as stored (compared, not decoded)."""
-    return bytes(pydicom.dcmread(path).PixelData)
-
-
-def _one_per_position(files: list[Path], positions: np.ndarray) -> np.ndarray:
-    """Indices of ``files`` (sorted by ``positions``) to keep: of several instances at one position, the first
-    when their stored pixels are identical (the same image sent twice under two instance UIDs);
-    different pixels at one position are two series mixed, an error naming both files."""
-    keep = [0] if len(files) else []
-    for k in range(1, len(files)):
+def _one_per_position(slices: list[_Slice], positions: np.ndarray) -> np.ndarray:
+    """Indices of ``slices`` (sorted by ``positions``) to keep: of several images at
+    one position, the first when their stored pixels are identical (the same image sent twice under two
+    instance UIDs); different pixels at one position are two series mixed, an error naming both."""
+    keep = [0] if len(slices) else []
+    for k in range(1, len(slices)):
         if positions[k] - positions[keep[-1]] >= SAME_POSITION_MM:
             keep.append(k)
             continue
-        kept = files[keep[-1]]
-        if _pixel_bytes(kept) != _pixel_bytes(files[k]):
-            raise SeriesError(f"{kept} and {files[k]} lie at the same position ({positions[k]:.3f} mm along the "
-                              "slice normal) with different pixels: two series mixed, or two versions of one "
+        kept, other = slices[keep[-1]], slices[k]
+        if kept.stored_bytes() != other.stored_bytes():
+            raise SeriesError(f"{kept.name} and {other.name} lie at the same position ({positions[k]:.3f} mm along "
+                              "the slice normal) with different pixels: two series mixed, or two versions of one "
                               "image; remove one of them")
-        warnings.warn(f"{files[k]} is a copy of {kept.name} (same position, same pixels): used once",
-                      stacklevel=3)
+        warnings.warn(f"{other.name} is a copy of {kept.path.name if kept.frame is None else kept.name} (same "
+                      "position, same pixels): used once", stacklevel=3)
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -249,7 +300,7 @@ def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceH
     positions = positions[order]
     headers = [headers[i] for i in order]
     files = [files[i] for i in order]
-    keep = _one_per_position(files, positions)
+    keep = _one_per_position([_Slice(f, None, None) for f in files], positions)
     headers, files, positions = [headers[i] for i in keep], [files[i] for i in keep], positions[keep]
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     steps = np.diff(positions)
@@ -264,20 +315,78 @@ def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceH
         suv = suv_scale([first, *others])
     reader = SliceReader(files, headers)
     array = reader if lazy and suv is None else np.asarray(reader)
-    return _volume(first, modality, array, step, axes, positions, irregular, files, suv)
+    return _volume(first, modality, array, step, axes, positions, irregular, files, suv, last=headers[-1].position)
 
 
 def _volume(first: pydicom.Dataset, modality: str, array: np.ndarray, step: float, axes: np.ndarray,
-            positions: np.ndarray, irregular: bool, files: list[Path], suv: SUVScale | None) -> SeriesVolume:
+            positions: np.ndarray, irregular: bool, files: list[Path], suv: SUVScale | None, last) -> SeriesVolume:
     """The :class:`SeriesVolume` of a stacked series (``array`` rescaled, SUV factor not yet applied) whose
-    first instance in slice order is ``first``."""
+    first and last images in slice order are ``first`` and at ImagePositionPatient ``last``. A sheared stack
+    (a gantry-tilted CT) is resampled onto an orthogonal grid (:func:`unsheared`)."""
     if suv is not None:
         array *= np.float32(suv.factor)
     dy, dx = (float(v) for v in first.PixelSpacing)
-    geometry = Geometry(shape=array.shape, spacing=(step, dy, dx),
-                        origin=tuple(float(v) for v in first.ImagePositionPatient),
+    origin = np.array([float(v) for v in first.ImagePositionPatient])
+    geometry = Geometry(shape=array.shape, spacing=(step, dy, dx), origin=tuple(origin),
                         direction=tuple(axes.ravel()))
+    meta = {}
+    table_step = sheared_step(origin, np.array([float(v) for v in last]), axes, len(positions), min(dy, dx))
+    if table_step is not None:
+        tilt = float(np.degrees(np.arccos(abs(np.dot(table_step, axes[:, 2])) / np.linalg.norm(table_step))))
+        array, geometry = unsheared(np.asarray(array), origin, table_step, axes, (dy, dx),
+                                    fill=HU_AIR if modality == "CT" else 0.0)
+        normal = geometry.direction_matrix[:, 2]
+        positions = float(np.dot(geometry.origin, normal)) + geometry.spacing[0] * np.arange(geometry.shape[0])
+        meta["gantry_tilt_deg"] = round(tilt, 3)
+        warnings.warn(f"{files[0].name} and the other {len(files) - 1} slices of the series are tilted by {tilt:.2f} "
+                      "degrees against the table (gantry tilt): resampled onto an orthogonal grid in world coordinates"
+                      + (" with their mean step (the steps are irregular)" if irregular else ""), stacklevel=4)
     kvp = float(first.KVP) if modality == "CT" and first.get("KVP") not in (None, "") else None
     return SeriesVolume(modality=modality, array=array, geometry=geometry, positions_mm=positions,
                         irregular=irregular, files=files, units=str(first.get("Units", "")), kvp=kvp,
-                        manufacturer=str(first.get("Manufacturer", "")), suv=suv)
+                        manufacturer=str(first.get("Manufacturer", "")), suv=suv, meta=meta)
+
+
+#: In-plane drift of a slice stack (over the whole series, in pixels) above which it counts as sheared.
+SHEAR_TOLERANCE_PIXELS = 0.1
+
+
+def sheared_step(first_mm: np.ndarray, last_mm: np.ndarray, axes: np.ndarray, slices: int,
+                 pixel_mm: float) -> np.ndarray | None:
+    """The mean step from slice to slice (LPS mm, 3-vector) when it leaves the slice normal (``axes[:, 2]``)
+    far enough that the stack drifts in-plane by more than :data:`SHEAR_TOLERANCE_PIXELS` of a pixel from
+    first to last slice, as a CT acquired with the gantry tilted does; else None."""
+    if slices < 2:
+        return None
+    step = (last_mm - first_mm) / (slices - 1)
+    normal = axes[:, 2]
+    drift = (step - np.dot(step, normal) * normal) * (slices - 1)
+    return step if np.linalg.norm(drift) > SHEAR_TOLERANCE_PIXELS * pixel_mm else None
+
+
+def unsheared(array: np.ndarray, first_mm: np.ndarray, step_mm: np.ndarray, axes: np.ndarray,
+              pixel_mm: tuple[float, float], fill: float) -> tuple[np.ndarray, Geometry]:
+    """Resample a sheared stack onto an orthogonal grid, trilinearly in world coordinates.
+
+    ``array`` (nz, ny, nx): slice k lies at ``first_mm + k * step_mm``, its rows along ``axes[:, 0]`` and its
+    columns along ``axes[:, 1]`` at ``pixel_mm`` = (dy, dx). The grid's slices are perpendicular to the step
+    (the table's axis) at its length, its rows along the original row direction made perpendicular to the
+    step, with the original pixel size, and it covers the whole stack; outside the stack is ``fill``.
+    Returns (resampled float32 array, its grid).
+    """
+    dy, dx = pixel_mm
+    src = np.eye(4)
+    src[:3, 0], src[:3, 1], src[:3, 2], src[:3, 3] = dx * axes[:, 0], dy * axes[:, 1], step_mm, first_mm
+    table = step_mm / np.linalg.norm(step_mm)
+    row = axes[:, 0] - np.dot(axes[:, 0], table) * table
+    row /= np.linalg.norm(row)
+    direction = np.stack([row, np.cross(table, row), table], axis=1)  # columns: i, j, k
+    nz, ny, nx = array.shape
+    corners = np.array([[i, j, k, 1.0] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)]) @ src.T
+    local = (corners[:, :3] - first_mm) @ direction  # along i, j, k of the new grid
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    spacing_ijk = np.array([dx, dy, np.linalg.norm(step_mm)])
+    size_ijk = np.floor((hi - lo) / spacing_ijk + 1e-6).astype(int) + 1
+    geometry = Geometry(shape=tuple(size_ijk[::-1]), spacing=tuple(spacing_ijk[::-1]),
+                        origin=tuple(first_mm + direction @ lo), direction=tuple(direction.ravel()))
+    return resample_affine(array, src, geometry, fill=fill), geometry

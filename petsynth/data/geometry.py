@@ -196,19 +196,29 @@ def resample(volume: np.ndarray, src: Geometry, dst: Geometry, *, mode: str = "b
     if (src.is_axis_aligned and dst.is_axis_aligned and src.shape[0] == dst.shape[0]
             and np.allclose(src.z_positions(), dst.z_positions(), atol=1e-4)):
         return _resample_inplane(volume, src, dst, mode=mode, fill=fill)
+    return resample_affine(volume, src.affine, dst, mode=mode, fill=fill, chunk_slices=chunk_slices)
+
+
+def resample_affine(volume: np.ndarray, src_affine: np.ndarray, dst: Geometry, *, mode: str = "bilinear",
+                    fill: float = 0.0, chunk_slices: int = 32) -> np.ndarray:
+    """:func:`resample` from a source grid given by any invertible 4x4 ``src_affine`` ((i, j, k, 1) -> LPS mm),
+    such as the sheared stack of a gantry-tilted CT, whose axes are not orthogonal."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    src_affine = np.asarray(src_affine, dtype=np.float64)
     nz, ny, nx = dst.shape
-    sz, sy, sx = src.shape
+    sz, sy, sx = volume.shape
     # dst index (i, j, k, 1) -> src index (x, y, z) -> grid_sample's normalised coordinates (align_corners=True:
     # -1 at index 0, +1 at index n-1), folded into one affine so each slab is a single float32 matmul
     to_norm = np.diag([2.0 / max(sx - 1, 1), 2.0 / max(sy - 1, 1), 2.0 / max(sz - 1, 1), 1.0])
     to_norm[:3, 3] = -1.0
-    m = to_norm @ np.linalg.inv(src.affine) @ dst.affine
+    m = to_norm @ np.linalg.inv(src_affine) @ dst.affine
     # a source axis of one voxel: inside within half a voxel of its centre, else outside (2 is off the grid)
     single = [n == 1 for n in (sx, sy, sz)]
     if not any(single) and not (m[:3, :3] - np.diag(np.diag(m[:3, :3]))).any():
-        return _resample_separable(volume, m, src.shape, dst.shape, mode=mode, fill=fill)
+        return _resample_separable(volume, m, volume.shape, dst.shape, mode=mode, fill=fill)
     src_t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
-    m_index = np.linalg.inv(src.affine) @ dst.affine
+    m_index = np.linalg.inv(src_affine) @ dst.affine
     ij = torch.stack(torch.meshgrid(torch.arange(ny, dtype=torch.float64), torch.arange(nx, dtype=torch.float64),
                                     indexing="ij")[::-1], dim=-1)  # (ny, nx, 2): (i, j)
     base = (ij @ torch.from_numpy(m[:3, :2].T) + torch.from_numpy(m[:3, 3])).float()  # (ny, nx, 3)

@@ -135,8 +135,9 @@ class StudyResult:
 
 
 def largest_series(series: list[SeriesInfo]) -> SeriesInfo:
-    """The series of a modality that prepare (and translate) take: the most files, then the largest images."""
-    return max(series, key=lambda s: (s.num_files, s.rows * s.columns, s.series_uid))
+    """The series of a modality that prepare (and translate) take: the most images (files, or frames of
+    an enhanced image), then the largest images."""
+    return max(series, key=lambda s: (s.images, s.rows * s.columns, s.series_uid))
 
 
 def by_frame_duration(pets: list[SeriesInfo]) -> list[SeriesInfo]:
@@ -171,7 +172,7 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
         if not sources:
             raise StudyError(f"{task} needs a {spec.source_modality} series, but the study has none")
         # standard dose: the PET series with the longest frames
-        target = max(pets, key=lambda s: (s.frame_duration_ms, s.num_files, s.series_uid))
+        target = max(pets, key=lambda s: (s.frame_duration_ms, s.images, s.series_uid))
         source, fraction = largest_series(sources), None
     guidance = None
     if spec.guidance_modality:
@@ -275,8 +276,10 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         arrays = {"source": pairs.source[keep], "target": pairs.target[keep]}
         index = pairs.target_index[keep]  # the PET slices of the pairs kept: guidance and truth go onto these
         kvp = source.kvp
+        loaded = [pet, source]
         if plan.guidance is not None:
             ct = _load(plan.guidance, "CT", lazy=True)
+            loaded.append(ct)
             arrays["guidance"] = resample_onto(pet, ct, index, fill=HU_AIR, size=size)
             kvp = ct.kvp
         volumes, table = _truth_series(pet)
@@ -286,6 +289,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
             mode = "nearest" if tname == "labels" else "bilinear"
             arrays[tname] = resample_onto(pet, tvol, index, fill=0.0, size=size, mode=mode)
         coverage = pairs.coverage[keep]
+        tilts = {v.modality: v.meta["gantry_tilt_deg"] for v in loaded if "gantry_tilt_deg" in v.meta}
         meta = {"spacing_mm": list(pairs.spacing_mm), "kvp": kvp, "vendor": pet.manufacturer, "units": pet.units,
                 "dose_fraction": plan.dose_fraction, "task": task, "patient": patient,
                 "coverage": {"low": int((coverage < LOW_COVERAGE).sum()),
@@ -293,6 +297,8 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
                              "least": round(float(coverage.min()), 3)}}
         if table:
             meta[store.LABEL_TABLE] = table
+        if tilts:  # resampled onto an orthogonal grid in world coordinates (dicom_series.unsheared)
+            meta["gantry_tilt_deg"] = tilts
         store.write_study(root, name, arrays,
                           {"index": [int(i) for i in index],
                            "z_mm": [float(z) for z in pairs.z_mm[keep]]}, meta)

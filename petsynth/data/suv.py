@@ -3,8 +3,9 @@
 - Units BQML: SUV = value * PatientWeight[kg] * 1000 / (RadionuclideTotalDose * 2^(-dt / RadionuclideHalfLife)),
   dt from injection to scan time. Injection: RadiopharmaceuticalStartDateTime, else
   RadiopharmaceuticalStartTime on the series date. Scan: SeriesDate/SeriesTime when not later than the
-  earliest AcquisitionDate/Time of the series, else that earliest acquisition time. DecayCorrection
-  ADMIN means the images are already decayed to injection: dt = 0.
+  earliest AcquisitionDate/Time of the series, else that earliest acquisition time; Decay Correction
+  DateTime (0018,9701) where an enhanced PET image states it. DecayCorrection ADMIN means the images are
+  already decayed to injection: dt = 0.
 - Units GML: already SUVbw (factor 1).
 - Units CNTS (Philips): the private SUV scale factor (7053,1000) of "Philips PET Private Group".
 - ``value`` is the stored pixel value after each instance's own RescaleSlope/Intercept.
@@ -38,6 +39,7 @@ _TAGS = {
     "AcquisitionTime": "(0008,0032)",
     "Units": "(0054,1001)",
     "DecayCorrection": "(0054,1102)",
+    "DecayCorrectionDateTime": "(0018,9701)",
 }
 
 
@@ -162,10 +164,13 @@ def _suv_scale(instances: list[Dataset]) -> SUVScale:
         corrected = [str(v).upper() for v in (ds.get("CorrectedImage") or [])]
         if corrected and "DECY" not in corrected:
             raise SUVError(f"{_where(ds)}: DecayCorrection START but CorrectedImage (0028,0051) lacks DECY")
-        decay_s = (_scan_time(instances) - _injection_time(ds, radio)).total_seconds()
+        stated = ds.get("DecayCorrectionDateTime")  # enhanced PET (petsynth.data.multiframe)
+        scan = DT(stated).replace(tzinfo=None) if stated else _scan_time(instances)
+        decay_s = (scan - _injection_time(ds, radio)).total_seconds()
         if decay_s < 0:
             raise SUVError(f"{_where(ds)}: scan time precedes the injection time by {-decay_s:.0f} s: check "
-                           "SeriesTime (0008,0031) and RadiopharmaceuticalStartTime (0018,1072)")
+                           f"{'DecayCorrectionDateTime (0018,9701)' if stated else 'SeriesTime (0008,0031)'} "
+                           "and RadiopharmaceuticalStartTime (0018,1072)")
     else:
         raise SUVError(f"{_where(ds)}: DecayCorrection (0054,1102) is {decay or 'missing'!r}; SUVbw from BQML "
                        "needs START or ADMIN")
@@ -174,18 +179,21 @@ def _suv_scale(instances: list[Dataset]) -> SUVScale:
                     weight_kg=weight, dose_bq=dose, half_life_s=half_life)
 
 
-def rescaled_pixels(ds: Dataset, out: np.ndarray | None = None) -> np.ndarray:
+def rescaled_pixels(ds: Dataset, out: np.ndarray | None = None, stored: np.ndarray | None = None) -> np.ndarray:
     """Pixel data times this instance's RescaleSlope plus RescaleIntercept, float32 (rows, cols).
 
     ``out``: an optional float32 (rows, cols) array to fill (saves a copy when stacking a series).
+    ``stored``: the stored values when already decoded (a frame of a multi-frame image, whose header ``ds``
+    carries that frame's rescale); else ``ds.pixel_array``.
     """
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    stored = ds.pixel_array if stored is None else stored
     if out is None:
-        pixels = ds.pixel_array.astype(np.float32)
+        pixels = stored.astype(np.float32)
     else:
         pixels = out
-        pixels[...] = ds.pixel_array
+        pixels[...] = stored
     if slope != 1.0:
         pixels *= np.float32(slope)
     if intercept != 0.0:
