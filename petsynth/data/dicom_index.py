@@ -10,7 +10,9 @@ a full parse), and by pydicom for the files that reader leaves.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -132,6 +134,22 @@ def iter_files(paths: Iterable[str | Path]) -> list[Path]:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             files.extend(Path(root) / n for n in names if not n.startswith("."))
     return sorted(files)
+
+
+def not_regular(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (a named pipe, whose read would block forever; a socket or device;
+    a broken symbolic link or a loop of them), or None for a regular file (or a link to one)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if os.path.islink(path):
+            return "symbolic link loop" if err.errno == errno.ELOOP else "broken symbolic link"
+        return f"cannot be read: {err.strerror or type(err).__name__}"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "named pipe", stat.S_ISSOCK: "socket", stat.S_ISCHR: "character device",
+             stat.S_ISBLK: "block device", stat.S_ISDIR: "folder"}
+    return "not a regular file: " + next((name for test, name in kinds.items() if test(mode)), "special file")
 
 
 def _values(value) -> list[str]:
@@ -302,9 +320,13 @@ def scan_dicom(paths: Iterable[str | Path], progress: Callable[[int, int], None]
     for n, path in enumerate(files, 1):
         ds, offset, dtype = None, -1, ""
         try:
-            ds, offset, dtype = _read_header_offset(path)
-            if ds is None:
-                skipped.append(SkippedFile(path, "not a DICOM file"))
+            special = not_regular(path)
+            if special is not None:
+                skipped.append(SkippedFile(path, special))
+            else:
+                ds, offset, dtype = _read_header_offset(path)
+                if ds is None:
+                    skipped.append(SkippedFile(path, "not a DICOM file"))
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never fatal
             skipped.append(SkippedFile(path, f"unreadable DICOM: {type(err).__name__}: {err}"))
         if ds is not None:
