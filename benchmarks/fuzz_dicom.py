@@ -1,9 +1,11 @@
 """The long fuzz run: N mutated copies of a tiny phantom study, each scanned and prepared
-(``tests/fuzz_harness.py``: truncations, random header bytes, zeroed and repeated ranges, absurd element
-lengths, empty files). Prints every case whose error escaped or reached prepare's catch-all, then the counts
-per mutation. Asserts nothing.
+(``tests/fuzz_harness.py``). ``--kinds bytes``: truncations, random header bytes, zeroed and repeated ranges,
+absurd element lengths, empty files. ``--kinds fields``: NaN, zero, negative or absurd values, wrong VRs,
+missing or contradictory geometry; the mutated CT series is also translated by the bundled model. Prints
+every case whose error escaped, reached prepare's catch-all or wrote non-finite values, then the counts per
+mutation. Asserts nothing.
 
-    .venv/bin/python benchmarks/fuzz_dicom.py [--cases 10000] [--start 0] [--workdir DIR]
+    .venv/bin/python benchmarks/fuzz_dicom.py [--cases 10000] [--start 0] [--kinds bytes|fields] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fuzz_harness import run_case  # noqa: E402
+from fuzz_harness import FIELD_MUTATIONS, MUTATIONS, run_case  # noqa: E402
 
 from petsynth.phantom import make_torso, write_study  # noqa: E402
 
@@ -27,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--start", type=int, default=0, help="first seed")
+    parser.add_argument("--kinds", choices=("bytes", "fields"), default="bytes")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -34,9 +37,14 @@ def main() -> None:
     study = write_study(make_torso(40, preset="tiny"), work / "src", fmt="dicom", overwrite=True)
     start = time.perf_counter()
     kinds, problems = Counter(), []
+    mutations, model = MUTATIONS, None
+    if args.kinds == "fields":
+        from petsynth.inference import cached_model
+
+        mutations, model = FIELD_MUTATIONS, cached_model("phantom-cpdm")
     for seed in range(args.start, args.start + args.cases):
-        case = run_case(study, work / "cases", seed)
-        kinds[case.kind] += 1
+        case = run_case(study, work / "cases", seed, kinds=mutations, translate_model=model)
+        kinds[case.kind.split()[0]] += 1
         if case.problem:
             problems.append(case)
             print(case, flush=True)

@@ -128,7 +128,7 @@ def _load(series: SeriesInfo | list, files: list[Path], modality: str | None, la
         else:
             if s.path not in frames:
                 frames[s.path] = _stored_frames(s.dataset, s.path)
-            rescaled_pixels(s.header, out=array[k], stored=frames[s.path][s.frame])
+            _decode(s.header, s.path, array[k], stored=frames[s.path][s.frame], name=s.name)
     return _volume(first, modality, array, step, axes, positions, irregular, [s.path for s in slices], suv,
                    last=slices[-1].header.ImagePositionPatient)
 
@@ -218,13 +218,24 @@ def _scanned_headers(series: SeriesInfo | list, files: list[Path]) -> list[Insta
     return headers
 
 
-def _decode(ds: pydicom.Dataset, path: Path, out: np.ndarray) -> None:
-    """Fill ``out`` with the instance's rescaled pixels as pydicom decodes them; a SeriesError naming the file
-    when they cannot be decoded (damaged, or a compression without an installed decoder, e.g. JPEG-LS)."""
+def _decode(ds: pydicom.Dataset, path: Path, out: np.ndarray, stored: np.ndarray | None = None,
+            name: str | None = None) -> None:
+    """Fill ``out`` with the instance's rescaled pixels as pydicom decodes them (or of ``stored``, a decoded
+    frame whose header is ``ds``); a SeriesError naming the file (``name``: and frame) when they cannot be
+    decoded (damaged, or a compression without an installed decoder) or are not finite."""
     try:
-        rescaled_pixels(ds, out=out)
+        rescaled_pixels(ds, out=out, stored=stored)
     except Exception as err:  # noqa: BLE001 - pydicom's decoders raise many kinds
-        raise SeriesError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: {err})") from None
+        raise SeriesError(f"{name or path}: pixel data cannot be decoded ({type(err).__name__}: {err})") from None
+    _require_finite(out, name or path, ds)
+
+
+def _require_finite(values: np.ndarray, name, header) -> None:
+    """A SeriesError naming the image when its rescaled values hold NaN or infinity (a NaN or absurd
+    RescaleSlope / RescaleIntercept), which would otherwise flow silently into SUV and HU."""
+    if not np.isfinite(values).all():
+        raise SeriesError(f"{name}: rescaled pixel values are not finite (RescaleSlope "
+                          f"{header.get('RescaleSlope', 1)!s}, RescaleIntercept {header.get('RescaleIntercept', 0)!s})")
 
 
 class SliceReader:
@@ -251,6 +262,8 @@ class SliceReader:
         path, h = self.files[k], self.headers[k]
         if h.pixel_offset < 0 or not self._read_native(path, h, out):
             _decode(pydicom.dcmread(path), path, out)
+        else:
+            _require_finite(out, path, {"RescaleSlope": h.slope, "RescaleIntercept": h.intercept})
         return out
 
     def _read_native(self, path: Path, h: InstanceHeader, out: np.ndarray) -> bool:

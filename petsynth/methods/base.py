@@ -211,8 +211,18 @@ def load_method(path: str | Path, *, use_ema: bool = True, device: str | torch.d
     card: ModelCard = ckpt.card
     if task is not None and card.task != task:
         raise MethodError(f"{path} holds a {card.method} model for {card.task!r}, not {task!r}")
-    method = build_method(card.method, card.config, task=card.task, source=f"{path}/card.yaml", load_parts=False)
-    missing, unexpected = method.load_state_dict(ckpt.model_state(use_ema), strict=False)
+    try:
+        method = build_method(card.method, card.config, task=card.task, source=f"{path}/card.yaml", load_parts=False)
+    except (ConfigError, CheckpointError):
+        raise  # they name the card already
+    except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as err:  # a card no model can be built from
+        raise CheckpointError(f"{path}/card.yaml: cannot build a {card.method!r} model for task {card.task!r} "
+                              f"from it: {err}") from None
+    try:
+        missing, unexpected = method.load_state_dict(ckpt.model_state(use_ema), strict=False)
+    except RuntimeError as err:  # tensors of other shapes: a card and weights that do not belong together
+        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
+        raise CheckpointError(f"{path}: weights do not match a {card.method} model with this config ({first})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match a {card.method} model with this config "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
