@@ -150,6 +150,7 @@ class Case:
     file: str
     kind: str
     problem: str = ""
+    translated: bool = False
 
 
 def run_case(study: Path, work: Path, seed: int, prepare: bool = True, kinds: tuple[str, ...] = MUTATIONS,
@@ -175,6 +176,7 @@ def run_case(study: Path, work: Path, seed: int, prepare: bool = True, kinds: tu
         if prepare:
             case.problem = case.problem or _prepare_problem(case_dir)
         if translate_model is not None and not case.problem and target.parent.name == "CT":
+            case.translated = True
             case.problem = _translate_problem(translate_model, target.parent, case_dir / "out")
     except Exception as err:  # noqa: BLE001 - that is what the harness looks for
         case.problem = f"escaped: {type(err).__name__}: {err}"
