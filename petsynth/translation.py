@@ -73,7 +73,7 @@ from petsynth.io.nifti import write_nifti
 from petsynth.methods.base import Method, MethodError
 from petsynth.physics.constants import HU_AIR, KVP_RANGE
 from petsynth.tasks import Task, get_task
-from petsynth.utils.files import atomic_directory
+from petsynth.utils.files import atomic_directory, atomic_write_text
 
 #: Slice size used when a model card gives no training spacing and no ``spacing_mm`` is passed.
 FALLBACK_SIZE = 256
@@ -703,7 +703,7 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
         if opts.report:
             say("writing report.html")
             files["report"] = _write_report(tmp / "report.html", inputs, shown, suv, grid, result.info)
-        (tmp / "translate.json").write_text(json.dumps(result.info, indent=2))
+        atomic_write_text(tmp / "translate.json", json.dumps(result.info, indent=2))
         files["summary"] = tmp / "translate.json"
     result.files = {k: out / Path(v).relative_to(tmp) for k, v in files.items()}
     return result
@@ -744,7 +744,7 @@ def _translate_dataset(method: Method, model_info: dict, root: Path, out: Path, 
         result.info = {"petsynth_version": petsynth.__version__, "model": model_info, "input_kind": "dataset",
                        "split": split, "studies": len(dataset.studies), "slices": len(dataset),
                        "seconds": round(result.seconds, 2)}
-        (tmp / "translate.json").write_text(json.dumps(result.info, indent=2))
+        atomic_write_text(tmp / "translate.json", json.dumps(result.info, indent=2))
     result.files = {k: out / Path(v).relative_to(tmp) for k, v in files.items()}
     result.files["summary"] = out / "translate.json"
     return result
