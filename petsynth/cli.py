@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperArgument, TyperCommand
 
 import petsynth
@@ -131,7 +132,7 @@ def phantom(
                                      dose_fractions=fractions, flavour=flavour, start_index=start_index,
                                      overwrite=overwrite, progress=advance)
         except (FileExistsError, ValueError, OSError) as err:
-            console.print(f"[red]error:[/red] {err}")
+            _error(err)
             raise typer.Exit(code=1) from None
     console.print(f"[green]wrote {len(paths)} {task} {fmt} stud{'y' if len(paths) == 1 else 'ies'}[/green] "
                   f"to {out} (truth in each study's truth/ folder; index in {out / 'phantoms.json'})")
@@ -146,6 +147,11 @@ def _progress(info: bool = False, remaining: bool = True):
     columns += [TextColumn("{task.fields[info]}")] if info else []
     columns += [TimeElapsedColumn()] + ([TimeRemainingColumn()] if remaining else [])
     return Progress(*columns, console=console)
+
+
+def _error(message: object) -> None:
+    """``error: MESSAGE`` on stderr, on one line however long (paths), the message taken as plain text."""
+    console.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:
@@ -284,12 +290,11 @@ def prepare(
                                      progress=advance)
         except DatasetExistsError:
             bar.remove_task(job)
-            console.print(f"[red]error:[/red] {out} already holds a dataset: continue it with --resume, or choose "
-                          "a new --out")
+            _error(f"{out} already holds a dataset: continue it with --resume, or choose a new --out")
             raise typer.Exit(code=1) from None
-        except (DatasetError, FileNotFoundError, ValueError, ClusterError) as err:
+        except (DatasetError, ValueError, ClusterError, OSError) as err:
             bar.remove_task(job)
-            console.print(f"[red]error:[/red] {err}")
+            _error(err)
             raise typer.Exit(code=1) from None
     counts = {k: sum(r.status == k for r in report.results) for k in ("ok", "skipped", "failed")}
     slices = sum(r.slices for r in report.results)
@@ -297,7 +302,7 @@ def prepare(
                   f"({_count(slices, 'slice pair')}), {counts['skipped']} already present, {counts['failed']} "
                   f"failed; {_count(len(report.skipped_files), 'file')} ignored. Dataset: {out}")
     for r in report.failed:
-        console.print(f"[red]failed[/red] {r.study}: {r.reason}")
+        console.print(Text.assemble(("failed", "red"), f" {r.study}: {r.reason}"), soft_wrap=True)
     for r in report.results:
         if r.low_coverage:
             console.print(f"[yellow]coverage[/yellow] {r.study}: {r.low_coverage} of {r.slices} pairs have a source "
@@ -392,8 +397,8 @@ def train(
                 bar.update(job, completed=step, info=info)
 
             model = run_training(run, out, resume=resume, progress=advance, device=_device(device))
-    except (TrainError, ConfigError, MethodError, CheckpointError) as err:
-        console.print(f"[red]error:[/red] {err}")
+    except (TrainError, ConfigError, MethodError, CheckpointError, OSError) as err:
+        _error(err)
         raise typer.Exit(code=1) from None
     console.print(f"trained {method}: model in {model}; curves in {out / 'curves.png'}")
 
@@ -451,8 +456,8 @@ def evaluate(
                 report = run_evaluation(models, data, out, split=split, options=options, max_slices=max_slices,
                                         progress=advance, device=_device(device), workers=workers,
                                         dask=dask)
-    except (EvaluationError, DatasetError, MethodError, CheckpointError, ClusterError) as err:
-        console.print(f"[red]error:[/red] {err}")
+    except (EvaluationError, DatasetError, MethodError, CheckpointError, ClusterError, OSError) as err:
+        _error(err)
         raise typer.Exit(code=1) from None
     n_studies = len(report.studies)
     title = (f"{report.split}: {_count(report.slices, 'slice')} of {_count(n_studies, 'study', 'studies')} "
@@ -575,8 +580,8 @@ def translate(
                                    progress=advance,
                                    say=lambda msg: bar.update(job, description=msg))
         _print_warnings(caught)
-    except (TranslateError, MethodError, CheckpointError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
+    except (TranslateError, MethodError, CheckpointError, ValueError, OSError) as err:
+        _error(err)
         raise typer.Exit(code=1) from None
     console.print(f"translated {result.slices} slices in {result.seconds:.1f} s "
                   f"({result.seconds / max(result.slices, 1):.3f} s/slice) into {result.out_dir}")
@@ -622,15 +627,15 @@ def _translate_archive(model: str, archive: Path, out: Path, *, studies: list, w
                 progress=lambda done, total, status: bar.update(job, completed=done, total=total,
                                                                 description=f"translating studies ({status})"))
         _print_warnings(caught)
-    except (TranslateError, MethodError, CheckpointError, ValueError, ClusterError) as err:
-        console.print(f"[red]error:[/red] {err}")
+    except (TranslateError, MethodError, CheckpointError, ValueError, ClusterError, OSError) as err:
+        _error(err)
         raise typer.Exit(code=1) from None
     counts = {k: sum(s.status == k for s in result.studies) for k in ("ok", "skipped", "failed")}
     console.print(f"{_count(len(result.studies), 'study', 'studies')} found: {counts['ok']} translated "
                   f"({_count(sum(s.slices for s in result.studies), 'slice')}), {counts['skipped']} already in "
                   f"{out}, {counts['failed']} failed, in {result.seconds:.1f} s. Report: {out / 'batch_report.json'}")
     for s in result.failed:
-        console.print(f"[red]failed[/red] {s.study}: {s.reason}")
+        console.print(Text.assemble(("failed", "red"), f" {s.study}: {s.reason}"), soft_wrap=True)
     _phantoms_only(model)
     if result.failed:
         raise typer.Exit(code=1)
@@ -718,8 +723,8 @@ def demo(
             warnings.simplefilter("always")
             report = run_demo(out, seed=seed, preset=preset, model=model, steps=steps, threads=threads,
                               progress=lambda msg: status.update(f"demo: {msg}"))
-    except (TranslateError, MethodError, CheckpointError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
+    except (TranslateError, MethodError, CheckpointError, ValueError, OSError) as err:
+        _error(err)
         raise typer.Exit(code=1) from None
     _print_warnings(caught)
     table = Table(title=f"petsynth demo ({report.seconds:.0f} s, translation {report.translate_seconds:.0f} s): "

@@ -53,7 +53,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -73,7 +73,10 @@ from petsynth.io.nifti import write_nifti
 from petsynth.methods.base import Method, MethodError
 from petsynth.physics.constants import HU_AIR, KVP_RANGE
 from petsynth.tasks import Task, get_task
-from petsynth.utils.files import atomic_directory
+from petsynth.utils.files import atomic_directory, atomic_write_text
+
+if TYPE_CHECKING:
+    from petsynth.data.dicom_series import SliceReader
 
 #: Slice size used when a model card gives no training spacing and no ``spacing_mm`` is passed.
 FALLBACK_SIZE = 256
@@ -116,12 +119,13 @@ class TranslateResult:
 @dataclass
 class InputImage:
     """One image translate reads: ``array`` (nz, ny, nx) float32 in physical units (CT in HU, PET in SUVbw, MR
-    as read) on ``geometry``; ``modality`` its DICOM Modality ("CT", "MR", "PT"); ``label`` how messages and
-    outputs name it ("CT", "MR", "low-dose PET"); ``kvp`` from a CT's header (None otherwise and for NIfTI);
-    ``reference``: one instance's header (DICOM inputs), for the output series' study; ``kind``: "dicom" or
-    "nifti"."""
+    as read) on ``geometry``, for a DICOM CT or MR a :class:`~petsynth.data.dicom_series.SliceReader` of it
+    (read slice by slice, never held whole); ``modality`` its DICOM Modality ("CT", "MR", "PT"); ``label`` how
+    messages and outputs name it ("CT", "MR", "low-dose PET"); ``kvp`` from a CT's header (None otherwise and
+    for NIfTI); ``reference``: one instance's header (DICOM inputs), for the output series' study; ``kind``:
+    "dicom" or "nifti"."""
 
-    array: np.ndarray
+    array: np.ndarray | SliceReader
     geometry: Geometry
     modality: str = "CT"
     label: str = "CT"
@@ -154,7 +158,7 @@ class TranslateInput:
         return {"source": self.source, **({"guidance": self.guidance} if self.guidance is not None else {})}
 
 
-def _value_range(values: np.ndarray) -> tuple[str | None, float, float]:
+def _value_range(values: np.ndarray | SliceReader) -> tuple[str | None, float, float]:
     """(why the values are unusable or None, 1st percentile, 99.9th percentile) of a sample of the slices."""
     sample = values[:: max(1, values.shape[0] // 16)].ravel()
     if not np.isfinite(sample).all():
@@ -165,17 +169,27 @@ def _value_range(values: np.ndarray) -> tuple[str | None, float, float]:
     return None, float(lo), float(hi)
 
 
+def _extremes(values: np.ndarray | SliceReader, slab: int = 64) -> tuple[float, float]:
+    """(min, max) of a volume, read ``slab`` slices at a time (a lazy reader is never read whole)."""
+    lo, hi = np.inf, -np.inf
+    for k in range(0, values.shape[0], slab):
+        part = np.asarray(values[k:k + slab])
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+    return lo, hi
+
+
 def _looks_like_ct(hu: np.ndarray) -> str | None:
     """Why ``hu`` is not a CT in HU (None when it plausibly is): a CT has air near -1000 HU and bone/tissue."""
     reason, lo, hi = _value_range(hu)
     if reason:
         return reason
+    if -500 >= lo >= -3000 and hi <= 40000:
+        return None
+    low, high = _extremes(hu)
     if lo > -500:
-        return (f"its values run from {hu.min():.4g} to {hu.max():.4g}: a CT in HU has air near -1000 "
-                "(is it an MR or a PET image?)")
-    if lo < -3000 or hi > 40000:
-        return f"its values run from {hu.min():.4g} to {hu.max():.4g}, far outside the HU range"
-    return None
+        return (f"its values run from {low:.4g} to {high:.4g}: a CT in HU has air near -1000 (is it an MR or a PET "
+                "image?)")
+    return f"its values run from {low:.4g} to {high:.4g}, far outside the HU range"
 
 
 def _looks_like_mr(mr: np.ndarray) -> str | None:
@@ -184,7 +198,7 @@ def _looks_like_mr(mr: np.ndarray) -> str | None:
     if reason:
         return reason
     if lo < -500:
-        return f"its values reach {mr.min():.4g} with air near -1000: it looks like a CT in HU"
+        return f"its values reach {_extremes(mr)[0]:.4g} with air near -1000: it looks like a CT in HU"
     return None
 
 
@@ -199,10 +213,10 @@ def _looks_like_suv(suv: np.ndarray) -> str | None:
     if reason:
         return reason
     if lo < -100:
-        return f"its values reach {suv.min():.4g} with air near -1000: it looks like a CT in HU"
+        return f"its values reach {_extremes(suv)[0]:.4g} with air near -1000: it looks like a CT in HU"
     if hi > SUV_PLAUSIBLE_MAX:
-        return (f"its values run up to {suv.max():.4g}, far above SUV (Bq/ml or counts, or an MR?): translate "
-                "needs SUVbw")
+        return (f"its values run up to {_extremes(suv)[1]:.4g}, far above SUV (Bq/ml or counts, or an MR?): "
+                "translate needs SUVbw")
     return None
 
 
@@ -239,13 +253,14 @@ def _read_nifti(path: str | Path, modality: str, label: str, task: Task) -> Inpu
 
 
 def _read_series(series: SeriesInfo, modality: str, label: str, folder: Path, task: Task) -> InputImage:
-    """One DICOM series in physical units (:func:`~petsynth.data.dicom_series.load_series`), checked."""
+    """One DICOM series in physical units (:func:`~petsynth.data.dicom_series.load_series`), checked; a CT or
+    an MR as a lazy :class:`~petsynth.data.dicom_series.SliceReader` (a PET's SUV factor needs it whole)."""
     import pydicom
 
     from petsynth.data.dicom_series import SeriesError, load_series
 
     try:
-        volume = load_series(series, modality)
+        volume = load_series(series, modality, lazy=True)
     except (SeriesError, SUVError) as err:
         raise TranslateError(f"{folder}: {label} series: {err}") from None
     if volume.geometry.shape[0] < 2:  # (one file may hold many slices: an enhanced multi-frame image)
@@ -254,8 +269,8 @@ def _read_series(series: SeriesInfo, modality: str, label: str, folder: Path, ta
         warnings.warn(f"{folder}: the {label}'s slice spacing is irregular; the output uses its median step",
                       stacklevel=3)
     reference = pydicom.dcmread(volume.files[0], stop_before_pixels=True)
-    image = InputImage(np.asarray(volume.array, dtype=np.float32), volume.geometry, modality, label,
-                       kvp=volume.kvp, reference=reference, kind="dicom")
+    image = InputImage(volume.array, volume.geometry, modality, label, kvp=volume.kvp, reference=reference,
+                       kind="dicom")
     return _check(image, folder, task)
 
 
@@ -360,18 +375,43 @@ def translation_grid(method: Method, source: Geometry, spacing_mm: float | None 
     return output_geometry(source, spacing, min_size=model_size(method))
 
 
+class _Shrunk:
+    """The slices of ``volume`` ((nz, ny, nx): an array or a lazy reader) shrunk in-plane to ``size`` (my, mx)
+    with antialiasing, each when asked for (``shrunk[k]``, ``shrunk[k0:k1]``, ``np.asarray``): :func:`resample`
+    reads them a slab at a time, so neither the source nor its shrunk copy is held whole."""
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, volume: np.ndarray | SliceReader, size: tuple[int, int]):
+        self.volume, self.shape = volume, (volume.shape[0], *size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, k) -> np.ndarray:
+        slab = np.asarray(self.volume[k], dtype=np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(slab.reshape(-1, *slab.shape[-2:])))[:, None]
+        out = F.interpolate(t, size=self.shape[1:], mode="bilinear", align_corners=False, antialias=True)[:, 0]
+        return out.numpy().reshape(*slab.shape[:-2], *self.shape[1:])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        volume = self[:]
+        return volume if dtype is None else volume.astype(dtype, copy=False)
+
+
 def image_on_grid(image: InputImage, grid: Geometry) -> np.ndarray:
-    """``image`` on ``grid``: antialiased in-plane shrink to about the grid's spacing, then world-space
-    resampling (any slices: the guidance CT onto the source's), air outside the image (-1000 HU for a CT,
-    0 otherwise, as ``petsynth prepare`` fills)."""
+    """``image`` on ``grid``, (nz, ny, nx) float32 of the grid: antialiased in-plane shrink to about the
+    grid's spacing, then world-space resampling (any slices: the guidance CT onto the source's), air outside
+    the image (-1000 HU for a CT, 0 otherwise, as ``petsynth prepare`` fills). Slab by slab: of the image at
+    its own resolution, only a few slices are held at a time."""
     nz, ny, nx = image.geometry.shape
     _, dy, dx = image.geometry.spacing
     step = grid.spacing[1]
     my, mx = max(1, round(ny * dy / step)), max(1, round(nx * dx / step))
     src, geometry = image.array, image.geometry
     if my < ny or mx < nx:
-        t = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[:, None]
-        src = F.interpolate(t, size=(my, mx), mode="bilinear", align_corners=False, antialias=True)[:, 0].numpy()
+        src = _Shrunk(image.array, (my, mx))
         # same field of view, larger pixels: voxel centres move by half the change of pixel size
         new_dy, new_dx = ny * dy / my, nx * dx / mx
         d = geometry.direction_matrix
@@ -703,7 +743,7 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
         if opts.report:
             say("writing report.html")
             files["report"] = _write_report(tmp / "report.html", inputs, shown, suv, grid, result.info)
-        (tmp / "translate.json").write_text(json.dumps(result.info, indent=2))
+        atomic_write_text(tmp / "translate.json", json.dumps(result.info, indent=2))
         files["summary"] = tmp / "translate.json"
     result.files = {k: out / Path(v).relative_to(tmp) for k, v in files.items()}
     return result
@@ -744,7 +784,7 @@ def _translate_dataset(method: Method, model_info: dict, root: Path, out: Path, 
         result.info = {"petsynth_version": petsynth.__version__, "model": model_info, "input_kind": "dataset",
                        "split": split, "studies": len(dataset.studies), "slices": len(dataset),
                        "seconds": round(result.seconds, 2)}
-        (tmp / "translate.json").write_text(json.dumps(result.info, indent=2))
+        atomic_write_text(tmp / "translate.json", json.dumps(result.info, indent=2))
     result.files = {k: out / Path(v).relative_to(tmp) for k, v in files.items()}
     result.files["summary"] = out / "translate.json"
     return result

@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from petsynth.data.suv import SUVError
 from petsynth.parallel import run_each
 from petsynth.physics.constants import HU_AIR
 from petsynth.tasks import get_task
-from petsynth.utils.files import atomic_write_text
+from petsynth.utils.files import atomic_file, atomic_write_text
 
 #: Default split fractions (train, val, test), by patient.
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
@@ -57,9 +56,7 @@ def load_key(path: str | Path | None = None) -> bytes:
     """The secret pseudonym key: read from ``path`` (default ~/.petsynth/pseudonym.key), created if absent."""
     path = Path(path) if path is not None else DEFAULT_KEY_FILE
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
+        with atomic_file(path, "x", private=True) as fh:  # 0600; a failed write leaves no empty key behind
             fh.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
 

@@ -35,7 +35,7 @@ import yaml
 import zarr
 
 import petsynth
-from petsynth.utils.files import atomic_directory, atomic_write_text
+from petsynth.utils.files import atomic_directory, atomic_file, atomic_write_text
 
 STORE_VERSION = 1
 DATASET_FILE = "dataset.yaml"
@@ -215,8 +215,7 @@ def _write_shards(array: zarr.Array, folder: Path, data: np.ndarray) -> None:
         index[:len(chunks)] = np.stack([np.cumsum(sizes) - sizes, sizes], axis=1)
         index_bytes = index.tobytes()
         path = folder / array.metadata.encode_chunk_key((s, 0, 0))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
+        with atomic_file(path) as fh:
             fh.writelines([*chunks, index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")])
 
 

@@ -11,7 +11,8 @@ Pixel values are physical (HU, Bq/ml, MR signal) and stored as 16-bit integers t
 per slice so that each slice uses the int16 range (PET, as GE and Siemens scanners store it).
 
 Files are written with pydicom 3 in explicit VR little endian with a file meta header
-(``save_as(..., enforce_file_format=True)``). UIDs are derived deterministically from the series UID.
+(``save_as(..., enforce_file_format=True)``), each atomically (:func:`~petsynth.utils.files.atomic_file`), one
+slice at a time. UIDs are derived deterministically from the series UID.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pydicom.uid import (
     PositronEmissionTomographyImageStorage,
     generate_uid,
 )
+
+from petsynth.utils.files import atomic_file
 
 #: SOP class for each modality written here.
 SOP_CLASS_UIDS: dict[str, str] = {
@@ -363,6 +366,7 @@ def write_series(
         else:
             name = f"{file_prefix}{int(shuffled[k]):05d}.dcm"
         path = out / name
-        ds.save_as(path, enforce_file_format=True)
+        with atomic_file(path) as fh:
+            ds.save_as(fh, enforce_file_format=True)
         paths.append(path)
     return paths

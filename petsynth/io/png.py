@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from petsynth.utils.files import atomic_file
+
 #: display settings per image kind: colour map, low, high (None: the image's own range)
 DISPLAY = {"ct": ("gray", -250.0, 350.0), "pet": ("gray_r", 0.0, 8.0), "error": ("RdBu_r", -3.0, 3.0),
            "map": ("gray", 0.0, 1.0), "mr": ("gray", None, None)}
@@ -14,7 +16,8 @@ DISPLAY = {"ct": ("gray", -250.0, 350.0), "pet": ("gray_r", 0.0, 8.0), "error": 
 
 def save_panel(path: str | Path, rows: Sequence[Sequence[tuple[np.ndarray, str, str]]], title: str = "",
                dpi: int = 80) -> Path:
-    """Save a grid of images; ``rows`` of (image (H, W), caption, kind in :data:`DISPLAY`)."""
+    """Save a grid of images as a PNG (atomically); ``rows`` of (image (H, W), caption, kind in
+    :data:`DISPLAY`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +40,9 @@ def save_panel(path: str | Path, rows: Sequence[Sequence[tuple[np.ndarray, str, 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as fh:
+            fig.savefig(fh, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -74,10 +74,9 @@ def _check_inputs(suv: np.ndarray, affine_lps: np.ndarray, model_name: str) -> t
         raise ValueError(f"suv must not be empty, got shape {vol.shape}")
     if not (np.issubdtype(vol.dtype, np.floating) or np.issubdtype(vol.dtype, np.integer)):
         raise ValueError(f"suv must hold real numbers, got dtype {vol.dtype}")
-    vol = vol.astype(np.float64, copy=False)
-    bad = ~np.isfinite(vol)
+    bad = np.array([np.count_nonzero(~np.isfinite(v)) for v in vol])  # per slice: no whole-volume temporaries
     if bad.any():
-        k = int(np.argwhere(bad)[0][0])
+        k = int(np.flatnonzero(bad)[0])
         raise ValueError(f"suv holds {int(bad.sum())} non-finite values (NaN or inf), the first in slice {k}")
     a = np.asarray(affine_lps, dtype=np.float64)
     if a.shape != (4, 4):
@@ -201,7 +200,8 @@ def write_synthetic_pet(out_dir: str | Path, suv: np.ndarray, affine_lps: np.nda
     out = Path(out_dir)
     if out.is_dir() and any(out.glob("*.dcm")):
         raise FileExistsError(f"{out} already holds DICOM files; write the synthetic series into an empty folder")
-    vol = np.clip(vol, 0.0, None)
+    if vol.min() < 0:
+        vol = np.clip(vol, 0.0, None)  # a copy only when there is something to clip (translate clips already)
     nz = vol.shape[0]
     now = _dt.datetime.now()
     with quiet_reading():  # the reference's values: copied ones are checked by conformed_value

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from petsynth.data.geometry import Geometry
+from petsynth.utils.files import atomic_file
 
 PLANES = ("axial", "coronal", "sagittal")
 #: CT display windows (level, width) in HU.
@@ -174,16 +175,20 @@ def _figure(n_panels: int, height_per_width: float, width: float = 3.6):
 
 
 def _save(fig, target, title: str, dpi: int):
-    """Save ``fig`` as PNG to a path (folders created) or a binary file object; returns ``target``."""
+    """Save ``fig`` as PNG to a path (atomically, folders created) or a binary file object; returns ``target``."""
     import matplotlib.pyplot as plt
 
     if title:
         fig.suptitle(title, fontsize=11)
-    if isinstance(target, str | Path):
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=dpi, format="png")
-    plt.close(fig)
+    try:
+        if isinstance(target, str | Path):
+            target = Path(target)
+            with atomic_file(target) as fh:
+                fig.savefig(fh, dpi=dpi, format="png")
+        else:
+            fig.savefig(target, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return target
 
 

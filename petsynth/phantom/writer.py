@@ -337,8 +337,7 @@ def write_study(study: PhantomStudy, out_dir: str | Path, *, fmt: str = "dicom",
         record["files"] = {"images": images, "truth": truth_files}
         record["geometry"] = {name: img.geometry.to_dict() for name, img in study.images.items()}
         record["truth_geometry"] = {name: img.geometry.to_dict() for name, img in study.truth_images.items()}
-        with open(tmp / "truth" / "truth.json", "w") as fh:
-            json.dump(record, fh, indent=1, default=_json_default)
+        atomic_write_text(tmp / "truth" / "truth.json", json.dumps(record, indent=1, default=_json_default))
     return final
 
 

@@ -22,11 +22,11 @@ import torch
 import yaml
 from pydantic import Field
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 import petsynth
 from petsynth.config import Config, ConfigError
-from petsynth.utils.files import atomic_directory
+from petsynth.utils.files import atomic_directory, atomic_file, atomic_write_text
 
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.yaml"
@@ -93,8 +93,9 @@ def save_checkpoint(path: str | Path, card: ModelCard, weights: dict[str, dict[s
             flat[f"{group}{_GROUP_SEP}{name}"] = tensor.detach().to("cpu").contiguous().clone()
     path = Path(path)
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        save_file(flat, str(tmp / WEIGHTS_FILE), metadata={"format": "petsynth", "method": card.method})
-        (tmp / CARD_FILE).write_text(card.to_yaml(), encoding="utf-8")
+        with atomic_file(tmp / WEIGHTS_FILE) as fh:  # safetensors' own file writer would bypass the atomic helpers
+            fh.write(save(flat, metadata={"format": "petsynth", "method": card.method}))
+        atomic_write_text(tmp / CARD_FILE, card.to_yaml())
     return path
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import os
 import re
@@ -45,6 +46,7 @@ from petsynth.inference import autocast
 from petsynth.methods.base import Method, MethodError, build_method
 from petsynth.tasks import DEFAULT_TASK, get_task
 from petsynth.train.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from petsynth.utils.files import atomic_file, atomic_write_text
 
 RUN_FILE = "run.yaml"
 CHECKPOINTS = "checkpoints"
@@ -561,12 +563,14 @@ def _tensorboard(run_dir: Path):
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """Append ``row`` (with the header line when the file is new), all or nothing."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row))
+    if not path.exists():
+        writer.writeheader()
+    writer.writerow(row)
+    with atomic_file(path, "a") as fh:
+        fh.write(buffer.getvalue())
 
 
 def _truncate_csv(path: Path, step: int) -> None:
@@ -574,10 +578,11 @@ def _truncate_csv(path: Path, step: int) -> None:
     rows = _read_csv(path)
     if rows:
         keep = [r for r in rows if int(r["step"]) <= step]
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(keep)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(keep)
+        atomic_write_text(path, buffer.getvalue())
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -612,8 +617,11 @@ def plot_curves(run_dir: str | Path) -> Path | None:
         ax.set_xlabel("step")
     fig.tight_layout()
     path = run_dir / "curves.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as fh:
+            fig.savefig(fh, dpi=80, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
