@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import os
 import re
@@ -45,6 +46,7 @@ from petsynth.inference import autocast
 from petsynth.methods.base import Method, MethodError, build_method
 from petsynth.tasks import DEFAULT_TASK, get_task
 from petsynth.train.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from petsynth.utils.files import atomic_write_text
 
 RUN_FILE = "run.yaml"
 CHECKPOINTS = "checkpoints"
@@ -390,7 +392,9 @@ class Trainer:
         save_checkpoint(path, self._card({"optimizers": optim_meta, "run": self.run.to_dict()}),
                         weights, overwrite=True)
         old = sorted(p for p in path.parent.iterdir() if _STEP_DIR.match(p.name))[:-self.cfg.keep_checkpoints]
-        for p in old:
+        for p in old:  # out of sight in one rename first: a run killed meanwhile leaves no half-deleted checkpoint
+            os.replace(p, p.with_name(f".{p.name}.pruned"))
+        for p in path.parent.glob(".step_*.pruned"):  # these, and any a killed run left
             shutil.rmtree(p, ignore_errors=True)
         return path
 
@@ -570,14 +574,16 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
 
 
 def _truncate_csv(path: Path, step: int) -> None:
-    """Drop the rows after ``step`` (a resumed run redoes those steps)."""
+    """Drop the rows after ``step`` (a resumed run redoes those steps). Rewritten atomically: a run killed
+    meanwhile leaves all the rows, never fewer."""
     rows = _read_csv(path)
     if rows:
         keep = [r for r in rows if int(r["step"]) <= step]
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(keep)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(keep)
+        atomic_write_text(path, buffer.getvalue())
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
