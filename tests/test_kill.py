@@ -1,9 +1,11 @@
-"""kill -9 anywhere (``tests/kill_harness.py``): prepare and translate killed at random moments, then run again,
-leave nothing that looks complete but is not, and end with the uninterrupted run's result."""
+"""kill -9 anywhere (``tests/kill_harness.py``): prepare, translate and train killed at random moments, then run
+again, leave nothing that looks complete but is not, and end with the uninterrupted run's result."""
+
+from collections import Counter
 
 import numpy as np
 
-from kill_harness import kill_prepare, kill_translate
+from kill_harness import kill_prepare, kill_train, kill_translate
 from petsynth.data.prepare import prepare_dataset
 from petsynth.io.nifti import read_nifti
 from petsynth.phantom import write_studies
@@ -29,3 +31,12 @@ def test_translate_killed_anywhere_leaves_no_half_output(tmp_path):
     again = translate("phantom-cpdm", study, tmp_path / "again", steps=1)  # and run again: the same SUV
     reference, _ = read_nifti(tmp_path / "timing" / "synthetic_pet.nii.gz")
     np.testing.assert_allclose(read_nifti(again.files["nifti"])[0], reference, atol=1e-5)
+
+
+def test_train_killed_anywhere_resumes_to_the_uninterrupted_checkpoint(tiny_dataset, tmp_path):
+    # seed 10: killed at the first change of checkpoints/ after two checkpoints (a write), then, resumed from
+    # a checkpoint, at a random moment; then resumed to the end
+    counts = Counter()
+    killed, problems = kill_train(tiny_dataset, tmp_path, kills=2, seed=10, steps=18, counts=counts)
+    assert killed >= 1 and counts["from_checkpoint"] >= 1 and counts["completed"] and not problems, \
+        (killed, counts, problems)

@@ -2,8 +2,10 @@
 (one optimiser group, and a GAN's two with gradient accumulation: pix2pix, cyclegan), errors for mismatched data
 and configs, and self-contained checkpoints that translate to SUV."""
 
+import csv
 import shutil
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ from petsynth.methods import build_method, load_method
 from petsynth.methods.base import MethodError
 from petsynth.physics.attenuation import attenuation_map
 from petsynth.tasks import get_task
-from petsynth.train.trainer import RunConfig, TrainError, Trainer, make_run_config, sample_indices, train
+from petsynth.train.checkpoint import load_checkpoint
+from petsynth.train.trainer import (RunConfig, TrainError, Trainer, _append_csv, _truncate_csv, make_run_config,
+                                    sample_indices, train)
 from conftest import TINY_AE, TINY_DENOISER, TINY_CG, TINY_P2P, loss_before_and_after, tiny_train_config
 
 PIXEL = {"pixel_space": True, "use_attention_map": False, "denoiser": TINY_DENOISER, "sample_steps": 3}
@@ -86,6 +90,45 @@ def test_resume_equals_an_uninterrupted_run(tiny_dataset, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     log = (tmp_path / "split" / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in log[1:]] == ["1", "2", "3", "4"]
+
+
+def test_a_run_killed_while_it_cuts_its_log_back_loses_no_row(tmp_path, monkeypatch):
+    log = tmp_path / "log.csv"
+    for step in (1, 2, 3):
+        _append_csv(log, {"step": step, "loss": 0.5})
+    before = log.read_bytes()
+
+    def killed(self, rows):  # the process dies while it writes the rows it keeps
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(csv.DictWriter, "writerows", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _truncate_csv(log, 2)
+    assert log.read_bytes() == before  # resumed from step 2 again, the rows are all there to cut
+    _truncate_csv(log, 2)
+    assert [line.split(",")[0] for line in log.read_text().splitlines()] == ["step", "1", "2"]
+
+
+def test_a_run_killed_while_it_prunes_a_checkpoint_leaves_no_half_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    run = RunConfig(method="cpdm", data=str(tiny_dataset), method_config=PIXEL, train=_train_cfg(keep_checkpoints=1))
+    trainer = Trainer(run, tmp_path / "r")
+    trainer.save_checkpoint()  # step 0
+    trainer.step = 2
+
+    def killed(path, ignore_errors=False):  # the process dies after deleting one file
+        next(Path(path).iterdir()).unlink()
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "rmtree", killed)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.save_checkpoint()
+    folder = tmp_path / "r" / "checkpoints"
+    assert [load_checkpoint(p).card.step for p in sorted(folder.glob("step_*"))] == [2]
+    trainer.step = 4
+    trainer.save_checkpoint()  # and the next save removes what the killed one left
+    assert sorted(p.name for p in folder.iterdir()) == ["step_00000004"]
 
 
 def test_wrong_data_or_incompatible_resume_stop_at_once(tiny_dataset, tmp_path):

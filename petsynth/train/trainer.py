@@ -392,7 +392,9 @@ class Trainer:
         save_checkpoint(path, self._card({"optimizers": optim_meta, "run": self.run.to_dict()}),
                         weights, overwrite=True)
         old = sorted(p for p in path.parent.iterdir() if _STEP_DIR.match(p.name))[:-self.cfg.keep_checkpoints]
-        for p in old:
+        for p in old:  # out of sight in one rename first: a run killed meanwhile leaves no half-deleted checkpoint
+            os.replace(p, p.with_name(f".{p.name}.pruned"))
+        for p in path.parent.glob(".step_*.pruned"):  # these, and any a killed run left
             shutil.rmtree(p, ignore_errors=True)
         return path
 
@@ -574,7 +576,8 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
 
 
 def _truncate_csv(path: Path, step: int) -> None:
-    """Drop the rows after ``step`` (a resumed run redoes those steps)."""
+    """Drop the rows after ``step`` (a resumed run redoes those steps). Rewritten atomically: a run killed
+    meanwhile leaves all the rows, never fewer."""
     rows = _read_csv(path)
     if rows:
         keep = [r for r in rows if int(r["step"]) <= step]
