@@ -338,6 +338,9 @@ def _volume(first: pydicom.Dataset, modality: str, array: np.ndarray, step: floa
     (a gantry-tilted CT) is resampled onto an orthogonal grid (:func:`unsheared`)."""
     if suv is not None:
         array *= np.float32(suv.factor)
+        if not np.isfinite(array).all():  # an absurd weight or dose (e.g. 1e-300 Bq) overflows float32
+            raise SUVError(f"{files[0]}: SUV values overflow: the SUV factor {suv.factor:.3g} (PatientWeight "
+                           f"{suv.weight_kg} kg, RadionuclideTotalDose {suv.dose_bq} Bq) is absurd")
     dy, dx = (float(v) for v in first.PixelSpacing)
     origin = np.array([float(v) for v in first.ImagePositionPatient])
     geometry = Geometry(shape=array.shape, spacing=(step, dy, dx), origin=tuple(origin),

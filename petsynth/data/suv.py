@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.valuerep import DA, DT, TM
 
 PHILIPS_PRIVATE_CREATOR = "Philips PET Private Group"
@@ -68,7 +69,8 @@ def _where(ds: Dataset) -> str:
 
 #: What pydicom raises for an element whose bytes cannot be converted (a damaged file: an unknown VR, a value
 #: cut short); :func:`suv_scale` reports it as an SUVError naming the file.
-MALFORMED_ERRORS = (NotImplementedError, ValueError, TypeError, KeyError, IndexError, EOFError)
+MALFORMED_ERRORS = (NotImplementedError, ValueError, TypeError, KeyError, IndexError, EOFError,
+                    BytesLengthException)  # (a binary VR whose length is no multiple of its value size)
 
 
 def _require(ds: Dataset, keyword: str, where: Dataset | None = None):
