@@ -465,7 +465,7 @@ class Trainer:
         loader = self._loader(start)
         micro: list[dict[str, Any]] = []
         t_last, steps_since = time.perf_counter(), 0
-        board = _tensorboard(self.out) if self.rank == 0 else None
+        board = _tensorboard(self.out, start) if self.rank == 0 else None
         self.method.train()
         for batch in loader:
             micro.append(to_device(batch, self.device))
@@ -555,13 +555,15 @@ class Trainer:
         return {k: float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
 
 
-def _tensorboard(run_dir: Path):
-    """A TensorBoard writer into RUN/tensorboard when the tensorboard package is installed, else None."""
+def _tensorboard(run_dir: Path, start: int):
+    """A TensorBoard writer into RUN/tensorboard when the tensorboard package is installed, else None. A run
+    resumed from step ``start`` hides the events of later steps a killed run wrote (``purge_step``), as the
+    logs drop their rows, so that no step shows twice."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
