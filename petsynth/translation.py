@@ -62,6 +62,7 @@ import torch.nn.functional as F
 import petsynth
 from petsynth.data.batch import DEFAULT_KVP
 from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
+from petsynth.data.dicom_series import SeriesError, load_series
 from petsynth.data.geometry import Geometry, resample
 from petsynth.data.nifti_layouts import load_nifti_volume
 from petsynth.data.prepare import by_frame_duration, largest_series
@@ -257,8 +258,6 @@ def _read_series(series: SeriesInfo, modality: str, label: str, folder: Path, ta
     an MR as a lazy :class:`~petsynth.data.dicom_series.SliceReader` (a PET's SUV factor needs it whole)."""
     import pydicom
 
-    from petsynth.data.dicom_series import SeriesError, load_series
-
     try:
         volume = load_series(series, modality, lazy=True)
     except (SeriesError, SUVError) as err:
@@ -271,7 +270,10 @@ def _read_series(series: SeriesInfo, modality: str, label: str, folder: Path, ta
     reference = pydicom.dcmread(volume.files[0], stop_before_pixels=True)
     image = InputImage(volume.array, volume.geometry, modality, label, kvp=volume.kvp, reference=reference,
                        kind="dicom")
-    return _check(image, folder, task)
+    try:
+        return _check(image, folder, task)
+    except SeriesError as err:  # a lazily read slice that cannot be decoded
+        raise TranslateError(f"{folder}: {label} series: {err}") from None
 
 
 def read_dicom_study(folder: str | Path, task: str | Task, progress: Progress | None = None) -> TranslateInput:
@@ -690,7 +692,10 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
     say(f"resampling onto {grid.shape[1]}x{grid.shape[2]} pixels of {spacing:.3g} mm")
     if inputs.guidance is not None:
         _check_overlap(inputs.guidance, grid, inputs.source.label)
-    on_grid = {role: image_on_grid(image, grid) for role, image in inputs.images.items()}
+    try:
+        on_grid = {role: image_on_grid(image, grid) for role, image in inputs.images.items()}
+    except SeriesError as err:  # a lazily read slice that cannot be decoded (damaged, NaN rescale)
+        raise TranslateError(f"{where}: {err}") from None
 
     say(f"translating {grid.shape[0]} slices")
     items = ({"kvp": kvp_used, **{role: v[k] for role, v in on_grid.items()}} for k in range(grid.shape[0]))
