@@ -36,6 +36,7 @@ import torch
 
 from petsynth.data.geometry import Geometry, block_mean, gaussian_blur, resample
 from petsynth.physics import ParallelProjector, fbp, mlem, poisson_counts
+from petsynth.physics.constants import STANDARD_COUNTS_PER_SUV_ML
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class PETSimConfig:
     """Settings of the emission simulation (all recorded in truth.json)."""
 
     resolution_fwhm_mm: float = 6.0
-    counts_per_suv_ml: float = 3000.0
+    counts_per_suv_ml: float = STANDARD_COUNTS_PER_SUV_ML
     background_fraction: float = 0.3
     recon: str = "mlem"                # "mlem" or "fbp"
     iterations: int = 15               # MLEM

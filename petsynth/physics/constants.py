@@ -14,6 +14,12 @@ ANNIHILATION_ENERGY_KEV: float = 511.0
 #: HU of air as stored by CT scanners.
 HU_AIR: float = -1000.0
 
+#: Expected coincidence counts per ml of tissue at SUV 1 over a standard-dose acquisition, as petsynth models
+#: it: the phantom simulator's count level (petsynth.phantom.pet) and uPETe's Poisson diffusion's dose 1.
+#: Not a published constant: about 1e5 trues per 3-4 mm slice through an adult trunk, the order of a 2-3 min bed
+#: of a clinical scanner (petsynth.phantom.pet's docstring).
+STANDARD_COUNTS_PER_SUV_ML: float = 3000.0
+
 # --- Bilinear HU -> mu at 511 keV ------------------------------------------------------------------
 # Carney JPJ, Townsend DW, Rappoport V, Bendriem B (2006). Method for transforming CT images for
 # attenuation correction in PET/CT imaging. Med Phys 33(4):976-983, Table 1.
