@@ -6,10 +6,12 @@
 - :mod:`~petsynth.nn.segmenter`: attention-map segmenter (U-Net with a ResNet encoder).
 - :mod:`~petsynth.nn.discriminator`: PatchGAN discriminator (70x70 patches).
 - :mod:`~petsynth.nn.resnet_generator`: CycleGAN's ResNet generator (``resnet_9blocks``).
+- :mod:`~petsynth.nn.cross_attention`: uPETe's CT-guided cross-attention (windowed, 2D and 3D).
 """
 
 from petsynth.nn.autoencoder import AUTOENCODER_PRESETS, VQAutoencoder, VQAutoencoderConfig, build_autoencoder
 from petsynth.nn.conditioning import MapEncoder
+from petsynth.nn.cross_attention import CTGuidedCrossAttention
 from petsynth.nn.denoiser import DENOISER_PRESETS, DenoiserConfig, build_denoiser, count_parameters
 from petsynth.nn.discriminator import DiscriminatorConfig, PatchGAN, build_discriminator, receptive_field
 from petsynth.nn.resnet_generator import ResnetGenerator, ResnetGeneratorConfig
@@ -17,6 +19,7 @@ from petsynth.nn.segmenter import SegmenterConfig, attention_map, binarize, buil
 
 __all__ = [
     "AUTOENCODER_PRESETS",
+    "CTGuidedCrossAttention",
     "DENOISER_PRESETS",
     "DenoiserConfig",
     "DiscriminatorConfig",
