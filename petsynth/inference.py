@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from petsynth.methods.base import Method, MethodError, available_methods, load_method, method_class
+from petsynth.methods.base import Method, MethodError, available_methods, build_method, load_method, method_class
 from petsynth.train.checkpoint import CARD_FILE, CheckpointError
 
 #: Where the models bundled with the package live (``petsynth/models/<name>/``).
@@ -99,8 +99,17 @@ def model_name(spec: str | Path) -> str:
     return path.name or text
 
 
+def training_free_methods() -> list[str]:
+    """Methods with no weights (the classical filters), used by their name as a model spec."""
+    return [n for n in available_methods() if not method_class(n).needs_training]
+
+
 def load_model(spec: str | Path, *, task: str | None = None, device: str | torch.device = "cpu") -> Method:
-    """Load a model by :func:`resolve_model` spec; ``task`` makes a model of another task an error."""
+    """Load a model by :func:`resolve_model` spec, or build a training-free method named by ``spec`` (its
+    default settings, for ``task`` or its first task); ``task`` makes a model of another task an error."""
+    if str(spec) in training_free_methods():
+        cls = method_class(str(spec))
+        return build_method(str(spec), task=task or cls.tasks[0]).to(device).eval()
     path = resolve_model(spec)
     method = load_method(path, task=task, device=device)
     if type(method).translate is Method.translate:
@@ -322,7 +331,7 @@ def predict_items(method: Method, items: Iterable[Mapping[str, Any]], total: int
     float32 on the CPU; ``progress(done, total)`` is called after each batch (slices)."""
     if options.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {options.batch_size}")
-    device = next(method.parameters()).device
+    device = next(iter(method.parameters()), torch.empty(0)).device  # a training-free method: the CPU
     collate = method.collate()
     generator = torch.Generator(device=device).manual_seed(options.seed)
     kwargs = options.translate_kwargs()

@@ -698,7 +698,8 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
         raise TranslateError(f"{where}: {err}") from None
 
     say(f"translating {grid.shape[0]} slices")
-    items = ({"kvp": kvp_used, **{role: v[k] for role, v in on_grid.items()}} for k in range(grid.shape[0]))
+    items = ({"kvp": kvp_used, "spacing_mm": (spacing, spacing), **{role: v[k] for role, v in on_grid.items()}}
+             for k in range(grid.shape[0]))
     suv = np.empty(grid.shape, dtype=np.float32)
     k = 0
     for _, pred in predict_items(method, items, total=grid.shape[0], options=opts.predict, progress=progress):

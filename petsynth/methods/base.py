@@ -75,6 +75,8 @@ class Method(torch.nn.Module):
     display_kind: ClassVar[str] = "pet"
     #: the typed options of ``translate`` (see :meth:`sampler_options`)
     sampler_options_class: ClassVar[type[Config]] = NoSamplerOptions
+    #: False for methods with no weights (classical filters): used by name, never trained
+    needs_training: ClassVar[bool] = True
 
     def __init__(self, config: Config, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__()
@@ -165,7 +167,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 #: modules of the built-in methods (imported on first use of the registry; they register themselves)
-BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm", "jdam", "cyclegan")
+BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm", "jdam", "cyclegan", "classical")
 
 
 def _load_builtin() -> None:

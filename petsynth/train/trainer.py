@@ -250,6 +250,9 @@ class Trainer:
                                        source=f"{self.out / RUN_FILE}: method_config")
         except MethodError as err:
             raise TrainError(str(err)) from None
+        if not self.method.needs_training:
+            raise TrainError(f"{run.method} has no weights and needs no training: use it by name, e.g. "
+                             f"`petsynth translate {run.method} STUDY --out OUT` or `petsynth evaluate {run.method} ...`")
         self.method.to(self.device)
         self.groups = self.method.optimizer_groups()
         # what train_step calls per group: the method itself, or its DDP wrappers (built here, they give
