@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from petsynth.diffusion import BrownianBridge, NoiseProcess, bridge_step, samplers
+from petsynth.diffusion import BrownianBridge, bridge_step, samplers
 
 OBJECTIVES = ("grad", "noise", "ysubx")
 

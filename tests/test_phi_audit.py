@@ -7,7 +7,6 @@ searched for the planted values. Only the synthetic DICOM series keeps the patie
 import gzip
 
 import pydicom
-import pytest
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 

@@ -20,7 +20,6 @@ from petsynth.phantom import make_torso, write_study
 from petsynth.train.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from petsynth.translation import (
     TranslateError,
-    WrongTaskError,
     body_mask,
     image_on_grid,
     output_geometry,

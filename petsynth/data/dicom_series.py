@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,7 +333,8 @@ def _load_scanned(series: SeriesInfo, files: list[Path], headers: list[InstanceH
 
 
 def _volume(first: pydicom.Dataset, modality: str, array: np.ndarray, step: float, axes: np.ndarray,
-            positions: np.ndarray, irregular: bool, files: list[Path], suv: SUVScale | None, last) -> SeriesVolume:
+            positions: np.ndarray, irregular: bool, files: list[Path], suv: SUVScale | None,
+            last: Sequence[float]) -> SeriesVolume:
     """The :class:`SeriesVolume` of a stacked series (``array`` rescaled, SUV factor not yet applied) whose
     first and last images in slice order are ``first`` and at ImagePositionPatient ``last``. A sheared stack
     (a gantry-tilted CT) is resampled onto an orthogonal grid (:func:`unsheared`)."""
