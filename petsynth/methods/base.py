@@ -167,7 +167,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 #: modules of the built-in methods (imported on first use of the registry; they register themselves)
-BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm", "jdam", "cyclegan", "classical")
+BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm", "jdam", "cyclegan", "classical", "upete")
 
 
 def _load_builtin() -> None:
