@@ -85,6 +85,7 @@ from petsynth.metrics import (
     lpips_available,
     mae,
     ms_ssim,
+    nrmse,
     psnr,
     ssim,
     to_cpdm_scale,
@@ -198,6 +199,7 @@ def metric_specs(size: int, window: tuple[float, float] = SUV_WINDOW,
         MetricSpec("mae_suv", "MAE", "suv", "SUV", width, False, 4, lambda p, r: mae(p, r, data_range=width)),
         MetricSpec("psnr_suv", "PSNR", "suv", "dB", width, True, 2, lambda p, r: psnr(p, r, data_range=width)),
         MetricSpec("ssim_suv", "SSIM", "suv", "", width, True, 4, lambda p, r: ssim(p, r, data_range=width)),
+        MetricSpec("nrmse_suv", "NRMSE", "suv", "", width, False, 4, lambda p, r: nrmse(p, r)),
     ]
     if size >= MS_SSIM_MIN_SIZE:
         specs.append(MetricSpec("ms_ssim_suv", "MS-SSIM", "suv", "", width, True, 4,
@@ -228,7 +230,7 @@ def metric_specs(size: int, window: tuple[float, float] = SUV_WINDOW,
 
 
 #: Column order of the tables: the SUV table, then the paper's Table 4 order (LPIPS, MAE, SSIM, PSNR).
-_TABLE_ORDER = {"suv": ("MAE", "PSNR", "SSIM", "MS-SSIM", "VIF", "LPIPS"), "cpdm": ("LPIPS", "MAE", "SSIM", "PSNR")}
+_TABLE_ORDER = {"suv": ("MAE", "PSNR", "SSIM", "NRMSE", "MS-SSIM", "VIF", "LPIPS"), "cpdm": ("LPIPS", "MAE", "SSIM", "PSNR")}
 
 
 def label_regions(table: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:

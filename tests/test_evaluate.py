@@ -94,7 +94,7 @@ def test_writes_every_file_and_reports_names_not_paths(evaluation, models, tiny_
     assert settings["slices_evaluated"] == 48 and sum(settings["studies"].values()) == 48
     assert settings["suv_window"] == [0.0, 20.0] and set(settings["versions"]) >= {"petsynth", "torch"}
     # 32 px slices: MS-SSIM and VIF are left out and the outputs say why
-    assert {s.key for s in report.metrics} == {"mae_suv", "psnr_suv", "ssim_suv", "mae_cpdm", "ssim_cpdm",
+    assert {s.key for s in report.metrics} == {"mae_suv", "psnr_suv", "ssim_suv", "nrmse_suv", "mae_cpdm", "ssim_cpdm",
                                                "psnr_cpdm"}
     table = (out / "table.md").read_text()
     assert "MS-SSIM left out" in table and "VIF left out" in table and "APPROXIMATION" in table

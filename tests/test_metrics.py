@@ -159,6 +159,16 @@ def test_psnr_and_mae_match_references(ct):
     assert np.allclose(normalized.numpy(), expected / span, rtol=1e-12)
 
 
+def test_nrmse_matches_scikit_image(ct):
+    from skimage.metrics import normalized_root_mse
+
+    pred, target, dist, span = _pairs(ct)
+    ours = metrics.nrmse(pred, target)
+    sk = [normalized_root_mse(ct, d) for d in dist]  # "euclidean": ||ref - pred|| / ||ref||
+    assert np.abs(ours.numpy() - np.array(sk)).max() < 1e-12
+    assert (metrics.nrmse(target, target) == 0).all()
+
+
 # --- VIF --------------------------------------------------------------------------------------------
 
 
