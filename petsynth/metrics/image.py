@@ -193,7 +193,7 @@ def psnr(pred: Tensor, target: Tensor, *, data_range: float | Tensor) -> Tensor:
 
 def nrmse(pred: Tensor, target: Tensor, *, data_range: float | Tensor | None = None) -> Tensor:
     """Normalised root-mean-square error per image, (B,): ``||pred - target||_2 / ||target||_2`` (scikit-image's
-    ``normalized_root_mse`` with its default "euclidean" normalisation; the ultra-low-dose PET challenge's NRMSE).
+    ``normalized_root_mse`` with its default "euclidean" normalisation).
     ``data_range`` is accepted for a uniform signature and not used. A zero target gives +inf."""
     _check_pair(pred, target, what="NRMSE")
     err = _per_image_mean((_f64(pred) - _f64(target)) ** 2)
