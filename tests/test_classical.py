@@ -51,7 +51,9 @@ def test_denoisers_lower_poisson_noise_and_keep_the_mean(name):
 
 
 def test_training_free_methods_are_models_by_name_and_refuse_training(tmp_path):
-    assert {"gaussian-filter", "nlm"} <= set(training_free_methods())
+    assert {"gaussian-filter", "nlm", "low-dose"} <= set(training_free_methods())
+    image = np.random.default_rng(0).random((8, 8))
+    np.testing.assert_allclose(load_model("low-dose").translate(_batch(image))[0, 0].numpy(), image, rtol=1e-6)
     with pytest.raises(MethodError, match="lpet2spet"):
         load_model("nlm", task="ct2pet")
     with pytest.raises(MethodError, match="no sampler option"):

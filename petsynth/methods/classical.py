@@ -1,4 +1,5 @@
-"""Classical low-dose PET denoisers, methods that need no training: ``gaussian-filter`` and ``nlm``.
+"""Classical low-dose PET denoisers, methods that need no training: ``gaussian-filter``, ``nlm``, and
+``low-dose`` (the low-dose PET itself, the row every enhancement is compared with).
 
 The baselines uPETe and every low-dose -> standard-dose method is compared with (issue: uPETe): what a
 scanner's post-filter does, and non-local means. Each works slice by slice in SUV on the low-dose PET (the
@@ -117,3 +118,13 @@ class NonLocalMeans(_TrainingFree):
         search = max(1, int(round(settings.search_mm / pixel)))
         return denoise_nl_means(image, patch_size=patch, patch_distance=search, h=settings.strength * sigma,
                                 sigma=sigma, fast_mode=True, preserve_range=True)
+
+
+@register
+class LowDose(_TrainingFree):
+    name = "low-dose"
+    summary = "the low-dose PET itself, not enhanced: the reference row of a comparison (lpet2spet)"
+    config_class = Config
+
+    def _denoise(self, image, spacing_mm, settings):
+        return image
