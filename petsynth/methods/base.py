@@ -167,7 +167,8 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 #: modules of the built-in methods (imported on first use of the registry; they register themselves)
-BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm", "jdam", "cyclegan", "classical", "upete")
+BUILTIN_MODULES = ("vqgan", "attention", "cpdm", "unet", "pix2pix", "ldm", "jdam", "cyclegan", "classical", "upete",
+                   "n2v")
 
 
 def _load_builtin() -> None:
