@@ -24,19 +24,18 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import Field
 
 from petsynth.config import Config
 from petsynth.data.intensity import IntensityTransform
 from petsynth.diffusion import GaussianDiffusion, samplers
-from petsynth.methods.base import Method, MethodError, StepsEtaOptions, register
-from petsynth.methods.parts import GuidanceMaps, LatentSpace, GuidanceMapsConfig, frozen_autoencoder
+from petsynth.methods.base import Method, StepsEtaOptions, register
+from petsynth.methods.parts import GuidanceMaps, GuidanceMapsConfig, LatentSpace
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
-from petsynth.tasks import DEFAULT_TASK, TASK_NAMES, get_task
+from petsynth.tasks import DEFAULT_TASK, TASK_NAMES
 
 
 class NoiseScheduleConfig(Config):
@@ -74,22 +73,14 @@ class LDM(LatentSpace, GuidanceMaps, Method):
 
     def __init__(self, config: LDMConfig, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__(config, task)
-        if not config.pixel_space:
-            self.autoencoder = frozen_autoencoder(self.name, config, load_parts)
-        elif config.autoencoder_checkpoint:
-            raise MethodError("ldm: pixel_space: true takes no autoencoder_checkpoint")
-        if config.transforms is None:
-            config.transforms = get_task(task).default_transforms()
+        cz = self._build_space(config, load_parts)
         self._build_maps(config, load_parts)
         f = 1 if config.pixel_space else config.autoencoder.downsample_factor
-        cz = 1 if config.pixel_space else config.autoencoder.latent_channels
         self.latent_channels = cz
         if self.num_maps:
             self.map_encoder = MapEncoder(self.num_maps, f=f, out_channels=config.map_channels)
         self.denoiser = build_denoiser(DenoiserConfig.model_validate(config.denoiser.model_copy(update={
             "in_channels": 2 * cz + self.num_maps * config.map_channels, "out_channels": cz}).model_dump()))
-        scale = config.scale_factor or (1.0 if config.pixel_space else 0.0)  # 0: estimate at the first step
-        self.register_buffer("latent_scale", torch.tensor(float(scale)))
         self.process = config.diffusion.process()
 
     def intensity_transforms(self) -> dict[str, IntensityTransform]:
@@ -97,21 +88,6 @@ class LDM(LatentSpace, GuidanceMaps, Method):
 
 
     # --- spaces ---------------------------------------------------------------------------------------------
-
-    @property
-    def scale(self) -> float:
-        s = float(self.latent_scale)
-        return s if s > 0 else 1.0
-
-    @torch.no_grad()
-    def _estimate_scale(self, x0: torch.Tensor) -> None:
-        # the same value on every rank (the std averaged over processes): DDP's broadcast of rank 0's buffers
-        # before each later forward rewrites it with itself (see petsynth.train.trainer.Trainer._data_parallel)
-        std = x0.float().std()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(std)
-            std /= dist.get_world_size()
-        self.latent_scale.fill_(1.0 / float(std.clamp_min(1e-6)))
 
     def _conditions(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """concat(source latent x scale, encoded maps): what the denoiser sees beside x_t."""

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import Field
 
@@ -145,7 +146,37 @@ def gan_loss(logits: torch.Tensor, real: bool, kind: str = "vanilla") -> torch.T
 
 class LatentSpace:
     """Mixin for a diffusion method with an optional frozen ``autoencoder`` (config flag ``pixel_space``):
-    the space its process runs in, and the networks its EMA follows."""
+    the space its process runs in, its latent scale (LDM's unit-variance scaling, the buffer ``latent_scale``:
+    given, or estimated at the first training step), and the networks its EMA follows."""
+
+    def _build_space(self, config: Any, load_parts: bool) -> int:
+        """The frozen autoencoder (latent mode; none in pixel space), the task's default transforms where the
+        config has none, and the ``latent_scale`` buffer; returns the channels of the diffusion space."""
+        if not config.pixel_space:
+            self.autoencoder = frozen_autoencoder(self.name, config, load_parts)
+        elif config.autoencoder_checkpoint:
+            raise MethodError(f"{self.name}: pixel_space: true takes no autoencoder_checkpoint")
+        if config.transforms is None:
+            config.transforms = get_task(self.task).default_transforms()
+        scale = config.scale_factor or (1.0 if config.pixel_space else 0.0)  # 0: estimate at the first step
+        self.register_buffer("latent_scale", torch.tensor(float(scale)))
+        return 1 if config.pixel_space else config.autoencoder.latent_channels
+
+    @property
+    def scale(self) -> float:
+        s = float(self.latent_scale)
+        return s if s > 0 else 1.0
+
+    @torch.no_grad()
+    def _estimate_scale(self, x0: torch.Tensor) -> None:
+        """Set ``latent_scale`` to 1 / std of ``x0`` (latents of a first training batch), the same value on every
+        rank (the std averaged over processes): DDP's broadcast of rank 0's buffers before each later forward
+        rewrites it with itself (see petsynth.train.trainer.Trainer._data_parallel)."""
+        std = x0.float().std()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(std)
+            std /= dist.get_world_size()
+        self.latent_scale.fill_(1.0 / float(std.clamp_min(1e-6)))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

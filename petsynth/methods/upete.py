@@ -39,13 +39,12 @@ from petsynth.data.intensity import IntensityTransform
 from petsynth.diffusion import PoissonDiffusion
 from petsynth.methods.base import Method, MethodError, register
 from petsynth.methods.ldm import NoiseScheduleConfig
-from petsynth.methods.parts import LatentSpace, frozen_autoencoder
+from petsynth.methods.parts import LatentSpace
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.cross_attention import CTGuidedCrossAttention
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
 from petsynth.physics.attenuation import hu_to_mu
 from petsynth.physics.constants import STANDARD_COUNTS_PER_SUV_ML
-from petsynth.tasks import get_task
 
 
 class PoissonProcessConfig(Config):
@@ -90,14 +89,7 @@ class UPETe(LatentSpace, Method):
 
     def __init__(self, config: UPETeConfig, task: str = "lpet2spet", load_parts: bool = True):
         super().__init__(config, task)
-        if not config.pixel_space:
-            self.autoencoder = frozen_autoencoder(self.name, config, load_parts)
-        elif config.autoencoder_checkpoint:
-            raise MethodError("upete: pixel_space: true takes no autoencoder_checkpoint")
-        if config.transforms is None:
-            config.transforms = get_task(task).default_transforms()
-        cz = 1 if config.pixel_space else config.autoencoder.latent_channels
-        self.latent_channels = cz
+        cz = self.latent_channels = self._build_space(config, load_parts)
         extra = 0
         if config.ct_guidance:
             c = config.guidance_channels
@@ -107,8 +99,6 @@ class UPETe(LatentSpace, Method):
             extra = c
         self.denoiser = build_denoiser(DenoiserConfig.model_validate(config.denoiser.model_copy(update={
             "in_channels": cz + extra, "out_channels": cz}).model_dump()))
-        scale = config.scale_factor or (1.0 if config.pixel_space else 0.0)  # 0: estimate at the first step
-        self.register_buffer("latent_scale", torch.tensor(float(scale)))
         self.gaussian = config.gaussian.process()
         self._poisson: dict[float, PoissonDiffusion] = {}
 
@@ -124,11 +114,6 @@ class UPETe(LatentSpace, Method):
         return [n for n in ("denoiser", "pet_stem", "ct_stem", "cross_attention") if hasattr(self, n)]
 
     # --- spaces -----------------------------------------------------------------------------------------------
-    @property
-    def scale(self) -> float:
-        s = float(self.latent_scale)
-        return s if s > 0 else 1.0
-
     def _poisson_process(self, pixel_mm: float) -> PoissonDiffusion:
         """The Poisson process for slices of ``pixel_mm`` pixels (the counts per pixel depend on its size)."""
         key = round(float(pixel_mm), 4)
@@ -184,8 +169,7 @@ class UPETe(LatentSpace, Method):
         """Standard-dose PET only (the batch's "target", and its CT): the low-dose "source" is never read."""
         target = batch["target"]
         if float(self.latent_scale) == 0.0:
-            std = self.encode(self.config.transforms["target"].forward(target)).float().std()
-            self.latent_scale.fill_(1.0 / float(std.clamp_min(1e-6)))
+            self._estimate_scale(self.encode(self.config.transforms["target"].forward(target)))
         z0 = self._to_space(target)
         t = torch.randint(0, self.num_timesteps, (target.shape[0],), device=target.device)
         z_t = self._degrade(target, t, batch)
