@@ -149,9 +149,15 @@ def _progress(info: bool = False, remaining: bool = True):
     return Progress(*columns, console=console)
 
 
+def _marked(label: str, message: object) -> None:
+    """``LABEL MESSAGE`` with the label in red, on one line however long (paths), the message taken as plain
+    text (never as markup)."""
+    console.print(Text.assemble((label, "red"), f" {message}"), soft_wrap=True)
+
+
 def _error(message: object) -> None:
-    """``error: MESSAGE`` on stderr, on one line however long (paths), the message taken as plain text."""
-    console.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
+    """``error: MESSAGE`` (:func:`_marked`)."""
+    _marked("error:", message)
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:
@@ -302,7 +308,7 @@ def prepare(
                   f"({_count(slices, 'slice pair')}), {counts['skipped']} already present, {counts['failed']} "
                   f"failed; {_count(len(report.skipped_files), 'file')} ignored. Dataset: {out}")
     for r in report.failed:
-        console.print(Text.assemble(("failed", "red"), f" {r.study}: {r.reason}"), soft_wrap=True)
+        _marked("failed", f"{r.study}: {r.reason}")
     for r in report.results:
         if r.low_coverage:
             console.print(f"[yellow]coverage[/yellow] {r.study}: {r.low_coverage} of {r.slices} pairs have a source "
@@ -635,7 +641,7 @@ def _translate_archive(model: str, archive: Path, out: Path, *, studies: list, w
                   f"({_count(sum(s.slices for s in result.studies), 'slice')}), {counts['skipped']} already in "
                   f"{out}, {counts['failed']} failed, in {result.seconds:.1f} s. Report: {out / 'batch_report.json'}")
     for s in result.failed:
-        console.print(Text.assemble(("failed", "red"), f" {s.study}: {s.reason}"), soft_wrap=True)
+        _marked("failed", f"{s.study}: {s.reason}")
     _phantoms_only(model)
     if result.failed:
         raise typer.Exit(code=1)
