@@ -100,14 +100,14 @@ def _load(series: SeriesInfo | list, files: list[Path], modality: str | None, la
     datasets = [pydicom.dcmread(f) for f in files]
     modality = modality or (series.modality if isinstance(series, SeriesInfo) else str(datasets[0].Modality))
     slices = _slices(datasets, files)  # one per image: an instance, or a frame of an enhanced image
-    views = [s.header for s in slices]
-    axes = _orientation(views[0])
+    head = slices[0].header
+    axes = _orientation(head)
     for s in slices:
         if np.abs(_orientation(s.header) - axes).max() > ORIENTATION_TOLERANCE:
             raise SeriesError(f"{s.name}: ImageOrientationPatient differs from {slices[0].name} within one series")
-        if (s.header.Rows, s.header.Columns) != (views[0].Rows, views[0].Columns):
+        if (s.header.Rows, s.header.Columns) != (head.Rows, head.Columns):
             raise SeriesError(f"{s.name}: {s.header.Rows}x{s.header.Columns} pixels, but {slices[0].name} has "
-                              f"{views[0].Rows}x{views[0].Columns}")
+                              f"{head.Rows}x{head.Columns}")
     normal = axes[:, 2]
     positions = np.array([float(np.dot([float(v) for v in s.header.ImagePositionPatient], normal)) for s in slices])
     order = np.argsort(positions, kind="stable")
