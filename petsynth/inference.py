@@ -15,6 +15,7 @@ other at every operation, so one slowed thread slows them all).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from petsynth.data.batch import as_slices, as_volume
 from petsynth.methods.base import Method, MethodError, available_methods, build_method, load_method, method_class
 from petsynth.train.checkpoint import CARD_FILE, CheckpointError
 
@@ -322,6 +324,12 @@ def _batches(items: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]], s
         yield chunk
 
 
+def _studies(items: Iterable[Mapping[str, Any]]) -> Iterator[list]:
+    """Consecutive items of one study (its "study"; items without one are one study), for volumetric methods."""
+    for _, group in itertools.groupby(items, key=lambda item: item.get("study")):
+        yield list(group)
+
+
 @torch.no_grad()
 def predict_items(method: Method, items: Iterable[Mapping[str, Any]], total: int | None = None,
                   options: PredictOptions = PredictOptions(), progress: Progress | None = None,
@@ -337,11 +345,15 @@ def predict_items(method: Method, items: Iterable[Mapping[str, Any]], total: int
     kwargs = options.translate_kwargs()
     method.eval()
     done = 0
-    for chunk in _batches(items, options.batch_size):
+    volumetric = bool(method.slab_depth)
+    for chunk in _studies(items) if volumetric else _batches(items, options.batch_size):
         batch = collate(chunk)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with autocast(device, options.bf16):
-            pred = method.translate(batch, generator=generator, **kwargs)
+            if volumetric:  # the study as one volume; its prediction back as slices
+                pred = as_slices(method.translate(as_volume(batch), generator=generator, **kwargs))
+            else:
+                pred = method.translate(batch, generator=generator, **kwargs)
         pred = pred.float().cpu()
         done += pred.shape[0]
         if progress is not None:

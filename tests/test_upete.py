@@ -69,6 +69,26 @@ def test_the_low_dose_image_enters_at_the_step_of_its_dose(lowdose):
         method.translate(batch, dose_fraction=1.5)
 
 
+def test_at_the_entry_step_the_re_acquired_standard_dose_is_about_as_noisy_as_the_low_dose_image():
+    """x_t* re-acquires a standard-dose draw, so it also holds what survives of that draw's noise; against a
+    direct draw at the low dose f its noise std must stay within 10 % (it would be sqrt(1 + f) times it, 18 %
+    at f = 0.4, if the standard-dose noise passed the second reconstruction whole)."""
+    method = build_method("upete", TINY, task="lpet2spet")
+    process = method._poisson_process(4.0)
+    n = 64
+    y, x = np.mgrid[:n, :n] - (n - 1) / 2
+    truth = torch.from_numpy(np.where(x ** 2 + y ** 2 < (0.42 * n) ** 2, 2.0, 0.0).astype(np.float32))[None, None]
+    truth = truth.repeat(16, 1, 1, 1)
+    centre = x ** 2 + y ** 2 < (0.25 * n) ** 2
+    generator = torch.Generator().manual_seed(3)
+    for f in (0.4, 0.1):
+        low = process.q_sample(truth, process.timestep_for_dose(f), generator=generator)
+        standard = process.q_sample(truth, 0, generator=generator)
+        entered = process.q_sample(standard, method.entry_step(f), generator=generator)
+        ratio = float(entered[:, 0, centre].std() / low[:, 0, centre].std())
+        assert 1.0 <= ratio < 1.10, (f, ratio)
+
+
 def test_trained_saved_reloaded_it_enhances_a_low_dose_dicom_study(lowdose, tmp_path):
     from petsynth.io.nifti import read_nifti
     from petsynth.train.trainer import RunConfig, train

@@ -82,3 +82,26 @@ def add_mu_map(batch: dict[str, Any], task: str, path_length_cm: float = 1.0) ->
 def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
     """Move the tensors of a batch to ``device`` (metadata untouched)."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def as_slices(images: torch.Tensor) -> torch.Tensor:
+    """Volumes (B, C, D, H, W) -> their slices (B * D, C, H, W), volume by volume; slices are returned as given."""
+    return images.movedim(2, 1).flatten(0, 1) if images.ndim == 5 else images
+
+
+def as_volume(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch of one study's S slices in order -> a batch of one volume: images (S, 1, H, W) -> (1, 1, S, H, W);
+    per-slice tensors (S,) and lists keep their first slice's value (a study's kVp, spacing, dose fraction;
+    "index" and "z_mm" of its first slice). :func:`as_slices` turns the volume's prediction back into slices."""
+    n = batch["source"].shape[0]
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key in IMAGE_KEYS and isinstance(value, torch.Tensor):
+            out[key] = value.movedim(0, 1)[None]
+        elif isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
+            out[key] = value[:1]
+        elif isinstance(value, (list, tuple)) and len(value) == n:
+            out[key] = list(value[:1])
+        else:
+            out[key] = value
+    return out

@@ -316,12 +316,24 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise IndexError(f"slice {i} out of range for a dataset of {n} slices")
         i %= n
         s = int(np.searchsorted(self._offsets, i, side="right") - 1)
-        study, k = self.studies[s], int(i - self._offsets[s])
+        return self._read(self.studies[s], int(i - self._offsets[s]), None)
+
+    def slab(self, study: str, start: int, depth: int) -> dict[str, Any]:
+        """Slices ``start .. start + depth - 1`` of one study as one item: its images (depth, H, W), its slice
+        metadata ("index", "z_mm", ...) those of the first slice, the study's metadata as for a slice."""
+        count = int(self._attrs[study]["slices"])
+        if depth < 1 or not 0 <= start <= count - depth:
+            raise IndexError(f"slab {start}..{start + depth - 1} outside the {count} slices of {study}")
+        return self._read(study, start, depth)
+
+    def _read(self, study: str, k: int, depth: int | None) -> dict[str, Any]:
+        """Slice ``k`` of a study (depth None: arrays (H, W)) or the slab from it (arrays (depth, H, W))."""
         group, attrs = self._group(study), self._attrs[study]
+        rows = k if depth is None else slice(k, k + depth)
         item: dict[str, Any] = {}
         for name in ARRAY_NAMES:
             if name in group:
-                item[name] = np.asarray(group[name][k])
+                item[name] = np.asarray(group[name][rows])
         item["study"] = study
         item["split"] = self.splits.get(study, "")
         for key, values in attrs["slice_meta"].items():

@@ -78,6 +78,13 @@ class Method(torch.nn.Module):
     #: False for methods with no weights (classical filters): used by name, never trained
     needs_training: ClassVar[bool] = True
 
+    @property
+    def slab_depth(self) -> int | None:
+        """None: the method works on slices, (B, 1, H, W). An int: it is volumetric, trained on slabs of that
+        many slices ((B, 1, D, H, W), :mod:`petsynth.data.slabs`) and given whole studies to translate
+        (:func:`petsynth.inference.predict_items` hands it a study's slices in order, (S, 1, H, W))."""
+        return None
+
     def __init__(self, config: Config, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__()
         get_task(task)  # an unknown name is a TaskError listing the known ones

@@ -3,6 +3,9 @@
 Loss = L1 + ``ssim_weight`` (1 - SSIM) + codebook (commitment) loss + ``adversarial_weight`` x the PatchGAN
 hinge loss from ``discriminator_start`` on. The public VQGAN also uses an ImageNet LPIPS perceptual term:
 no such network is available offline, so a structural (SSIM) term stands in for it.
+
+With ``autoencoder.spatial_dims: 3`` it is a 3D autoencoder (uPETe's): trained on slabs of ``slab_depth``
+whole slices (:mod:`petsynth.data.slabs`), a 3D PatchGAN, the SSIM term over the slabs' slices.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from petsynth.config import Config
+from petsynth.data.batch import as_slices
 from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import Method, register
 from petsynth.metrics.image import ssim
@@ -33,6 +37,7 @@ class VQGANConfig(Config):
     adversarial_weight: float = Field(0.1, ge=0)
     discriminator_start: int = Field(1000, ge=0, description="step at which the adversarial loss starts")
     transforms: dict[str, IntensityTransform] | None = Field(None, description="default: the task's")
+    slab_depth: int = Field(16, ge=1, description="3D autoencoder (autoencoder.spatial_dims 3): slices per slab")
 
 
 @register
@@ -48,7 +53,12 @@ class VQGAN(Method):
         if config.transforms is None:
             config.transforms = get_task(task).default_transforms()
         self.autoencoder = VQAutoencoder(config.autoencoder)
-        self.discriminator = PatchGAN(config.discriminator)
+        dims = config.autoencoder.spatial_dims  # the discriminator sees what the autoencoder makes
+        self.discriminator = PatchGAN(config.discriminator.model_copy(update={"spatial_dims": dims}))
+
+    @property
+    def slab_depth(self) -> int | None:
+        return self.config.slab_depth if self.config.autoencoder.spatial_dims == 3 else None
 
     def intensity_transforms(self) -> dict[str, IntensityTransform]:
         return dict(self.config.transforms)
@@ -72,7 +82,7 @@ class VQGAN(Method):
         if group == "autoencoder":
             rec, codebook = self.autoencoder(x)
             l1 = F.l1_loss(rec, x)
-            structure = 1.0 - ssim(rec.float(), x.float(), data_range=2.0).mean()
+            structure = 1.0 - ssim(as_slices(rec.float()), as_slices(x.float()), data_range=2.0).mean()
             loss = l1 + self.config.ssim_weight * structure + self.config.codebook_weight * codebook
             out = {"l1": l1, "ssim_loss": structure, "codebook": codebook}
             if adversarial:

@@ -21,6 +21,7 @@ quantised zq instead), ``quantize_on_decode`` (snap before decoding; True in the
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from monai.networks.layers.vector_quantizer import EMAQuantizer
@@ -45,6 +46,7 @@ class VQAutoencoderConfig(Config):
     decode in ~180 ms; ``mid_attention`` (global attention over the 64x64 latent) adds ~0.1 s to each.
     """
 
+    spatial_dims: Literal[2, 3] = Field(2, description="2: slices (B, 1, H, W); 3: volumes (B, 1, D, H, W)")
     in_channels: int = Field(1, ge=1)
     out_channels: int = Field(1, ge=1)
     downsample_factor: int = Field(4, description="f: the latent is (H / f, W / f); 1, 2, 4 or 8")
@@ -110,7 +112,8 @@ AUTOENCODER_PRESETS: dict[str, VQAutoencoderConfig] = {
 
 
 class VQAutoencoder(nn.Module):
-    """VQGAN-style autoencoder: (B, 1, H, W) images in about [-1, 1] <-> (B, Cz, H/f, W/f) latents.
+    """VQGAN-style autoencoder: (B, 1, H, W) images in about [-1, 1] <-> (B, Cz, H/f, W/f) latents; with
+    ``spatial_dims: 3``, (B, 1, D, H, W) volumes <-> (B, Cz, D/f, H/f, W/f) (every axis divided by f).
 
     ``encode`` -> z (continuous, pre-quantisation); ``quantize`` -> (zq, commitment loss, indices (B, H/f, W/f));
     ``decode`` zq -> image (unbounded, no output activation); ``forward`` -> (reconstruction, commitment loss).
@@ -123,8 +126,9 @@ class VQAutoencoder(nn.Module):
         channels = cfg.channels
         levels = cfg.num_levels
         attention = cfg.attention_levels or (False,) * levels
+        conv = nn.Conv2d if cfg.spatial_dims == 2 else nn.Conv3d
         common = dict(
-            spatial_dims=2,
+            spatial_dims=cfg.spatial_dims,
             channels=channels,
             num_res_blocks=(cfg.num_res_blocks,) * levels,
             norm_num_groups=cfg.norm_num_groups,
@@ -135,16 +139,16 @@ class VQAutoencoder(nn.Module):
         )
         cz = cfg.latent_channels
         self.encoder = Encoder(in_channels=cfg.in_channels, out_channels=cz, **common)
-        self.quant_conv = nn.Conv2d(cz, cz, 1)
+        self.quant_conv = conv(cz, cz, 1)
         self.quantizer = EMAQuantizer(
-            spatial_dims=2,
+            spatial_dims=cfg.spatial_dims,
             num_embeddings=cfg.codebook_size,
             embedding_dim=cz,
             commitment_cost=cfg.commitment_cost,
             decay=cfg.ema_decay,
             epsilon=cfg.ema_epsilon,
         )
-        self.post_quant_conv = nn.Conv2d(cz, cz, 1)
+        self.post_quant_conv = conv(cz, cz, 1)
         self.decoder = Decoder(in_channels=cz, out_channels=cfg.out_channels, **common)
 
     @property
@@ -159,7 +163,7 @@ class VQAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Cin, H, W) -> continuous pre-quantisation latent z (B, Cz, H/f, W/f)."""
-        check_divisible(x, self.f, f"f={self.f}")
+        check_divisible(x, self.f, f"f={self.f}", dims=self.cfg.spatial_dims)
         return self.quant_conv(self.encoder(x))
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,7 +193,7 @@ class VQAutoencoder(nn.Module):
     def to_latent(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> diffusion latent (B, Cz, H/f, W/f), per the config flags (default: z, continuous, after
         quant_conv). Put a frozen autoencoder in eval mode: in train mode quantising updates the codebook."""
-        check_divisible(x, self.f, f"f={self.f}")
+        check_divisible(x, self.f, f"f={self.f}", dims=self.cfg.spatial_dims)
         z = self.encoder(x)
         if self.cfg.latent_before_quant_conv:
             return z

@@ -1,4 +1,4 @@
-"""Diffusion denoiser: MONAI's ``DiffusionModelUNet`` (2D) with a sinusoidal timestep embedding.
+"""Diffusion denoiser: MONAI's ``DiffusionModelUNet`` (2D, or 3D with ``spatial_dims: 3``) with a sinusoidal timestep embedding.
 
 ``net(x, t)``: x (B, in_channels, h, w) — for CPDM the latent x_t concatenated with the encoded maps —,
 t (B,) timesteps (int or float, e.g. 0..T-1); returns (B, out_channels, h, w) (what it predicts is the
@@ -30,6 +30,7 @@ __all__ = ["DenoiserConfig", "DENOISER_PRESETS", "build_denoiser", "count_parame
 class DenoiserConfig(Config):
     """U-Net settings. One entry of ``channels`` / ``attention_levels`` per resolution level."""
 
+    spatial_dims: Literal[2, 3] = Field(2, description="2: (B, C, h, w) maps; 3: (B, C, d, h, w) volumes")
     in_channels: int = Field(9, ge=1, description="latent + conditioning channels (CPDM: 3 + 3 + 3)")
     out_channels: int = Field(3, ge=1)
     channels: tuple[int, ...] = (32, 64, 96, 128)
@@ -114,7 +115,7 @@ def build_denoiser(cfg: DenoiserConfig | str | None = None) -> DiffusionModelUNe
     elif isinstance(cfg, str):
         cfg = DenoiserConfig.preset(cfg)  # type: ignore[arg-type]
     return DiffusionModelUNet(
-        spatial_dims=2,
+        spatial_dims=cfg.spatial_dims,
         in_channels=cfg.in_channels,
         out_channels=cfg.out_channels,
         channels=cfg.channels,

@@ -6,6 +6,8 @@ With ``num_layers=3`` and 4x4 kernels the convolutions have strides 2, 2, 2, 1, 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from monai.networks.nets import PatchDiscriminator
 from pydantic import Field
@@ -19,6 +21,7 @@ __all__ = ["DiscriminatorConfig", "PatchGAN", "build_discriminator", "receptive_
 class DiscriminatorConfig(Config):
     """PatchGAN settings. ``in_channels``: 1 for the VQGAN, 2 for pix2pix's concat(source, target)."""
 
+    spatial_dims: Literal[2, 3] = Field(2, description="2: slices; 3: volumes (B, C, D, H, W)")
     in_channels: int = Field(1, ge=1)
     channels: int = Field(64, ge=1, description="filters of the first conv, doubled per layer")
     num_layers: int = Field(3, ge=1, description="3: 70x70 receptive field")
@@ -46,7 +49,7 @@ class PatchGAN(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or DiscriminatorConfig()
         self.net = PatchDiscriminator(
-            spatial_dims=2,
+            spatial_dims=cfg.spatial_dims,
             channels=cfg.channels,
             in_channels=cfg.in_channels,
             out_channels=1,

@@ -40,7 +40,8 @@ import torch.distributed as dist
 from pydantic import Field
 
 from petsynth.config import Config
-from petsynth.data.batch import to_device
+from petsynth.data.batch import as_slices, to_device
+from petsynth.data.slabs import StudySlabs
 from petsynth.data.store import DatasetError, open_dataset
 from petsynth.inference import autocast
 from petsynth.methods.base import Method, MethodError, build_method
@@ -253,6 +254,12 @@ class Trainer:
         if not self.method.needs_training:
             raise TrainError(f"{run.method} has no weights and needs no training: use it by name, e.g. "
                              f"`petsynth translate {run.method} STUDY --out OUT` or `petsynth evaluate {run.method} ...`")
+        if self.method.slab_depth:  # a volumetric method learns from slabs of slices (petsynth.data.slabs)
+            try:
+                self.train_data, self.val_data = (StudySlabs(d, self.method.slab_depth)
+                                                  for d in (self.train_data, self.val_data))
+            except ValueError as err:
+                raise TrainError(f"{self.run.data}: {err}") from None
         self.method.to(self.device)
         self.groups = self.method.optimizer_groups()
         # what train_step calls per group: the method itself, or its DDP wrappers (built here, they give
@@ -358,6 +365,7 @@ class Trainer:
             raise TrainError(f"{self.run.data} has no training slices (splits.json lists no train study)")
         val = data.split("val")
         self.train_data, self.val_data = train, (val if len(val) else train)
+        self.train_slices = train
         return data
 
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
@@ -375,8 +383,9 @@ class Trainer:
     def _card(self, training: dict[str, Any] | None = None) -> ModelCard:
         return ModelCard(method=self.run.method, task=self.run.task, config=self.method.config.to_dict(),
                          intensity={k: t.to_dict() for k, t in self.method.intensity_transforms().items()},
-                         data={"dataset": Path(self.run.data).name, "train_slices": len(self.train_data),
-                               "train_studies": len(self.train_data.studies), **training_geometry(self.train_data)},
+                         data={"dataset": Path(self.run.data).name, "train_slices": len(self.train_slices),
+                               "train_studies": len(self.train_slices.studies),
+                               **training_geometry(self.train_slices)},
                          step=self.step, parameters=parameter_counts(self.method), training=training or {})
 
     def save_checkpoint(self) -> Path:
@@ -536,13 +545,14 @@ class Trainer:
                 batch = to_device(collate([self.val_data[int(i)] for i in picks[b0:b0 + size]]), self.device)
                 with self._autocast():
                     pred, ref = self.method.validation_pair(batch, **self.cfg.val_options)
-                pred, ref = pred.float().cpu(), ref.float().cpu()
+                pred, ref = as_slices(pred.float().cpu()), as_slices(ref.float().cpu())
+                sources = as_slices(batch["source"])
                 scores["val_mae"] += mae(pred, ref, data_range=data_range).tolist()
                 scores["val_psnr"] += psnr(pred, ref, data_range=data_range).tolist()
                 if min(pred.shape[-2:]) >= 11:
                     scores["val_ssim"] += ssim(pred, ref, data_range=data_range).tolist()
                 for k in range(min(2, pred.shape[0]) if len(rows) < 4 else 0):
-                    src = batch["source"][k, 0].float().cpu().numpy()
+                    src = sources[k, 0].float().cpu().numpy()
                     p, r = pred[k, 0].numpy(), ref[k, 0].numpy()
                     kind = self.method.display_kind
                     rows.append([(src, "source", get_task(self.run.task).source_kind), (p, "prediction", kind),
