@@ -51,7 +51,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +65,7 @@ from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
 from petsynth.data.dicom_series import SeriesError, load_series
 from petsynth.data.geometry import Geometry, resample
 from petsynth.data.nifti_layouts import load_nifti_volume
-from petsynth.data.prepare import by_frame_duration, largest_series
+from petsynth.data.prepare import by_frame_duration, dose_ratio, largest_series
 from petsynth.data.store import DATASET_FILE, open_dataset
 from petsynth.data.suv import SUVError
 from petsynth.inference import (GRID_MULTIPLE, PredictOptions, load_model, model_name, model_size, model_spacing_mm,
@@ -147,6 +147,8 @@ class TranslateInput:
     task: Task
     source: InputImage
     guidance: InputImage | None = None
+    #: a low-dose source's dose fraction from its study's headers (against the study's standard-dose series)
+    dose_fraction: float | None = None
 
     @property
     def ct(self) -> InputImage | None:
@@ -300,12 +302,16 @@ def study_inputs(study: StudyInfo, task: str | Task, folder: Path) -> TranslateI
     if missing:
         found = ", ".join(sorted({s.modality for s in study.series}))
         raise WrongTaskError(f"{_reads(task)}; {folder} holds {found} series, no {' or '.join(missing)} series")
+    fraction = None
     if task.low_dose_source:
         pets = [s for s in study.of_modality(task.source_modality) if s.attenuation_corrected]
         if not pets:
             raise TranslateError(f"{folder}: no attenuation-corrected PET series (CorrectedImage with ATTN) to "
                                  f"use as the {task.source_label}")
-        source = by_frame_duration(pets)[0]
+        ordered = by_frame_duration(pets)
+        source = ordered[0]
+        if len(ordered) > 1:
+            fraction = dose_ratio(source, ordered[-1])
     else:
         source = largest_series(study.of_modality(task.source_modality))
     guidance = largest_series(study.of_modality(task.guidance_modality)) if task.guidance_modality else None
@@ -315,7 +321,8 @@ def study_inputs(study: StudyInfo, task: str | Task, folder: Path) -> TranslateI
                              "overlay them in world coordinates")
     return TranslateInput(task, _read_series(source, task.source_modality, task.source_label, folder, task),
                           None if guidance is None else
-                          _read_series(guidance, task.guidance_modality, task.guidance_modality, folder, task))
+                          _read_series(guidance, task.guidance_modality, task.guidance_modality, folder, task),
+                          dose_fraction=fraction)
 
 
 def read_input(path: str | Path, task: str | Task, ct: str | Path | None = None,
@@ -562,6 +569,8 @@ def _write_report(path: Path, inputs: TranslateInput, shown: _Shown, suv: np.nda
                "trained on": training_summary(model.get("training_data", {})),
                "input": f"{info['input_kind']} {inputs.source.label}"
                         + (f" with {inputs.guidance.label} guidance" if inputs.guidance is not None else ""),
+               **({"dose fraction": f"{info['dose_fraction']:.3g} ({info['dose_fraction_source']})"}
+                  if info.get("dose_fraction") else {}),
                "sampling steps": info["options"]["steps_used"], "kVp of the attenuation map":
                    f"{info['kvp']:g} ({info['kvp_source']})" if info.get("kvp") else "no CT",
                "grid": f"{' x '.join(map(str, grid.shape))} voxels of "
@@ -571,6 +580,33 @@ def _write_report(path: Path, inputs: TranslateInput, shown: _Shown, suv: np.nda
         notes=["No reference PET was given: the slice viewer shows the input and the synthetic PET only."
                if not low_dose else "The comparison panels show the low-dose input, not a reference."])
     return write_report(path, content)
+
+
+#: Slices of the source a model's dose estimate reads (evenly over the middle half of the volume).
+DOSE_ESTIMATE_SLICES = 16
+
+
+def _dose_fraction(method: Method, inputs: TranslateInput, on_grid: dict[str, Any], options: PredictOptions,
+                   kvp: float | None, spacing: float) -> tuple[float | None, str | None]:
+    """A low-dose source's dose fraction and where it came from: the ``dose_fraction`` sampler option, the
+    study's headers (against its standard-dose series), or the model's estimate from the image's noise
+    (``estimate_dose_fraction``, for models that have one; the option ``dose_fraction=estimate`` asks for it).
+    (None, None) when the task has no low-dose source or nothing tells it."""
+    if not inputs.task.low_dose_source:
+        return None, None
+    option = options.sampler.get("dose_fraction")
+    if option is not None and option != "estimate":
+        return float(option), "option"
+    if inputs.dose_fraction is not None and option is None:
+        return inputs.dose_fraction, "headers"
+    estimate = getattr(method, "estimate_dose_fraction", None)
+    if estimate is None:
+        return None, None
+    n = on_grid["source"].shape[0]
+    picks = np.unique(np.linspace(n // 4, max(n // 4, 3 * n // 4 - 1), DOSE_ESTIMATE_SLICES).round().astype(int))
+    items = [{"kvp": kvp, "spacing_mm": (spacing, spacing), **{role: v[k] for role, v in on_grid.items()}}
+             for k in picks]
+    return estimate(method.collate()(items)), "estimated from the image's noise"
 
 
 def _kvp(inputs: TranslateInput, kvp: float | None, method: Method, where: Path) -> tuple[float | None, str | None]:
@@ -697,12 +733,18 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
     except SeriesError as err:  # a lazily read slice that cannot be decoded (damaged, NaN rescale)
         raise TranslateError(f"{where}: {err}") from None
 
+    fraction, fraction_source = _dose_fraction(method, inputs, on_grid, opts.predict, kvp_used, spacing)
+    if fraction_source is not None:
+        say(f"dose fraction {fraction:.3g} ({fraction_source})")
     say(f"translating {grid.shape[0]} slices")
-    items = ({"kvp": kvp_used, "spacing_mm": (spacing, spacing), **{role: v[k] for role, v in on_grid.items()}}
-             for k in range(grid.shape[0]))
+    items = ({"kvp": kvp_used, "spacing_mm": (spacing, spacing), "dose_fraction": fraction,
+              **{role: v[k] for role, v in on_grid.items()}} for k in range(grid.shape[0]))
     suv = np.empty(grid.shape, dtype=np.float32)
     k = 0
-    for _, pred in predict_items(method, items, total=grid.shape[0], options=opts.predict, progress=progress):
+    predict = opts.predict
+    if predict.sampler.get("dose_fraction") == "estimate":  # estimated once above, for the whole study
+        predict = replace(predict, sampler={**predict.sampler, "dose_fraction": fraction})
+    for _, pred in predict_items(method, items, total=grid.shape[0], options=predict, progress=progress):
         suv[k:k + pred.shape[0]] = pred[:, 0].numpy()
         k += pred.shape[0]
     np.clip(suv, 0.0, None, out=suv)
@@ -742,6 +784,7 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
                         "batch_size": opts.batch_size, "bf16": opts.bf16, "seed": opts.seed,
                         "threads": torch.get_num_threads()},
             "kvp": kvp_used, "kvp_source": kvp_source, "mask_body": opts.mask_body,
+            "dose_fraction": fraction, "dose_fraction_source": fraction_source,
             "grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing)},
             "suv": {"min": float(suv.min()), "max": float(suv.max()), "mean": float(suv.mean())},
             "seconds": round(result.seconds, 2), "seconds_per_slice": round(result.seconds / grid.shape[0], 4),

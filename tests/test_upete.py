@@ -16,6 +16,7 @@ from petsynth.phantom import write_studies
 
 TINY = {"pixel_space": True, "denoiser": TINY_DENOISER, "guidance_channels": 8, "guidance_heads": 2, "window": 8,
         "sample_steps": 2}
+PET_PIXEL_MM = 520.0 / 64  # the tiny preset's PET pixels (FOV / matrix)
 ABLATIONS = {"LDM": {"process": "gaussian", "ct_guidance": False}, "LDM-P": {"process": "poisson", "ct_guidance": False},
              "LDM-CT": {"process": "gaussian", "ct_guidance": True}, "LDM-P-CT": {"process": "poisson", "ct_guidance": True}}
 
@@ -105,3 +106,31 @@ def test_trained_saved_reloaded_it_enhances_a_low_dose_dicom_study(lowdose, tmp_
     low_dose = pydicom.dcmread(next((study / "PT_low_0.1").glob("*.dcm")))
     assert first.ImageType[0] == "DERIVED" and first.FrameOfReferenceUID == low_dose.FrameOfReferenceUID
     assert first.StudyInstanceUID == low_dose.StudyInstanceUID
+
+
+def test_the_dose_fraction_comes_from_the_option_the_headers_or_the_images_noise(lowdose, tmp_path):
+    """The phantom's low-dose series holds 1/10 of the standard acquisition (ActualFrameDuration scaled): the
+    headers give 0.1 where the study has its standard-dose series; without it, the noise gives its order of
+    magnitude, within a factor 4 on the PET's own pixels (a coarse measure: the README gives its errors)."""
+    import json
+    import shutil
+
+    from petsynth.translation import translate
+
+    method = build_method("upete", TINY, task="lpet2spet").eval()
+    study = sorted(p for p in (lowdose / "raw").iterdir() if p.is_dir())[0]
+
+    def used(source, **sampler):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        translate(method, source, out, steps=1, sampler=sampler, spacing_mm=PET_PIXEL_MM)
+        info = json.loads((out / "translate.json").read_text())
+        return info["dose_fraction"], info["dose_fraction_source"]
+
+    assert used(study, dose_fraction=0.2) == (0.2, "option")
+    fraction, where = used(study)
+    assert where == "headers" and fraction == pytest.approx(0.1, rel=1e-3)
+    alone = tmp_path / "alone"
+    shutil.copytree(study, alone, ignore=lambda folder, names: [n for n in names if n in ("PT", "truth")])
+    fraction, where = used(alone)
+    assert where == "estimated from the image's noise" and 0.1 / 4 < fraction < 0.1 * 4, fraction
+    assert used(study, dose_fraction="estimate") == (fraction, where)  # the same images, the same estimate

@@ -143,6 +143,29 @@ def by_frame_duration(pets: list[SeriesInfo]) -> list[SeriesInfo]:
     return sorted(pets, key=lambda s: (s.frame_duration_ms, s.series_uid))
 
 
+def dose_ratio(low: SeriesInfo, standard: SeriesInfo) -> float | None:
+    """The low-dose series' dose fraction relative to the standard-dose series of its study: the ratio of their
+    frame durations (ActualFrameDuration), times that of their injected activities (RadionuclideTotalDose) where
+    both headers give one (a separate low-dose injection); None when a duration is unknown."""
+    if not (low.frame_duration_ms > 0 and standard.frame_duration_ms > 0):
+        return None
+    ratio = low.frame_duration_ms / standard.frame_duration_ms
+    doses = [_injected_bq(s) for s in (low, standard)]
+    if all(d is not None and d > 0 for d in doses):
+        ratio *= doses[0] / doses[1]
+    return ratio
+
+
+def _injected_bq(series: SeriesInfo) -> float | None:
+    first = pydicom.dcmread(series.files[0], stop_before_pixels=True,
+                            specific_tags=["RadiopharmaceuticalInformationSequence"])
+    radio = first.get("RadiopharmaceuticalInformationSequence")
+    try:
+        return float(radio[0].RadionuclideTotalDose)
+    except (TypeError, IndexError, AttributeError, ValueError):
+        return None
+
+
 def patient_of(series: SeriesInfo, default: str) -> str:
     """The PatientID of a series (its first file), or ``default`` when it has none."""
     first = pydicom.dcmread(series.files[0], stop_before_pixels=True, specific_tags=["PatientID"])
@@ -162,8 +185,7 @@ def plan_study(study: StudyInfo, task: str) -> StudyPlan:
             raise StudyError(f"{task} needs two attenuation-corrected PET series (standard and low dose)")
         by_duration = by_frame_duration(pets)
         target, source = by_duration[-1], by_duration[0]
-        long_ms, short_ms = target.frame_duration_ms, source.frame_duration_ms
-        fraction = short_ms / long_ms if long_ms > 0 else None
+        fraction = dose_ratio(source, target)
     else:
         sources = study.of_modality(spec.source_modality)
         if not sources:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from petsynth.config import Config
@@ -67,7 +67,15 @@ class PoissonProcessConfig(Config):
 
 class UPETeOptions(Config):
     steps: int | None = Field(None, ge=1, description="sampling steps from the entry step down to 0")
-    dose_fraction: float | None = Field(None, gt=0, le=1, description="the low-dose image's dose fraction")
+    dose_fraction: float | Literal["estimate"] | None = Field(
+        None, description="the low-dose image's dose fraction in (0, 1], or 'estimate' (from its noise)")
+
+    @field_validator("dose_fraction")
+    @classmethod
+    def _in_range(cls, value):
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError(f"a dose fraction must be in (0, 1], got {value}")
+        return value
 
 
 class UPETeConfig(Config):
@@ -87,7 +95,8 @@ class UPETeConfig(Config):
     overlap: float = Field(0.5, ge=0, lt=1, description="3D: overlap of successive windows (Gaussian-blended)")
     denoiser: DenoiserConfig = Field(default_factory=lambda: DenoiserConfig.preset("small"))
     sample_steps: int = Field(4, ge=1, description="default steps of translate")
-    dose_fraction: float = Field(0.1, gt=0, le=1, description="dose fraction assumed when nothing says it")
+    dose_fraction: float | None = Field(None, gt=0, le=1,
+                                        description="dose fraction assumed when nothing says it; None: estimated")
     transforms: dict[str, IntensityTransform] | None = Field(None, description="filled in from the autoencoder")
 
 
@@ -225,6 +234,51 @@ class UPETe(LatentSpace, Method):
         (``tests/test_upete.py``): f is the entry, uncorrected."""
         return self._schedule.timestep_for_dose(dose_fraction)
 
+    def _dose_fractions(self, batch: Mapping[str, Any], option: float | str | None) -> list[float]:
+        """Per item: the option, else the item's recorded dose fraction, else the config's, else (or with the
+        option "estimate") estimated from the noise of the item's study's slices in the batch."""
+        n = batch["source"].shape[0]
+        if option is not None and option != "estimate":
+            return [float(option)] * n
+        recorded = batch.get("dose_fraction")
+        if option is None and recorded is not None and all(v is not None and 0 < float(v) <= 1 for v in recorded):
+            return [float(v) for v in recorded]
+        if option is None and self.config.dose_fraction is not None:
+            return [self.config.dose_fraction] * n
+        studies = batch.get("study") or [None] * n
+        fractions = [0.0] * n
+        for study in dict.fromkeys(studies):
+            rows = [b for b, s in enumerate(studies) if s == study]
+            estimate = self.estimate_dose_fraction(_rows(batch, rows, n))
+            for b in rows:
+                fractions[b] = estimate
+        return fractions
+
+    def estimate_dose_fraction(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> float:
+        """The dose fraction of the batch's low-dose "source" (slices of one study, or volumes) read off its
+        noise by this model's Poisson process (:meth:`PoissonDiffusion.estimate_dose_fraction`), rounded to
+        3 significant digits: the step at which the model's own x_t is as noisy. Its draws come from
+        ``generator``, by default one seeded 0 (the same images give the same estimate)."""
+        low = as_slices(batch["source"])
+        ct = batch.get("guidance")
+        per_slice = low.shape[0] // batch["source"].shape[0]
+        mu = None
+        if ct is not None and self.config.poisson.attenuation:
+            kvp = _kvp(batch, batch["source"].shape[0]).repeat_interleave(per_slice)
+            mu = hu_to_mu(as_slices(ct).float(), kvp.view(-1, 1, 1, 1))
+        if low.shape[0] > 16:  # the slices of the middle half suffice
+            keep = torch.linspace(low.shape[0] // 4, 3 * low.shape[0] // 4 - 1, 16).round().long()
+            low, mu = low[keep], None if mu is None else mu[keep]
+        process = self._poisson_process(_pixel_mm(batch, 1)[0])
+        if generator is None:  # the same images, the same estimate
+            generator = torch.Generator(device=low.device).manual_seed(0)
+        try:
+            fraction = process.estimate_dose_fraction(low, mu, generator)
+        except ValueError as err:
+            raise MethodError(f"upete cannot estimate the dose fraction ({err}): give it, "
+                              "e.g. --sampler-option dose_fraction=0.1") from None
+        return float(f"{fraction:.3g}")
+
     @torch.no_grad()
     def translate(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
                   **options: Any) -> torch.Tensor:
@@ -233,7 +287,7 @@ class UPETe(LatentSpace, Method):
         opts = self.sampler_options(options)
         low = batch["source"]
         n = low.shape[0]
-        fractions = _dose_fractions(batch, n, opts.dose_fraction, self.config.dose_fraction)
+        fractions = self._dose_fractions(batch, opts.dose_fraction)
         steps = opts.steps or self.config.sample_steps
         enhance = self._enhance_volume if low.ndim == 5 else self._enhance
         out = torch.empty_like(low, dtype=torch.float32)
@@ -303,15 +357,3 @@ def _pixel_mm(batch: Mapping[str, Any], n: int) -> list[float]:
 def _kvp(batch: Mapping[str, Any], n: int) -> torch.Tensor:
     kvp = batch.get("kvp")
     return kvp.float() if isinstance(kvp, torch.Tensor) else torch.full((n,), 120.0)
-
-
-def _dose_fractions(batch: Mapping[str, Any], n: int, option: float | None, default: float) -> list[float]:
-    """Per item: the option, else the item's recorded dose fraction, else the config's default."""
-    if option is not None:
-        return [float(option)] * n
-    recorded = batch.get("dose_fraction")
-    if recorded is not None:
-        values = [float(v) if v is not None else default for v in recorded]
-        if all(0 < v <= 1 for v in values):
-            return values
-    return [float(default)] * n
