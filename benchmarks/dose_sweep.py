@@ -10,7 +10,9 @@ For each dose fraction found (``PT_low_<fraction>`` series), the studies are pre
 low-dose source (links, no copies) and ``petsynth.evaluate`` scores every model on all their slices (its items
 carry their dose fraction, which uPETe reads). Written to ``--out``: ``sweep.csv`` (model, reduction factor,
 reference, PSNR, SSIM, NRMSE, and the % error of SUVmean and SUVmax in liver, kidney, myocardium and lesions),
-``sweep.md`` (the same as tables) and ``sweep.png`` (PSNR and lesion SUVmax error against the reduction factor).
+``sweep.md`` (the same as tables, with seconds per slice) and ``sweep.png`` (PSNR and lesion SUVmax error against
+the reduction factor). ``--estimate-dose MODEL...`` scores those models again with the dose fraction each reads
+off the image's noise, as "MODEL (dose from noise)".
 Asserts nothing; the figures go in notes.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import re
 import sys
@@ -68,11 +71,18 @@ def view_at(raw: Path, fraction: float, out: Path) -> Path:
     return out
 
 
-def _row(report, model: str, reference: str, fraction: float) -> dict:
+def _rows(report, fraction: float, suffix: str = "") -> list[dict]:
+    """One row per model and reference of an evaluation at one dose fraction."""
+    seconds = json.loads(report.files["settings"].read_text())["seconds_per_model"]
+    return [_row(report, model, reference, fraction, seconds.get(model, float("nan")) / report.slices, suffix)
+            for model in report.models for reference in report.references]
+
+
+def _row(report, model: str, reference: str, fraction: float, seconds_per_slice: float, suffix: str) -> dict:
     overall = report.overall[model][reference]
-    row = {"model": model, "reduction_factor": round(1 / fraction, 2), "dose_fraction": fraction,
+    row = {"model": model + suffix, "reduction_factor": round(1 / fraction, 2), "dose_fraction": fraction,
            "reference": reference, "psnr_db": overall.get("psnr_suv"), "ssim": overall.get("ssim_suv"),
-           "nrmse": overall.get("nrmse_suv")}
+           "nrmse": overall.get("nrmse_suv"), "seconds_per_slice": seconds_per_slice}
     regions = report.regions.get(model, {}).get(reference, {})
     for region in REGIONS:
         values = regions.get(region, {})
@@ -90,6 +100,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="slice size of the prepared data")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps of the diffusion models")
     parser.add_argument("--max-slices", type=int, default=None)
+    parser.add_argument("--estimate-dose", nargs="*", default=[], metavar="MODEL",
+                        help="also score these models (of --models) with the dose fraction read off each "
+                             "image's noise (sampler option dose_fraction=estimate) instead of the headers'")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     key = b"dose-sweep"  # the datasets are scratch: a fixed pseudonym key
@@ -102,9 +115,12 @@ def main() -> None:
             prepare_dataset([view], data, "lpet2spet", size=args.size, key=key, split=(0.0, 0.0, 1.0))
         report = evaluate(args.models, data, args.out / "eval" / tag, split="test", max_slices=args.max_slices,
                           options=PredictOptions(steps=args.steps))
-        for model in report.models:
-            for reference in report.references:
-                rows.append(_row(report, model, reference, fraction))
+        rows += _rows(report, fraction)
+        if args.estimate_dose:
+            report = evaluate(args.estimate_dose, data, args.out / "eval" / f"{tag}-estimate", split="test",
+                              max_slices=args.max_slices,
+                              options=PredictOptions(steps=args.steps, sampler={"dose_fraction": "estimate"}))
+            rows += _rows(report, fraction, suffix=" (dose from noise)")
         print(f"dose 1/{1 / fraction:g}: {report.slices} slices of {len(report.studies)} studies, "
               f"{time.perf_counter() - start:.0f} s so far", flush=True)
     with open(args.out / "sweep.csv", "w", newline="") as fh:
@@ -125,12 +141,13 @@ def _markdown(rows: list[dict]) -> str:
     for reference in sorted({r["reference"] for r in rows}):
         lines += [f"## Against the {'standard-dose PET' if reference == 'real' else 'noise-free truth'}", "",
                   "| model | DRF | PSNR dB | SSIM | NRMSE | " + " | ".join(
-                      f"{r} SUVmean % | {r} SUVmax %" for r in REGIONS) + " |",
-                  "|---|---:|---:|---:|---:|" + "---:|" * (2 * len(REGIONS))]
+                      f"{r} SUVmean % | {r} SUVmax %" for r in REGIONS) + " | s/slice |",
+                  "|---|---:|---:|---:|---:|" + "---:|" * (2 * len(REGIONS) + 1)]
         for r in (r for r in rows if r["reference"] == reference):
             cells = [r["model"], f"{r['reduction_factor']:g}", _fmt(r["psnr_db"], 2), _fmt(r["ssim"], 4),
                      _fmt(r["nrmse"], 4)]
             cells += [_fmt(r[f"{g}_{f}_error_pct"], 1) for g in REGIONS for f in ("suvmean", "suvmax")]
+            cells.append(_fmt(r["seconds_per_slice"], 3))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
