@@ -65,6 +65,20 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lowdose_studies(tmp_path_factory):
+    """Two tiny lpet2spet phantom studies (DICOM under ``raw/``, a low-dose series at 1/10) and their dataset
+    prepared at 32 px, every study in train (``ds/``)."""
+    from petsynth.data.prepare import prepare_dataset
+    from petsynth.phantom import write_studies
+
+    root = tmp_path_factory.mktemp("lowdose")
+    write_studies(root / "raw", task="lpet2spet", studies=2, seed=31, fmt="dicom", preset="tiny",
+                  dose_fractions=[0.1])
+    prepare_dataset([root / "raw"], root / "ds", "lpet2spet", size=32, key=b"upete", split=(1.0, 0.0, 0.0))
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_parts(tiny_dataset, tmp_path_factory):
     """Model folders of a vqgan and an attention run of 2 steps (CPDM/LDM prerequisites); read-only."""
     from petsynth.train.trainer import RunConfig, train

@@ -9,10 +9,8 @@ import torch
 
 from conftest import TINY_DENOISER, loss_before_and_after, tiny_train_config
 from petsynth.data.batch import Collate
-from petsynth.data.prepare import prepare_dataset
 from petsynth.data.store import open_dataset
 from petsynth.methods.base import MethodError, build_method
-from petsynth.phantom import write_studies
 
 TINY = {"pixel_space": True, "denoiser": TINY_DENOISER, "guidance_channels": 8, "guidance_heads": 2, "window": 8,
         "sample_steps": 2}
@@ -21,25 +19,16 @@ ABLATIONS = {"LDM": {"process": "gaussian", "ct_guidance": False}, "LDM-P": {"pr
              "LDM-CT": {"process": "gaussian", "ct_guidance": True}, "LDM-P-CT": {"process": "poisson", "ct_guidance": True}}
 
 
-@pytest.fixture(scope="module")
-def lowdose(tmp_path_factory):
-    root = tmp_path_factory.mktemp("upete")
-    write_studies(root / "raw", task="lpet2spet", studies=2, seed=31, fmt="dicom", preset="tiny",
-                  dose_fractions=[0.1])
-    prepare_dataset([root / "raw"], root / "ds", "lpet2spet", size=32, key=b"upete", split=(1.0, 0.0, 0.0))
-    return root
-
-
 def _batch(root, n=4):
     dataset = open_dataset(root / "ds")
     return Collate("lpet2spet")([dataset[i] for i in range(n)])
 
 
 @pytest.mark.parametrize("name", list(ABLATIONS))
-def test_each_ablation_learns_from_standard_dose_pet_alone(lowdose, name):
+def test_each_ablation_learns_from_standard_dose_pet_alone(lowdose_studies, name):
     torch.manual_seed(0)
     method = build_method("upete", {**TINY, **ABLATIONS[name]}, task="lpet2spet")
-    batch = _batch(lowdose)
+    batch = _batch(lowdose_studies)
     del batch["source"]  # never read in training: the low-dose images are not needed
     before, after = loss_before_and_after(method, batch, lr=2e-3, steps=25)
     assert after < 0.7 * before, (before, after)
@@ -52,14 +41,14 @@ def test_cross_attention_is_in_the_model_only_with_ct_guidance():
     assert "cross_attention" in with_ct.ema_module_names()
 
 
-def test_the_low_dose_image_enters_at_the_step_of_its_dose(lowdose):
+def test_the_low_dose_image_enters_at_the_step_of_its_dose(lowdose_studies):
     method = build_method("upete", {**TINY, "poisson": {"num_timesteps": 400, "min_dose": 0.01}},
                           task="lpet2spet").eval()
     assert method.entry_step(1.0) == 0 and method.entry_step(0.01) == 399 and method.entry_step(0.1) == 200
     calls = []
     original = method._predict_x0
     method._predict_x0 = lambda z, t, ct: calls.append(int(t[0])) or original(z, t, ct)
-    batch = _batch(lowdose, 2)
+    batch = _batch(lowdose_studies, 2)
     out = method.translate(batch, generator=torch.Generator().manual_seed(0), steps=4)
     assert calls == [200, 150, 100, 50, 0]  # the item's recorded dose fraction 0.1, then evenly down to 0
     assert out.shape == batch["source"].shape and torch.isfinite(out).all()
@@ -90,14 +79,14 @@ def test_at_the_entry_step_the_re_acquired_standard_dose_is_about_as_noisy_as_th
         assert 1.0 <= ratio < 1.10, (f, ratio)
 
 
-def test_trained_saved_reloaded_it_enhances_a_low_dose_dicom_study(lowdose, tmp_path):
+def test_trained_saved_reloaded_it_enhances_a_low_dose_dicom_study(lowdose_studies, tmp_path):
     from petsynth.io.nifti import read_nifti
     from petsynth.train.trainer import RunConfig, train
     from petsynth.translation import translate
 
-    train(RunConfig(method="upete", task="lpet2spet", data=str(lowdose / "ds"), method_config=TINY,
+    train(RunConfig(method="upete", task="lpet2spet", data=str(lowdose_studies / "ds"), method_config=TINY,
                           train=tiny_train_config(steps=3, validate_every=3, checkpoint_every=3)), tmp_path / "run")
-    study = sorted(p for p in (lowdose / "raw").iterdir() if p.is_dir())[0]
+    study = sorted(p for p in (lowdose_studies / "raw").iterdir() if p.is_dir())[0]
     result = translate(tmp_path / "run", study, tmp_path / "out", steps=2, sampler={"dose_fraction": 0.1})
     suv, _ = read_nifti(result.files["nifti"])
     assert np.isfinite(suv).all() and suv.max() > 0
@@ -108,7 +97,7 @@ def test_trained_saved_reloaded_it_enhances_a_low_dose_dicom_study(lowdose, tmp_
     assert first.StudyInstanceUID == low_dose.StudyInstanceUID
 
 
-def test_the_dose_fraction_comes_from_the_option_the_headers_or_the_images_noise(lowdose, tmp_path):
+def test_the_dose_fraction_comes_from_the_option_the_headers_or_the_images_noise(lowdose_studies, tmp_path):
     """The phantom's low-dose series holds 1/10 of the standard acquisition (ActualFrameDuration scaled): the
     headers give 0.1 where the study has its standard-dose series; without it, the noise gives its order of
     magnitude, within a factor 4 on the PET's own pixels (a coarse measure: the README gives its errors)."""
@@ -118,7 +107,7 @@ def test_the_dose_fraction_comes_from_the_option_the_headers_or_the_images_noise
     from petsynth.translation import translate
 
     method = build_method("upete", TINY, task="lpet2spet").eval()
-    study = sorted(p for p in (lowdose / "raw").iterdir() if p.is_dir())[0]
+    study = sorted(p for p in (lowdose_studies / "raw").iterdir() if p.is_dir())[0]
 
     def used(source, **sampler):
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"

@@ -7,12 +7,10 @@ import torch
 
 from conftest import TINY_DENOISER, loss_before_and_after, tiny_train_config
 from petsynth.data.batch import Collate, as_slices, as_volume
-from petsynth.data.prepare import prepare_dataset
 from petsynth.data.slabs import StudySlabs
 from petsynth.data.store import open_dataset
 from petsynth.inference import PredictOptions, predict_dataset
 from petsynth.methods.base import MethodError, build_method
-from petsynth.phantom import write_studies
 
 DEPTH = 4
 TINY_3D = {"pixel_space": True, "spatial_dims": 3, "slab_depth": DEPTH, "denoiser": TINY_DENOISER,
@@ -22,17 +20,8 @@ TINY_VQ_3D = {"autoencoder": {"spatial_dims": 3, "base_channels": 8, "norm_num_g
               "discriminator": {"channels": 8, "num_layers": 1, "kernel_size": 3}, "slab_depth": DEPTH, "discriminator_start": 0}
 
 
-@pytest.fixture(scope="module")
-def lowdose(tmp_path_factory):
-    root = tmp_path_factory.mktemp("volumes")
-    write_studies(root / "raw", task="lpet2spet", studies=2, seed=41, fmt="dicom", preset="tiny",
-                  dose_fractions=[0.1])
-    prepare_dataset([root / "raw"], root / "ds", "lpet2spet", size=32, key=b"volumes", split=(1.0, 0.0, 0.0))
-    return root
-
-
-def test_slabs_are_the_studies_consecutive_slices_and_never_cross_a_study(lowdose):
-    dataset = open_dataset(lowdose / "ds")
+def test_slabs_are_the_studies_consecutive_slices_and_never_cross_a_study(lowdose_studies):
+    dataset = open_dataset(lowdose_studies / "ds")
     slabs = StudySlabs(dataset, DEPTH)
     lengths = [len(dataset.study_slices(s)) for s in dataset.studies]
     assert len(slabs) == sum(n - DEPTH + 1 for n in lengths)
@@ -59,7 +48,7 @@ def test_a_study_as_one_volume_and_back():
     torch.testing.assert_close(as_slices(volume["source"]), slices["source"])
 
 
-def test_windows_are_blended_without_seams(lowdose):
+def test_windows_are_blended_without_seams(lowdose_studies):
     """A model that gives its window back unchanged must give the whole volume back unchanged: every voxel's
     Gaussian weights sum to one over the overlapping windows; each window holds slab_depth whole slices."""
     method = build_method("upete", TINY_3D, task="lpet2spet").eval()
@@ -79,46 +68,46 @@ def test_windows_are_blended_without_seams(lowdose):
     assert len(windows) >= 11 // DEPTH + 1 and set(windows) == {(1, 1, DEPTH, 32, 32)}
 
 
-def test_3d_upete_learns_from_standard_dose_slabs_and_enhances_whole_studies(lowdose, tmp_path):
+def test_3d_upete_learns_from_standard_dose_slabs_and_enhances_whole_studies(lowdose_studies, tmp_path):
     from petsynth.train.trainer import RunConfig, train
     from petsynth.inference import load_model
 
     torch.manual_seed(0)
     method = build_method("upete", TINY_3D, task="lpet2spet")
     assert method.slab_depth == DEPTH
-    slabs = StudySlabs(open_dataset(lowdose / "ds"), DEPTH)
+    slabs = StudySlabs(open_dataset(lowdose_studies / "ds"), DEPTH)
     batch = Collate("lpet2spet")([slabs[i] for i in (0, 5)])
     del batch["source"]  # never read in training
     before, after = loss_before_and_after(method, batch, lr=2e-3, steps=20)
     assert after < 0.7 * before, (before, after)
 
-    train(RunConfig(method="upete", task="lpet2spet", data=str(lowdose / "ds"), method_config=TINY_3D,
+    train(RunConfig(method="upete", task="lpet2spet", data=str(lowdose_studies / "ds"), method_config=TINY_3D,
                     train=tiny_train_config(steps=2, batch_size=2, validate_every=2, checkpoint_every=2)),
           tmp_path / "run")
     model = load_model(tmp_path / "run")
-    dataset = open_dataset(lowdose / "ds")
+    dataset = open_dataset(lowdose_studies / "ds")
     preds = [(b["study"][0], p) for b, p in predict_dataset(model, dataset, PredictOptions(steps=2))]
     assert [s for s, _ in preds] == dataset.studies  # one call per study, its slices in order
     for study, pred in preds:
         assert pred.shape == (len(dataset.study_slices(study)), 1, 32, 32) and torch.isfinite(pred).all()
 
 
-def test_3d_vqgan_trains_on_slabs_and_gives_upete_its_latent(lowdose, tmp_path):
+def test_3d_vqgan_trains_on_slabs_and_gives_upete_its_latent(lowdose_studies, tmp_path):
     from petsynth.train.trainer import RunConfig, train
 
     torch.manual_seed(0)
     vq = build_method("vqgan", TINY_VQ_3D, task="lpet2spet")
-    slabs = StudySlabs(open_dataset(lowdose / "ds"), DEPTH)
+    slabs = StudySlabs(open_dataset(lowdose_studies / "ds"), DEPTH)
     batch = Collate("lpet2spet")([slabs[0], slabs[3]])
     losses = vq.losses(batch, "autoencoder", 1)
     assert losses["generator"].ndim == 0 and torch.isfinite(losses["loss"])
-    train(RunConfig(method="vqgan", task="lpet2spet", data=str(lowdose / "ds"), method_config=TINY_VQ_3D,
+    train(RunConfig(method="vqgan", task="lpet2spet", data=str(lowdose_studies / "ds"), method_config=TINY_VQ_3D,
                     train=tiny_train_config(steps=2, batch_size=2, validate_every=2, checkpoint_every=2)),
           tmp_path / "vq")
     latent = {**TINY_3D, "pixel_space": False, "autoencoder_checkpoint": str(tmp_path / "vq" / "model")}
     upete = build_method("upete", latent, task="lpet2spet")
     assert upete._to_space(batch["target"]).shape == (2, 3, DEPTH // 2, 16, 16)
-    out = upete.eval().translate(as_volume(Collate("lpet2spet")([open_dataset(lowdose / "ds")[i]
+    out = upete.eval().translate(as_volume(Collate("lpet2spet")([open_dataset(lowdose_studies / "ds")[i]
                                                                   for i in range(6)])), steps=1)
     assert out.shape == (1, 1, 6, 32, 32) and torch.isfinite(out).all()
     with pytest.raises(MethodError, match="needs a 2D autoencoder.* is 3D"):
