@@ -259,6 +259,9 @@ def prepare(
                                        "source (CT, MR) covers less than this fraction of the PET slice's area "
                                        "(e.g. 0.5; default 0 keeps all, and studies with pairs under 50% are "
                                        "named)."),
+    standard_dose_only: bool = typer.Option(False, "--standard-dose-only", help="lpet2spet: keep each study's "
+                                            "standard-dose PET and CT only, no low-dose images (what upete "
+                                            "trains on; one PET series per study is enough)."),
 ) -> None:
     """Prepare raw DICOM studies into a paired, split dataset in physical units (HU, SUV).
 
@@ -293,7 +296,7 @@ def prepare(
             report = prepare_dataset(inputs, out, task, size=size, workers=workers, resume=resume,
                                      key_file=key_file, split=fractions, seed=seed, slices_per_study=per_study,
                                      min_coverage=min_coverage, mapping_file=pseudonym_map, dask=dask,
-                                     progress=advance)
+                                     standard_dose_only=standard_dose_only, progress=advance)
         except DatasetExistsError:
             bar.remove_task(job)
             _error(f"{out} already holds a dataset: continue it with --resume, or choose a new --out")

@@ -444,6 +444,9 @@ def _open(data: str | Path, split: str) -> PreparedDataset:
         have = sorted(set(dataset.splits.values()))
         raise EvaluationError(f"the {split!r} split of {data} has no slices (its splits: "
                               f"{', '.join(have) or 'none recorded'}); choose another with --split")
+    if not dataset.has_source:
+        raise EvaluationError(f"{data} holds only standard-dose PET (prepared with --standard-dose-only): there is "
+                              "no low-dose input to enhance; evaluate on a dataset prepared with its low-dose series")
     return dataset
 
 

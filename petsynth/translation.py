@@ -804,6 +804,9 @@ def _translate_dataset(method: Method, model_info: dict, root: Path, out: Path, 
     dataset = open_dataset(root, split=split)
     if len(dataset) == 0:
         raise TranslateError(f"{root}: the {split!r} split has no slices")
+    if not dataset.has_source:
+        raise TranslateError(f"{root} holds only standard-dose PET (prepared with --standard-dose-only): no "
+                             "low-dose input to translate")
     if dataset.task != method.task:
         raise WrongTaskError(f"the model is for {method.task!r} but {root} is a {dataset.task!r} dataset")
     say(f"translating {len(dataset)} slices of {len(dataset.studies)} studies ({split})")

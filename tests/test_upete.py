@@ -9,6 +9,7 @@ import torch
 
 from conftest import TINY_DENOISER, loss_before_and_after, tiny_train_config
 from petsynth.data.batch import Collate
+from petsynth.data.prepare import prepare_dataset
 from petsynth.data.store import open_dataset
 from petsynth.methods.base import MethodError, build_method
 
@@ -123,3 +124,35 @@ def test_the_dose_fraction_comes_from_the_option_the_headers_or_the_images_noise
     fraction, where = used(alone)
     assert where == "estimated from the image's noise" and 0.1 / 4 < fraction < 0.1 * 4, fraction
     assert used(study, dose_fraction="estimate") == (fraction, where)  # the same images, the same estimate
+
+
+def test_a_dataset_of_standard_dose_pet_alone_is_enough_to_train_it(lowdose_studies, tmp_path):
+    """prepare --standard-dose-only keeps each study's standard-dose PET (the same slices as the paired
+    dataset's targets) and CT, one PET series per study is enough, and only upete trains on it."""
+    import shutil
+
+    from petsynth.evaluate import EvaluationError, evaluate
+    from petsynth.train.trainer import RunConfig, TrainError, train
+
+    raw = tmp_path / "raw"
+    for study in sorted(p for p in (lowdose_studies / "raw").iterdir() if p.is_dir()):
+        shutil.copytree(study, raw / study.name, ignore=lambda folder, names: [n for n in names if "low" in n])
+    report = prepare_dataset([raw], tmp_path / "ds", "lpet2spet", size=32, key=b"upete", split=(1.0, 0.0, 0.0),
+                             standard_dose_only=True)
+    assert [r.status for r in report.results] == ["ok", "ok"]
+    alone, paired = open_dataset(tmp_path / "ds"), open_dataset(lowdose_studies / "ds")
+    assert not alone.has_source and paired.has_source and alone.studies == paired.studies
+    for i in (0, len(alone) - 1):
+        assert "source" not in alone[i] and "guidance" in alone[i]
+        np.testing.assert_array_equal(alone[i]["target"], paired[i]["target"])
+    with pytest.raises(ValueError, match="lpet2spet"):
+        prepare_dataset([raw], tmp_path / "ct", "ct2pet", size=32, key=b"upete", standard_dose_only=True)
+
+    config = tiny_train_config(steps=2, validate_every=2, checkpoint_every=2)
+    train(RunConfig(method="upete", task="lpet2spet", data=str(tmp_path / "ds"), method_config=TINY, train=config),
+          tmp_path / "run")
+    assert (tmp_path / "run" / "model").is_dir()
+    with pytest.raises(TrainError, match="only standard-dose PET"):
+        train(RunConfig(method="unet", task="lpet2spet", data=str(tmp_path / "ds"), train=config), tmp_path / "unet")
+    with pytest.raises(EvaluationError, match="no low-dose input"):
+        evaluate(["low-dose"], tmp_path / "ds", tmp_path / "eval", split="train")

@@ -76,7 +76,7 @@ class StudyPlan:
     study_uid: str
     patient_id: str
     target: Input
-    source: Input
+    source: Input | None  # None: a standard-dose-only lpet2spet study (the PET and its CT, no low dose)
     guidance: Input | None = None
     dose_fraction: float | None = None
     source_modality: str = ""
@@ -85,7 +85,7 @@ class StudyPlan:
 
     def __post_init__(self):
         if not self.source_modality:
-            self.source_modality = getattr(self.source, "modality", "")
+            self.source_modality = getattr(self.source, "modality", "") or "PT"
 
 
 def _load(item: Input, modality: str, lazy: bool = False) -> SeriesVolume:
@@ -99,11 +99,14 @@ def _folders(item: Input | None) -> set[str]:
     return {str(item.parent)} if isinstance(item, Path) else {str(f.parent) for f in item.files}
 
 
-def plan_nifti_study(study: NiftiStudy, task: str) -> StudyPlan:
-    """Choose the files of a NIfTI study for ``task``; StudyError if impossible."""
+def plan_nifti_study(study: NiftiStudy, task: str, standard_dose_only: bool = False) -> StudyPlan:
+    """Choose the files of a NIfTI study for ``task``; StudyError if impossible. ``standard_dose_only``
+    (lpet2spet): the PET and its CT, no low-dose source (one it has is not read)."""
     spec = get_task(task)
     need = spec.nifti_source
-    if need not in study.sources:
+    if standard_dose_only:
+        need = None
+    elif need not in study.sources:
         raise StudyError(f"{study.layout} NIfTI study has no {need} volume for {task}")
     guidance = None
     if spec.guidance_modality:
@@ -111,8 +114,8 @@ def plan_nifti_study(study: NiftiStudy, task: str) -> StudyPlan:
             raise StudyError(f"{task} keeps the {spec.guidance_modality} as guidance, but the study has no "
                              f"{spec.guidance_modality.lower()}.nii.gz")
         guidance = study.sources[spec.guidance_modality]
-    return StudyPlan(study.study_id, study.study_id, study.target, study.sources[need], guidance,
-                     study.dose_fraction if spec.low_dose_source else None,
+    return StudyPlan(study.study_id, study.study_id, study.target, study.sources[need] if need else None, guidance,
+                     study.dose_fraction if spec.low_dose_source and need else None,
                      source_modality=spec.source_modality,
                      labels=study.labels, label_table=study.label_table)
 
@@ -172,15 +175,19 @@ def patient_of(series: SeriesInfo, default: str) -> str:
     return str(first.get("PatientID", "")) or default
 
 
-def plan_study(study: StudyInfo, task: str) -> StudyPlan:
-    """Choose target, source (and guidance) series of a study for ``task``; StudyError if impossible."""
+def plan_study(study: StudyInfo, task: str, standard_dose_only: bool = False) -> StudyPlan:
+    """Choose target, source (and guidance) series of a study for ``task``; StudyError if impossible.
+    ``standard_dose_only`` (lpet2spet): the standard-dose PET (the longest frames) and its CT, no low-dose
+    source, so one PET series is enough."""
     pets = [s for s in study.of_modality("PT") if s.attenuation_corrected]
     if not pets:
         found = ", ".join(sorted({s.modality for s in study.series})) or "none"
         raise StudyError(f"no attenuation-corrected PET series (CorrectedImage with ATTN); series found: {found}")
     patient_id = patient_of(pets[0], study.study_uid)
     spec = get_task(task)
-    if spec.low_dose_source:
+    if spec.low_dose_source and standard_dose_only:
+        target, source, fraction = by_frame_duration(pets)[-1], None, None
+    elif spec.low_dose_source:
         if len(pets) < 2:
             raise StudyError(f"{task} needs two attenuation-corrected PET series (standard and low dose)")
         by_duration = by_frame_duration(pets)
@@ -286,13 +293,16 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         return _result_of_written(root, name, patient)
     try:
         pet = _load(plan.target, "PT")
-        source = _load(plan.source, plan.source_modality, lazy=True)  # never held whole: resampled slice by slice
+        # never held whole: resampled slice by slice; a standard-dose-only study pairs the PET with itself
+        source = pet if plan.source is None else _load(plan.source, plan.source_modality, lazy=True)
         fill = HU_AIR if plan.source_modality == "CT" else 0.0
         pairs = pair_slices(pet, source, fill=fill, size=size)
         if len(pairs.target_index) == 0:
             raise StudyError("no PET slice lies within the source series' coverage")
         keep = _pairs_kept(pairs.coverage, min_coverage, slices_per_study, [seed, int(name[1:], 16)])
-        arrays = {"source": pairs.source[keep], "target": pairs.target[keep]}
+        arrays = {"target": pairs.target[keep]}
+        if plan.source is not None:
+            arrays["source"] = pairs.source[keep]
         index = pairs.target_index[keep]  # the PET slices of the pairs kept: guidance and truth go onto these
         kvp = source.kvp
         loaded = [pet, source]
@@ -406,6 +416,7 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
                     key_file: str | Path | None = None, split: Sequence[float] = DEFAULT_SPLIT,
                     seed: int = 0, slices_per_study: tuple[int, int] | None = None,
                     min_coverage: float = 0.0, mapping_file: str | Path | None = None, dask: str | None = None,
+                    standard_dose_only: bool = False,
                     progress: Callable[[int, int, str], None] | None = None) -> PrepareReport:
     """Prepare every study found under ``inputs`` into the dataset ``out``; see the module docstring.
 
@@ -420,8 +431,12 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     :data:`LOW_COVERAGE` either way.
     ``mapping_file``: only when asked, a CSV (outside the dataset) linking each pseudonym to the study's
     original identifier (StudyInstanceUID or NIfTI study name) and patient id; merged with an existing one.
+    ``standard_dose_only`` (lpet2spet): each study's standard-dose PET and CT, no low-dose images (what uPETe
+    trains on; one PET series per study is enough); the dataset records it.
     """
-    get_task(task)  # a TaskError (a ValueError) for an unknown name
+    spec = get_task(task)  # a TaskError (a ValueError) for an unknown name
+    if standard_dose_only and not spec.low_dose_source:
+        raise ValueError(f"standard_dose_only is for lpet2spet datasets (a low-dose source to leave out), not {task}")
     if not 0.0 <= min_coverage <= 1.0:
         raise ValueError(f"min_coverage is a fraction of the PET slice, 0..1; got {min_coverage}")
     if mapping_file is not None:
@@ -430,7 +445,7 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
             raise ValueError(f"{mapping_file}: the pseudonym mapping identifies patients; write it outside the "
                              f"dataset folder {out}")
     key = key if key is not None else load_key(key_file)
-    root = store.create_dataset(out, task, size, resume=resume)
+    root = store.create_dataset(out, task, size, resume=resume, standard_dose_only=standard_dose_only)
     def scanned(done: int, total: int) -> None:
         if progress is not None and (done % 200 == 0 or done == total):
             progress(done, total, "scanning")
@@ -442,8 +457,8 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     report = PrepareReport(skipped_files=[(_relative(s.path, inputs), s.reason) for s in skipped])
     done = set(store.finished_studies(root))
     jobs: list[StudyPlan] = []
-    candidates = [(st.study_uid, lambda st=st: plan_study(st, task)) for st in studies]
-    candidates += [(st.study_id, lambda st=st: plan_nifti_study(st, task)) for st in nifti]
+    candidates = [(st.study_uid, lambda st=st: plan_study(st, task, standard_dose_only)) for st in studies]
+    candidates += [(st.study_id, lambda st=st: plan_nifti_study(st, task, standard_dose_only)) for st in nifti]
     mapping: list[tuple[str, str, str, str]] = []
     for ident, make_plan in candidates:
         try:

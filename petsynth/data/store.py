@@ -47,6 +47,8 @@ ARRAY_NAMES = ("source", "target", "guidance", "truth", "labels")
 #: Per-slice metadata keys stored for every study (lists of length n).
 SLICE_KEYS = ("index", "z_mm")
 #: Per-study metadata keys copied into every item.
+#: dataset.yaml's mark of an lpet2spet dataset prepared without its low-dose images (no "source" arrays)
+STANDARD_DOSE_ONLY = "standard_dose_only"
 STUDY_KEYS = ("spacing_mm", "kvp", "vendor", "units", "dose_fraction")
 #: Study metadata key of the label table, and the kinds of its rows.
 LABEL_TABLE = "label_table"
@@ -75,19 +77,23 @@ class DatasetExistsError(DatasetError):
     """The folder already holds a dataset and resuming it was not asked for."""
 
 
-def create_dataset(root: str | Path, task: str, size: int, *, resume: bool = False) -> Path:
-    """Create ``root`` for ``task`` at ``size`` x ``size`` slices, or check it matches when resuming."""
+def create_dataset(root: str | Path, task: str, size: int, *, resume: bool = False,
+                   standard_dose_only: bool = False) -> Path:
+    """Create ``root`` for ``task`` at ``size`` x ``size`` slices, or check it matches when resuming.
+    ``standard_dose_only``: an lpet2spet dataset without low-dose images (recorded as such)."""
     root = Path(root)
     info = {"task": task, "size": int(size), "store_version": STORE_VERSION,
             "petsynth_version": petsynth.__version__}
+    if standard_dose_only:
+        info[STANDARD_DOSE_ONLY] = True
     meta = root / DATASET_FILE
     if meta.exists():
         if not resume:
             raise DatasetExistsError(f"{root} already holds a dataset: continue it with resume=True, or choose "
                                      "a new folder")
         found = yaml.safe_load(meta.read_text())
-        for key in ("task", "size", "store_version"):
-            if found.get(key) != info[key]:
+        for key in ("task", "size", "store_version", STANDARD_DOSE_ONLY):
+            if found.get(key) != info.get(key):
                 raise DatasetError(f"{root} was prepared with {key}={found.get(key)!r}, not {info[key]!r}: "
                                    "resume with the same settings or choose a new folder")
         return root
@@ -138,14 +144,18 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
 
     Args:
         study: pseudonymous study id (never a patient identifier).
-        arrays: "source" and "target" (and optionally "guidance", "truth", "labels"), each (n, H, W).
+        arrays: "source" and "target" (and optionally "guidance", "truth", "labels"), each (n, H, W); "target"
+            alone (no "source") in a dataset created ``standard_dose_only``.
         slice_meta: per-slice lists of length n (at least ``SLICE_KEYS``).
         study_meta: JSON-safe study facts (``STUDY_KEYS`` and any others); ``label_table`` (optional, with a
             "labels" array): rows ``{"label": 1..255, "name": str, "kind": "organ" | "lesion"}``, labels unique.
     """
     unknown = set(arrays) - set(ARRAY_NAMES)
-    if unknown or not {"source", "target"} <= set(arrays):
-        raise ValueError(f"arrays must include source and target and only {ARRAY_NAMES}; got {sorted(arrays)}")
+    info = yaml.safe_load((Path(root) / DATASET_FILE).read_text()) or {}
+    needed = {"target"} if info.get(STANDARD_DOSE_ONLY) else {"source", "target"}
+    if unknown or not needed <= set(arrays):
+        raise ValueError(f"arrays must include {' and '.join(sorted(needed, reverse=True))} and only {ARRAY_NAMES}; "
+                         f"got {sorted(arrays)}")
     n = arrays["target"].shape[0]
     for name, a in arrays.items():
         if a.ndim != 3 or a.shape != arrays["target"].shape:
@@ -273,6 +283,11 @@ class PreparedDataset(torch.utils.data.Dataset):
     @property
     def task(self) -> str:
         return self.info["task"]
+
+    @property
+    def has_source(self) -> bool:
+        """False for an lpet2spet dataset prepared with only the standard-dose PET (no "source" images)."""
+        return not self.info.get(STANDARD_DOSE_ONLY, False)
 
     def split(self, name: str) -> "PreparedDataset":
         """The studies of one split ("train", "val" or "test")."""

@@ -77,6 +77,9 @@ class Method(torch.nn.Module):
     sampler_options_class: ClassVar[type[Config]] = NoSamplerOptions
     #: False for methods with no weights (classical filters): used by name, never trained
     needs_training: ClassVar[bool] = True
+    #: True for methods that learn from the target (and guidance) alone: they train on an lpet2spet dataset
+    #: prepared with only its standard-dose PET (uPETe)
+    trains_without_source: ClassVar[bool] = False
 
     @property
     def slab_depth(self) -> int | None:

@@ -108,6 +108,7 @@ class UPETe(LatentSpace, Method):
     config_class = UPETeConfig
     sampler_options_class = UPETeOptions
     default_lr = 1e-4
+    trains_without_source = True
 
     def __init__(self, config: UPETeConfig, task: str = "lpet2spet", load_parts: bool = True):
         super().__init__(config, task)
@@ -177,14 +178,20 @@ class UPETe(LatentSpace, Method):
             z0 = self._to_space(x0_suv)
             noise = torch.randn(z0.shape, generator=generator, device=z0.device)
             return self.gaussian.q_sample(z0, t, noise)[0]
-        if x0_suv.ndim == 5:  # each slice of a slab re-acquired at its volume's dose (whole slices: exact)
-            b, depth = x0_suv.shape[0], x0_suv.shape[2]
-            per_slice = {"guidance": None if batch.get("guidance") is None else as_slices(batch["guidance"]),
-                         "kvp": _kvp(batch, b).repeat_interleave(depth),
-                         "spacing_mm": [(s, s) for s in _pixel_mm(batch, b) for _ in range(depth)]}
-            slices = self._reacquire(as_slices(x0_suv), t.repeat_interleave(depth), per_slice, generator)
-            return self._to_space(slices.unflatten(0, (b, depth)).movedim(1, 2))
-        return self._to_space(self._reacquire(x0_suv, t, batch, generator))
+        return self._to_space(self._reacquire_images(x0_suv, t, batch, generator))
+
+    def _reacquire_images(self, x0_suv: torch.Tensor, t: torch.Tensor, batch: Mapping[str, Any],
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """The Poisson process on slices (B, 1, H, W) or slabs (B, 1, D, H, W) in SUV; each slice of a slab is
+        re-acquired at its slab's dose (whole slices: exact). SUV back, the same shape."""
+        if x0_suv.ndim == 4:
+            return self._reacquire(x0_suv, t, batch, generator)
+        b, depth = x0_suv.shape[0], x0_suv.shape[2]
+        per_slice = {"guidance": None if batch.get("guidance") is None else as_slices(batch["guidance"]),
+                     "kvp": _kvp(batch, b).repeat_interleave(depth),
+                     "spacing_mm": [(s, s) for s in _pixel_mm(batch, b) for _ in range(depth)]}
+        slices = self._reacquire(as_slices(x0_suv), t.repeat_interleave(depth), per_slice, generator)
+        return slices.unflatten(0, (b, depth)).movedim(1, 2)
 
     def _reacquire(self, x0_suv: torch.Tensor, t: torch.Tensor, batch: Mapping[str, Any],
                    generator: torch.Generator | None = None) -> torch.Tensor:
@@ -218,6 +225,19 @@ class UPETe(LatentSpace, Method):
         z_t = self._degrade(target, t, batch)
         pred = self._predict_x0(z_t, t, self._guidance(batch))
         return {"loss": F.mse_loss(pred.float(), z0)}
+
+    @torch.no_grad()
+    def validation_pair(self, batch: Mapping[str, Any], **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(enhanced, standard-dose PET). A batch without low-dose images (a standard-dose-only dataset) gets
+        one simulated: its standard-dose PET re-acquired by the Poisson process at the config's dose fraction
+        (else 1/10), put in the batch as its "source" for the panels."""
+        if batch.get("source") is None:
+            fraction = self.config.dose_fraction or 0.1
+            target = batch["target"].float()
+            t = torch.full((target.shape[0],), self.entry_step(fraction), dtype=torch.long, device=target.device)
+            batch["source"] = self._reacquire_images(target.clamp_min(0.0), t, batch)  # type: ignore[index]
+            options = {**options, "dose_fraction": fraction}
+        return self.translate(batch, **options), batch["target"]
 
     # --- enhancing ----------------------------------------------------------------------------------------------
     @functools.cached_property

@@ -254,6 +254,10 @@ class Trainer:
         if not self.method.needs_training:
             raise TrainError(f"{run.method} has no weights and needs no training: use it by name, e.g. "
                              f"`petsynth translate {run.method} STUDY --out OUT` or `petsynth evaluate {run.method} ...`")
+        if not self.data.has_source and not self.method.trains_without_source:
+            raise TrainError(f"{self.run.data} holds only standard-dose PET (prepared with --standard-dose-only): "
+                             f"{run.method} learns from low-dose/standard-dose pairs; only methods trained on "
+                             "standard-dose PET alone (upete) can learn from it")
         if self.method.slab_depth:  # a volumetric method learns from slabs of slices (petsynth.data.slabs)
             try:
                 self.train_data, self.val_data = (StudySlabs(d, self.method.slab_depth)
