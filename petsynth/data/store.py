@@ -151,7 +151,8 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
             "labels" array): rows ``{"label": 1..255, "name": str, "kind": "organ" | "lesion"}``, labels unique.
     """
     unknown = set(arrays) - set(ARRAY_NAMES)
-    info = yaml.safe_load((Path(root) / DATASET_FILE).read_text()) or {}
+    meta = Path(root) / DATASET_FILE
+    info = (yaml.safe_load(meta.read_text()) or {}) if meta.is_file() else {}
     needed = {"target"} if info.get(STANDARD_DOSE_ONLY) else {"source", "target"}
     if unknown or not needed <= set(arrays):
         raise ValueError(f"arrays must include {' and '.join(sorted(needed, reverse=True))} and only {ARRAY_NAMES}; "
