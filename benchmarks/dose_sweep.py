@@ -11,8 +11,7 @@ low-dose source (links, no copies) and ``petsynth.evaluate`` scores every model 
 carry their dose fraction, which uPETe reads). Written to ``--out``: ``sweep.csv`` (model, reduction factor,
 reference, PSNR, SSIM, NRMSE, and the % error of SUVmean and SUVmax in liver, kidney, myocardium and lesions),
 ``sweep.md`` (the same as tables, with seconds per slice) and ``sweep.png`` (PSNR and lesion SUVmax error against
-the reduction factor). ``--estimate-dose MODEL...`` scores those models again with the dose fraction each reads
-off the image's noise, as "MODEL (dose from noise)".
+the reduction factor).
 Asserts nothing; the figures go in notes.
 """
 
@@ -71,16 +70,16 @@ def view_at(raw: Path, fraction: float, out: Path) -> Path:
     return out
 
 
-def _rows(report, fraction: float, suffix: str = "") -> list[dict]:
+def _rows(report, fraction: float) -> list[dict]:
     """One row per model and reference of an evaluation at one dose fraction."""
     seconds = json.loads(report.files["settings"].read_text())["seconds_per_model"]
-    return [_row(report, model, reference, fraction, seconds.get(model, float("nan")) / report.slices, suffix)
+    return [_row(report, model, reference, fraction, seconds.get(model, float("nan")) / report.slices)
             for model in report.models for reference in report.references]
 
 
-def _row(report, model: str, reference: str, fraction: float, seconds_per_slice: float, suffix: str) -> dict:
+def _row(report, model: str, reference: str, fraction: float, seconds_per_slice: float) -> dict:
     overall = report.overall[model][reference]
-    row = {"model": model + suffix, "reduction_factor": round(1 / fraction, 2), "dose_fraction": fraction,
+    row = {"model": model, "reduction_factor": round(1 / fraction, 2), "dose_fraction": fraction,
            "reference": reference, "psnr_db": overall.get("psnr_suv"), "ssim": overall.get("ssim_suv"),
            "nrmse": overall.get("nrmse_suv"), "seconds_per_slice": seconds_per_slice}
     regions = report.regions.get(model, {}).get(reference, {})
@@ -100,9 +99,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="slice size of the prepared data")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps of the diffusion models")
     parser.add_argument("--max-slices", type=int, default=None)
-    parser.add_argument("--estimate-dose", nargs="*", default=[], metavar="MODEL",
-                        help="also score these models (of --models) with the dose fraction read off each "
-                             "image's noise (sampler option dose_fraction=estimate) instead of the headers'")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     key = b"dose-sweep"  # the datasets are scratch: a fixed pseudonym key
@@ -116,11 +112,6 @@ def main() -> None:
         report = evaluate(args.models, data, args.out / "eval" / tag, split="test", max_slices=args.max_slices,
                           options=PredictOptions(steps=args.steps))
         rows += _rows(report, fraction)
-        if args.estimate_dose:
-            report = evaluate(args.estimate_dose, data, args.out / "eval" / f"{tag}-estimate", split="test",
-                              max_slices=args.max_slices,
-                              options=PredictOptions(steps=args.steps, sampler={"dose_fraction": "estimate"}))
-            rows += _rows(report, fraction, suffix=" (dose from noise)")
         print(f"dose 1/{1 / fraction:g}: {report.slices} slices of {len(report.studies)} studies, "
               f"{time.perf_counter() - start:.0f} s so far", flush=True)
     with open(args.out / "sweep.csv", "w", newline="") as fh:

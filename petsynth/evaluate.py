@@ -524,6 +524,10 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
         raise EvaluationError(f"no model takes the sampler option {', '.join(map(repr, unused))} (their options: "
                               + "; ".join(f"{n}: {', '.join(m.sampler_option_names()) or 'none'}"
                                           for n, m in methods.items()) + ")")
+    volumetric = [n for n, m in methods.items() if m.slab_depth]
+    if volumetric and max_slices is not None:
+        raise EvaluationError(f"{', '.join(volumetric)} enhance whole studies (3D): evaluate them without "
+                              "max_slices, which picks scattered slices")
     indices = select_slices(len(dataset), max_slices)
     first = dataset[indices[0]]
     size = int(np.asarray(first["target"]).shape[-1])

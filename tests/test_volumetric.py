@@ -112,3 +112,15 @@ def test_3d_vqgan_trains_on_slabs_and_gives_upete_its_latent(lowdose_studies, tm
     assert out.shape == (1, 1, 6, 32, 32) and torch.isfinite(out).all()
     with pytest.raises(MethodError, match="needs a 2D autoencoder.* is 3D"):
         build_method("upete", {**latent, "spatial_dims": 2}, task="lpet2spet")
+
+
+def test_evaluate_refuses_scattered_slices_for_a_3d_model(lowdose_studies, tmp_path):
+    from petsynth.evaluate import EvaluationError, evaluate
+    from petsynth.train.checkpoint import ModelCard, save_checkpoint
+
+    method = build_method("upete", TINY_3D, task="lpet2spet")
+    card = ModelCard(method="upete", task="lpet2spet", config=method.config.to_dict(), step=1,
+                     intensity={k: t.to_dict() for k, t in method.intensity_transforms().items()})
+    model = save_checkpoint(tmp_path / "model", card, {"model": method.state_dict()})
+    with pytest.raises(EvaluationError, match="whole studies"):
+        evaluate([model], lowdose_studies / "ds", tmp_path / "eval", split="train", max_slices=4)
