@@ -8,7 +8,8 @@ MSE on the x0 prediction. Forward processes (``process``):
 - ``poisson`` (the paper's, :class:`petsynth.diffusion.PoissonDiffusion`): x_t is x0 re-acquired at dose
   fraction d(t) = min_dose^(t / (T - 1)), Poisson deviates on its attenuated projections (the attenuation from
   the slice's CT), FBP; degraded in image space, then encoded;
-- ``gaussian`` (the paper's LDM ablation): DDPM noise on the latent of x0 (:class:`~petsynth.diffusion.GaussianDiffusion`).
+- ``gaussian`` (the paper's LDM ablation): DDPM noise on the latent of x0 (:class:`~petsynth.diffusion.GaussianDiffusion`);
+  enhancing diffuses the low-dose latent to the entry step first (SDEdit).
 
 CT guidance (``ct_guidance``, the paper's CT-guided cross-attention): the noisy latent and the CT (its latent,
 or the image in pixel space) each pass a 3x3 convolution to ``guidance_channels`` features, then
@@ -19,9 +20,9 @@ configurations: LDM (gaussian, no CT), LDM-P (poisson), LDM-CT (gaussian + CT), 
 Enhancing a low-dose image (``translate``): its dose fraction f (the ``dose_fraction`` option, else the
 item's ``dose_fraction``, else the config's) gives the entry step t* = ``timestep_for_dose(f)`` (:meth:`UPETe.entry_step`;
 the same lambda mapping for the gaussian ablation). The low-dose slice is encoded
-as x_{t*}, and ``steps`` steps on an even grid from t* down to 0 each predict x0 and, but for the last,
-degrade that prediction again to the next step's level (cold diffusion's plain sampler, Bansal et al. 2022);
-the last prediction is decoded.
+as x_{t*}, and ``steps`` network evaluations on an even grid from t* down to 0 (one: at t* alone) each
+predict x0 and, but for the last, degrade that prediction again to the next step's level (cold diffusion's
+plain sampler, Bansal et al. 2022); the last prediction is decoded.
 
 3D (``spatial_dims: 3``): the same on volumes. Training takes slabs of ``slab_depth`` consecutive whole
 slices (:mod:`petsynth.data.slabs`; each slice re-acquired by the Poisson process at the slab's dose), the
@@ -66,7 +67,7 @@ class PoissonProcessConfig(Config):
 
 
 class UPETeOptions(Config):
-    steps: int | None = Field(None, ge=1, description="sampling steps from the entry step down to 0")
+    steps: int | None = Field(None, ge=1, description="network evaluations, from the entry step down to 0")
     dose_fraction: float | Literal["estimate"] | None = Field(
         None, description="the low-dose image's dose fraction in (0, 1], or 'estimate' (from its noise)")
 
@@ -318,10 +319,17 @@ class UPETe(LatentSpace, Method):
 
     def _enhance(self, batch: Mapping[str, Any], fraction: float, steps: int,
                  generator: torch.Generator | None) -> torch.Tensor:
-        """Items of one dose fraction: enter at its step, ``steps`` steps of the cold-diffusion sampler, SUV."""
+        """Items of one dose fraction: enter at its step, ``steps`` steps of the cold-diffusion sampler, SUV.
+        The Poisson process takes the low-dose image as x_{t*} as it is; the gaussian ablation first diffuses
+        its latent to t* (sqrt(abar) z + sqrt(1 - abar) eps, as a DDPM's x_t is made, SDEdit's entry)."""
         ct = self._guidance(batch)
         z = self._to_space(batch["source"])
-        grid = np.unique(np.linspace(self.entry_step(fraction), 0, steps + 1).round().astype(int))[::-1]
+        # steps evaluations on an even grid: t* (and, with steps > 1, down to 0); one: x0 predicted from t* at once
+        grid = np.unique(np.linspace(self.entry_step(fraction), 0, steps).round().astype(int))[::-1]
+        if self.config.process == "gaussian":
+            entry = torch.full((z.shape[0],), int(grid[0]), device=z.device, dtype=torch.long)
+            noise = torch.randn(z.shape, generator=generator, device=z.device)
+            z = self.gaussian.q_sample(z, entry, noise)[0]
         for i, s in enumerate(grid):
             t = torch.full((z.shape[0],), int(s), device=z.device, dtype=torch.long)
             z0_hat = self._predict_x0(z, t, ct).float()
