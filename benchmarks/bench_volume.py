@@ -1,7 +1,7 @@
 """Seconds per whole-body low-dose PET volume for every lpet2spet method (issue 15: uPETe's default sampler
 within 2 minutes per 256 x 256 x 160 volume on a CPU).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_volume.py [--shape 160,256,256] [--steps 4]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_volume.py [--shape 160,256,256] [--steps N]
         [--threads 2] [--methods low-dose gaussian-filter nlm unet n2v upete-pixel upete-latent upete-3d]
 
 Each method enhances one volume of ``--shape`` (slices, rows, columns) of 2.7 mm pixels: a low-dose PET in SUV
@@ -69,7 +69,7 @@ def method_for(name: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="160,256,256")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=None, help="network evaluations (default: the model's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+",
                         default=["low-dose", "gaussian-filter", "nlm", "unet", "n2v", "upete-pixel", "upete-latent",
@@ -79,18 +79,19 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     pet, ct = volume(shape)
     print(machine(), f"threads {args.threads}, volume {shape}, {PIXEL_MM} mm pixels")
-    print(f"{'method':16s} {'s/volume':>9s} {'s/slice':>8s}")
+    print(f"{'method':16s} {'steps':>5s} {'s/volume':>9s} {'s/slice':>8s}")
     for name in args.methods:
         method = method_for(name)
         takes_steps = "steps" in method.sampler_option_names()
         options = PredictOptions(steps=args.steps if takes_steps else None, batch_size=8)
+        steps = (args.steps or method.config.sample_steps) if takes_steps else "-"
         items = ({"source": pet[k], "guidance": ct[k], "kvp": 120.0, "spacing_mm": (PIXEL_MM, PIXEL_MM),
                   "study": "volume", "dose_fraction": 0.1} for k in range(shape[0]))
         start = time.perf_counter()
         done = sum(pred.shape[0] for _, pred in predict_items(method, items, total=shape[0], options=options))
         seconds = time.perf_counter() - start
         assert done == shape[0]
-        print(f"{name:16s} {seconds:9.1f} {seconds / shape[0]:8.3f}", flush=True)
+        print(f"{name:16s} {steps!s:>5s} {seconds:9.1f} {seconds / shape[0]:8.3f}", flush=True)
 
 
 if __name__ == "__main__":
