@@ -300,9 +300,8 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         if len(pairs.target_index) == 0:
             raise StudyError("no PET slice lies within the source series' coverage")
         keep = _pairs_kept(pairs.coverage, min_coverage, slices_per_study, [seed, int(name[1:], 16)])
-        arrays = {"target": pairs.target[keep]}
-        if plan.source is not None:
-            arrays["source"] = pairs.source[keep]
+        arrays = {} if plan.source is None else {"source": pairs.source[keep]}
+        arrays["target"] = pairs.target[keep]
         index = pairs.target_index[keep]  # the PET slices of the pairs kept: guidance and truth go onto these
         kvp = source.kvp
         loaded = [pet, source]

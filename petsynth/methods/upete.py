@@ -40,7 +40,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -342,6 +341,8 @@ class UPETe(LatentSpace, Method):
                         generator: torch.Generator | None) -> torch.Tensor:
         """Volumes (B, 1, S, H, W) by windows of ``slab_depth`` whole slices, ``overlap`` apart, each enhanced by
         :meth:`_enhance` and blended with Gaussian weights (MONAI's sliding-window inference): no seams."""
+        from monai.inferers import sliding_window_inference  # here: importing it costs every command a second
+
         out = []
         for b in range(batch["source"].shape[0]):
             item = _rows(batch, [b], batch["source"].shape[0])
