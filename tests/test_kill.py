@@ -26,7 +26,8 @@ def test_translate_killed_anywhere_leaves_no_half_output(tmp_path):
     raw = tmp_path / "raw"
     write_studies(raw, task="ct2pet", studies=1, seed=62, fmt="dicom", preset="tiny")
     study = next(p for p in raw.iterdir() if p.is_dir()) / "CT"
-    killed, problems = kill_translate(study, tmp_path, kills=2, seed=2)
+    # seed 3 kills at 28 % and 57 % of a run; seed 2 drew 96 % and 95 %, and both kills could come too late
+    killed, problems = kill_translate(study, tmp_path, kills=2, seed=3)
     assert killed >= 1 and not problems, (killed, problems)
     again = translate("phantom-cpdm", study, tmp_path / "again", steps=1)  # and run again: the same SUV
     reference, _ = read_nifti(tmp_path / "timing" / "synthetic_pet.nii.gz")
