@@ -254,7 +254,8 @@ def test_brain_pet_grey_over_white_and_t1_contrast(brain_study, tmp_path):
     wm_mr, gm_mr, csf_mr = (mr[lab_mr == t.label].mean() for t in (T.WHITE_MATTER, T.GREY_MATTER, T.CSF))
     assert wm_mr > gm_mr > csf_mr
     hypo = s.truth["hypometabolism"]
-    assert hypo is not None and 0.5 <= hypo["fraction_of_normal"] <= 0.8
+    assert len(hypo) == 1 and 0.5 <= hypo[0]["fraction_of_normal"] <= 0.8
+    assert s.truth["diagnosis"] == f"focal {hypo[0]['lobe']}"
     truth = s.truth_images["suv_truth"].volume
     h = labels == T.GM_HYPOMETABOLIC.label
     assert h.any() and truth[h].mean() < truth[gm].mean()

@@ -10,7 +10,8 @@ Public API::
     write_studies(out_dir, task="ct2pet", studies=1, seed=0, fmt="dicom", preset="default", ...)
         -> list of study folders
     make_torso(seed, index=0, task="ct2pet"|"lpet2spet", preset=..., dose_fractions=...) -> PhantomStudy
-    make_brain(seed, index=0, preset=...) -> PhantomStudy
+    make_brain(seed, index=0, preset=..., field_tesla=3.0, pattern=None, pet_displacement=None) -> PhantomStudy
+    make_brain_fields(seed, index, fields=(1.5, 3, 5, 7), **make_brain_kw) -> one PhantomStudy per field
     make_study(task, seed, index, ...) -> PhantomStudy;  write_study(study, out_dir, fmt=...) -> Path
 
 Same (seed, index) -> identical arrays and UIDs; presets ``default`` (clinical grids), ``small``, ``tiny``
@@ -18,7 +19,7 @@ Same (seed, index) -> identical arrays and UIDs; presets ``default`` (clinical g
 """
 
 from petsynth.data.geometry import Geometry
-from petsynth.phantom.brain import make_brain
+from petsynth.phantom.brain import PATTERNS, make_brain, make_brain_fields
 from petsynth.phantom.pet import PETSimConfig
 from petsynth.phantom.presets import FLAVOURS, PRESETS, Flavour, Preset
 from petsynth.phantom.study import Acquisition, Image, PhantomStudy
@@ -30,12 +31,14 @@ from petsynth.phantom.writer import (
     TASKS,
     make_study,
     parse_dose_fractions,
+    parse_fields,
     write_studies,
     write_study,
 )
 
 __all__ = [
     "Acquisition", "DEFAULT_DOSE_FRACTIONS", "FLAVOURS", "FORMATS", "Flavour", "Geometry", "Image",
-    "LESION_BASE", "PETSimConfig", "PRESETS", "PhantomStudy", "Preset", "TASKS", "TISSUES", "label_table",
-    "make_brain", "make_study", "make_torso", "parse_dose_fractions", "write_studies", "write_study",
+    "LESION_BASE", "PATTERNS", "PETSimConfig", "PRESETS", "PhantomStudy", "Preset", "TASKS", "TISSUES",
+    "label_table", "make_brain", "make_brain_fields", "make_study", "make_torso", "parse_dose_fractions",
+    "parse_fields", "write_studies", "write_study",
 ]

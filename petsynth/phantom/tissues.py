@@ -33,7 +33,11 @@ the tube voltage falls).
 
 T1-weighted MR signal (MPRAGE-like), relative to white matter = 1: WM > GM > CSF; fat (scalp, diploic
 marrow) bright; cortical bone and air dark. These are contrast assumptions of the phantom, not
-measurements.
+measurements, and stand for 3 T; the brain phantom moves the brain tissues' values with the field strength
+(:mod:`petsynth.phantom.mr_field`: published T1 laws and an inversion-recovery signal equation).
+
+Labels 23-25 (cerebellar grey and white matter, brainstem) belong to the brain phantom only and are derived
+from grey / white matter rather than drawn (:data:`DERIVED_BRAIN_TISSUES`).
 """
 
 from __future__ import annotations
@@ -79,12 +83,34 @@ WHITE_MATTER = Tissue(19, "white_matter", (20, 30), (2.0, 3.0), (1.0, 1.0))  # S
 GM_HYPOMETABOLIC = Tissue(20, "grey_matter_hypometabolic", (35, 45), (3.5, 8.0), (0.58, 0.66))
 DEEP_GREY = Tissue(21, "deep_grey_matter", (35, 45), (6.0, 9.0), (0.68, 0.76))
 SOFT_TISSUE = Tissue(22, "soft_tissue", (20, 40), (0.8, 1.2), (0.50, 0.60))
+# Brain reference regions (brain phantom only), split out of grey/white matter so that SUVR to the cerebellum
+# or the pons can be computed. Their values are not drawn from these ranges (which only document them): CT
+# number and T1w are those of grey (cerebellar grey) or white matter (cerebellar white, brainstem); SUV is
+# cortical grey x U(0.75, 0.9) (cerebellar grey: lower FDG uptake than the cortex), white matter (cerebellar
+# white) and white matter x U(1.0, 1.3) (brainstem), see petsynth.phantom.brain.
+CEREBELLAR_GREY = Tissue(23, "cerebellar_grey_matter", (35, 45), (5.0, 9.0), (0.58, 0.66))
+CEREBELLAR_WHITE = Tissue(24, "cerebellar_white_matter", (20, 30), (2.0, 3.0), (1.0, 1.0))
+BRAINSTEM = Tissue(25, "brainstem", (20, 30), (2.0, 4.0), (1.0, 1.0))
 
 #: Every tissue by label id.
 TISSUES: dict[int, Tissue] = {t.label: t for t in (
     AIR, FAT, MUSCLE, LUNG, MYOCARDIUM, BLOOD, LIVER, SPLEEN, KIDNEY, RENAL_PELVIS, BLADDER, BRAIN,
     CORTICAL_BONE, MARROW, BOWEL, CSF, TABLE, TABLE_CORE, GREY_MATTER, WHITE_MATTER, GM_HYPOMETABOLIC,
-    DEEP_GREY, SOFT_TISSUE)}
+    DEEP_GREY, SOFT_TISSUE, CEREBELLAR_GREY, CEREBELLAR_WHITE, BRAINSTEM)}
+#: Tissues whose values are derived from others (not drawn per tissue), used by the brain phantom only; the
+#: per-tissue draws of both phantoms skip them so that the random streams are those of the table without them.
+DERIVED_BRAIN_TISSUES: tuple[Tissue, ...] = (CEREBELLAR_GREY, CEREBELLAR_WHITE, BRAINSTEM)
+DERIVED_BRAIN_LABELS: frozenset[int] = frozenset(t.label for t in DERIVED_BRAIN_TISSUES)
+
+
+def drawn_tissues() -> list[Tissue]:
+    """The tissues that get one value drawn per subject (every tissue but :data:`DERIVED_BRAIN_TISSUES`)."""
+    return [t for t in TISSUES.values() if t.label not in DERIVED_BRAIN_LABELS]
+
+
+def torso_tissues() -> list[Tissue]:
+    """The tissues of the torso phantom's label table (it has no cerebellum or brainstem labels)."""
+    return drawn_tissues()
 
 #: Lesion uptake (SUVbw) and CT number ranges.
 LESION_SUV: tuple[float, float] = (3.0, 15.0)

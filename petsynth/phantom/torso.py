@@ -108,7 +108,7 @@ def sample_torso_subject(rng: np.random.Generator, seed: list[int]) -> TorsoSubj
         subj.jitter[organ] = np.array([rng.normal(0, 6), rng.normal(0, 5), rng.normal(0, 10),
                                        rng.uniform(0.88, 1.12)])
     subj.bladder_fill = float(rng.uniform(0.65, 1.35))
-    for t in T.TISSUES.values():
+    for t in T.torso_tissues():
         subj.hu[t.label] = float(rng.uniform(*t.hu))
         subj.suv[t.label] = float(rng.uniform(*t.suv))
     subj.hu[T.AIR.label] = -1000.0
@@ -559,7 +559,7 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = DEFAULT_TASK, prese
     study.truth_images["labels_ct"] = Image("LABEL", labels_ct, ct_geom, "organ labels, CT grid")
 
     label_rows = []
-    for t in T.TISSUES.values():
+    for t in T.torso_tissues():
         label_rows.append({"label": t.label, "name": t.name, "suv": round(suv.get(t.label, 0.0), 5),
                            "hu_120kvp": round(hu120.get(t.label, -1000.0), 2),
                            "hu": round(float(lut_hu[t.label]), 2), "suv_range": list(t.suv),

@@ -23,10 +23,18 @@ returns the simulated SUV. CT is int16 with RescaleIntercept -1024 and its KVP. 
 subsamplings of the same acquisition: same injected dose and times, ActualFrameDuration scaled by the
 fraction. All UIDs derive from the study id and seed (deterministic). Patient names and ids are synthetic
 (``PHANTOM^0003``).
+
+Brain (mr2pet) extras. MR headers carry the study's field strength (MagneticFieldStrength, ImagingFrequency =
+42.577 MHz/T x B0) and the protocol of :data:`petsynth.phantom.mr_field.PROTOCOL`. ``write_studies(fields=...)``
+writes each subject once per field as ``<study_id>-<f>T`` (same PatientID, the base study id; own
+StudyInstanceUID). A study whose PET was displaced (truth.json ``pet_frame``) writes its PT series as a
+separate study of the same patient: its own StudyInstanceUID and FrameOfReferenceUID, dated
+``pet_visit_days_after_mr`` days after the MR (the whole PET timeline, injection included, moves with it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
@@ -60,25 +68,29 @@ def _uid(study: PhantomStudy, *parts: str) -> str:
                                       str(study.truth.get("index")), *parts])
 
 
-def _common_header(study: PhantomStudy, index: int) -> dict:
-    a: Acquisition = study.acquisition
+def _common_header(study: PhantomStudy, index: int, a: Acquisition | None = None, visit: str = "") -> dict:
+    """Patient, study, frame-of-reference and equipment attributes. ``visit`` (e.g. "pet") names a separate
+    study of the same patient (own StudyInstanceUID and FrameOfReferenceUID), dated by ``a``."""
+    a = a or study.acquisition
     f = study.flavour
+    parts = (visit,) if visit else ()
     return {
         "PatientName": f"PHANTOM^{index:04d}",
-        "PatientID": study.study_id,
+        "PatientID": str(study.truth.get("patient_id") or study.study_id),
         "PatientBirthDate": "",
         "PatientSex": a.sex,
         "PatientAge": f"{a.age_years:03d}Y",
         "PatientWeight": format_ds(a.weight_kg, 6),
         "PatientSize": format_ds(a.height_m, 4),
-        "StudyInstanceUID": _uid(study, "study"),
+        "StudyInstanceUID": _uid(study, "study", *parts),
         "StudyDate": dicom_date(a.study_start),
         "StudyTime": dicom_time(a.study_start),
-        "StudyID": "1",
+        "StudyID": "2" if visit else "1",
         "AccessionNumber": "",
         "ReferringPhysicianName": "",
-        "StudyDescription": ("PET-MR BRAIN" if _brain(study) else "PET-CT WHOLE BODY") + " (phantom)",
-        "FrameOfReferenceUID": _uid(study, "frame-of-reference"),
+        "StudyDescription": ("PET BRAIN" if visit else "PET-MR BRAIN" if _brain(study) else "PET-CT WHOLE BODY")
+                            + " (phantom)",
+        "FrameOfReferenceUID": _uid(study, "frame-of-reference", *parts),
         "PositionReferenceIndicator": "",
         "Manufacturer": f.manufacturer,
         "InstitutionName": f.institution,
@@ -139,8 +151,20 @@ def _radiopharmaceutical(a: Acquisition) -> Dataset:
     return item
 
 
-def _pt_header(study: PhantomStudy, img: Image, series_number: int, recon_name: str) -> dict:
+def _pet_acquisition(study: PhantomStudy) -> Acquisition:
+    """The acquisition facts of the PET series: the study's, or, for a PET at a separate visit (truth.json
+    ``pet_visit_days_after_mr`` > 0), the same times moved that many days later."""
+    days = int(study.truth.get("pet_visit_days_after_mr") or 0)
     a = study.acquisition
+    if not days:
+        return a
+    shift = dt.timedelta(days=days)
+    return dataclasses.replace(a, injection=a.injection + shift, study_start=a.study_start + shift,
+                               pet_start=a.pet_start + shift, other_start=a.other_start + shift)
+
+
+def _pt_header(study: PhantomStudy, img: Image, series_number: int, recon_name: str) -> dict:
+    a = _pet_acquisition(study)
     f = study.flavour
     nz = img.geometry.shape[0]
     energy = Dataset()
@@ -182,7 +206,7 @@ def _pt_header(study: PhantomStudy, img: Image, series_number: int, recon_name: 
 
 
 def _pt_per_slice(study: PhantomStudy, img: Image, fraction: float) -> Callable[[int], dict]:
-    a = study.acquisition
+    a = _pet_acquisition(study)
     z = img.geometry.z_positions()
     z_top = float(z.max())
     duration_s = a.bed_duration_s * fraction
@@ -206,7 +230,10 @@ def _pt_per_slice(study: PhantomStudy, img: Image, fraction: float) -> Callable[
 
 
 def _mr_header(study: PhantomStudy, img: Image) -> dict:
+    from petsynth.phantom.mr_field import PROTOCOL, REFERENCE_FIELD_T, imaging_frequency_mhz
+
     a = study.acquisition
+    b0 = float(study.truth.get("mr", {}).get("field_strength_t", REFERENCE_FIELD_T))
     return {
         "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"],
         "SeriesNumber": 5,
@@ -221,15 +248,15 @@ def _mr_header(study: PhantomStudy, img: Image) -> dict:
         "ScanOptions": "IR",
         "MRAcquisitionType": "3D",
         "SequenceName": "*tfl3d1_16",
-        "RepetitionTime": "2300",
-        "EchoTime": "2.98",
-        "InversionTime": "900",
-        "FlipAngle": "9",
+        "RepetitionTime": format_ds(PROTOCOL.repetition_time_ms, 8),
+        "EchoTime": format_ds(PROTOCOL.echo_time_ms, 8),
+        "InversionTime": format_ds(PROTOCOL.inversion_time_ms, 8),
+        "FlipAngle": format_ds(PROTOCOL.flip_angle_deg, 8),
         "EchoTrainLength": 1,
         "NumberOfAverages": "1",
-        "ImagingFrequency": "123.2",
+        "ImagingFrequency": format_ds(imaging_frequency_mhz(b0), 8),
         "ImagedNucleus": "1H",
-        "MagneticFieldStrength": "3",
+        "MagneticFieldStrength": format_ds(b0, 6),
         "SpacingBetweenSlices": format_ds(img.geometry.spacing[0], 8),
         "PercentPhaseFieldOfView": "100",
         "PixelBandwidth": "240",
@@ -241,6 +268,8 @@ def _mr_header(study: PhantomStudy, img: Image) -> dict:
 def _write_dicom(study: PhantomStudy, folder: Path, index: int, rng: np.random.Generator) -> dict[str, str]:
     files: dict[str, str] = {}
     common = _common_header(study, index)
+    separate_pet = bool(study.truth.get("pet_frame"))
+    pet_common = _common_header(study, index, _pet_acquisition(study), visit="pet") if separate_pet else common
     order = "descending" if rng.random() < 0.5 else "ascending"
     naming = study.flavour.file_naming
     prefix = study.flavour.file_prefix
@@ -250,7 +279,7 @@ def _write_dicom(study: PhantomStudy, folder: Path, index: int, rng: np.random.G
     series_no = 3
     for name, img in study.images.items():
         uid = _uid(study, "series", name)
-        hdr = dict(common)
+        hdr = dict(pet_common if img.modality == "PT" else common)
         if img.modality == "CT":
             hdr.update(_ct_header(study, img, rng))
             per_slice = None
@@ -275,6 +304,9 @@ def _write_dicom(study: PhantomStudy, folder: Path, index: int, rng: np.random.G
     study.truth["dicom"]["file_naming"] = naming
     study.truth["dicom"]["study_instance_uid"] = common["StudyInstanceUID"]
     study.truth["dicom"]["frame_of_reference_uid"] = common["FrameOfReferenceUID"]
+    if separate_pet:
+        study.truth["dicom"]["pet_study_instance_uid"] = pet_common["StudyInstanceUID"]
+        study.truth["dicom"]["pet_frame_of_reference_uid"] = pet_common["FrameOfReferenceUID"]
     return files
 
 
@@ -345,14 +377,27 @@ TASKS = TASK_NAMES
 DEFAULT_DOSE_FRACTIONS: tuple[float, ...] = (0.25, 0.1, 0.05, 0.02, 0.01)
 
 
+def _check_brain_options(task: str, **options) -> None:
+    """ValueError when a brain-only option (field strengths, pattern, PET displacement) is set for a task whose
+    phantom is not the brain."""
+    given = [k for k, v in options.items() if v is not None]
+    if given and get_task(task).phantom != "brain":
+        brain = [t for t in TASK_NAMES if get_task(t).phantom == "brain"]
+        raise ValueError(f"{', '.join(given)} apply to the brain phantom ({', '.join(brain)}) only, not {task!r}")
+
+
 def make_study(task: str, seed: int, index: int, *, preset="default", dose_fractions=DEFAULT_DOSE_FRACTIONS,
-               flavour: str | None = None, sim=None) -> PhantomStudy:
-    """Simulate one study of ``task`` in memory (the task's ``phantom``: make_torso or make_brain)."""
+               flavour: str | None = None, sim=None, pattern: str | None = None,
+               pet_displacement: dict | str | None = None) -> PhantomStudy:
+    """Simulate one study of ``task`` in memory (the task's ``phantom``: make_torso or make_brain).
+    ``pattern`` and ``pet_displacement``: see :func:`~petsynth.phantom.brain.make_brain` (brain only)."""
     spec = get_task(task)
+    _check_brain_options(task, pattern=pattern, pet_displacement=pet_displacement)
     if spec.phantom == "brain":
         from petsynth.phantom.brain import make_brain
 
-        return make_brain(seed, index=index, preset=preset, flavour=flavour, sim=sim)
+        return make_brain(seed, index=index, preset=preset, flavour=flavour, sim=sim, pattern=pattern,
+                          pet_displacement=pet_displacement)
     from petsynth.phantom.torso import make_torso
 
     return make_torso(seed, index=index, task=task, preset=preset, flavour=flavour,
@@ -362,14 +407,29 @@ def make_study(task: str, seed: int, index: int, *, preset="default", dose_fract
 def write_studies(out_dir: str | Path, task: str = DEFAULT_TASK, studies: int = 1, seed: int = 0, *,
                   fmt: str = "dicom", preset="default", dose_fractions: Sequence[float] = DEFAULT_DOSE_FRACTIONS,
                   flavour: str | None = None, start_index: int = 0, overwrite: bool = False, sim=None,
-                  progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
+                  progress: Callable[[int, int, str], None] | None = None, fields: Sequence[float] = (3.0,),
+                  pattern: str | None = None, pet_displacement: dict | str | None = None) -> list[Path]:
     """Simulate and write ``studies`` studies of ``task`` into ``out_dir``; returns the study folders.
 
     Study ``i`` (``start_index`` <= i < ``start_index + studies``) is fully determined by (``seed``, i) and
     named ``<task>-s<seed>-<i:04d>``. ``progress(done, total, study_id)`` is called after each study.
     Also writes ``out_dir/phantoms.json``, an index of the studies in the folder.
+
+    Brain (mr2pet) only: ``fields`` (tesla, each in 0.5-11.7): the default ``(3.0,)`` writes one study per
+    subject as above; any other list writes each subject once per field, ``<task>-s<seed>-<i:04d>-<f>T``
+    (``mr2pet-s7-0000-1.5T``), each a complete study (MR at that field, the same PET and truth) with the same
+    PatientID and its own StudyInstanceUID (``progress`` then counts subjects). ``pattern``,
+    ``pet_displacement``: see :func:`~petsynth.phantom.brain.make_brain`.
     """
     spec = get_task(task)
+    from petsynth.phantom.mr_field import check_field, field_name
+
+    field_list = [check_field(f) for f in fields]
+    if not field_list or len(set(field_list)) != len(field_list):
+        raise ValueError(f"fields must be one or more distinct field strengths, got {list(fields)}")
+    per_field = field_list != [3.0]
+    _check_brain_options(task, fields=list(fields) if per_field else None, pattern=pattern,
+                         pet_displacement=pet_displacement)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     if studies < 1:
@@ -385,21 +445,33 @@ def write_studies(out_dir: str | Path, task: str = DEFAULT_TASK, studies: int = 
     out = Path(out_dir)
     from petsynth.phantom.study import study_id_for
 
+    def names(i: int) -> list[str]:
+        base = study_id_for(task, seed, i)
+        return [f"{base}-{field_name(b)}" for b in field_list] if per_field else [base]
+
     if not overwrite:  # fail before simulating anything
-        taken = [study_id_for(task, seed, i) for i in range(start_index, start_index + studies)
-                 if (out / study_id_for(task, seed, i)).exists()]
+        taken = [name for i in range(start_index, start_index + studies) for name in names(i)
+                 if (out / name).exists()]
         if taken:
             raise FileExistsError(f"{out / taken[0]} exists ({len(taken)} of the requested studies do); "
                                   "pass overwrite=True (CLI: --overwrite) to replace them")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for n, i in enumerate(range(start_index, start_index + studies)):
-        study = make_study(task, seed, i, preset=preset, dose_fractions=fractions, flavour=flavour, sim=sim)
-        path = write_study(study, out, fmt=fmt, overwrite=overwrite, index=i)
-        paths.append(path)
-        _update_index(out, study, path, fmt)
+        if per_field:
+            from petsynth.phantom.brain import make_brain_fields
+
+            batch = make_brain_fields(seed, i, field_list, preset=preset, flavour=flavour, sim=sim,
+                                      pattern=pattern, pet_displacement=pet_displacement)
+        else:
+            batch = [make_study(task, seed, i, preset=preset, dose_fractions=fractions, flavour=flavour, sim=sim,
+                                pattern=pattern, pet_displacement=pet_displacement)]
+        for study in batch:
+            path = write_study(study, out, fmt=fmt, overwrite=overwrite, index=i)
+            paths.append(path)
+            _update_index(out, study, path, fmt)
         if progress is not None:
-            progress(n + 1, studies, study.study_id)
+            progress(n + 1, studies, batch[0].truth.get("patient_id") or batch[0].study_id)
     return paths
 
 
@@ -414,6 +486,9 @@ def _update_index(out: Path, study: PhantomStudy, path: Path, fmt: str) -> None:
     entries[study.study_id] = {"study_id": study.study_id, "task": study.task, "format": fmt,
                                "path": path.name, "seed": study.truth.get("seed"),
                                "index": study.truth.get("index"), "flavour": study.flavour.key}
+    if study.truth.get("patient_id") and study.truth["patient_id"] != study.study_id:
+        entries[study.study_id]["patient_id"] = study.truth["patient_id"]
+        entries[study.study_id]["field_strength_t"] = study.truth.get("mr", {}).get("field_strength_t")
     atomic_write_text(index_path, json.dumps({"generator": f"petsynth {__version__} phantom",
                                               "studies": [entries[k] for k in sorted(entries)]}, indent=1))
 
@@ -440,3 +515,27 @@ def parse_dose_fractions(text: str | Sequence[str | float]) -> list[float]:
     if not out:
         raise ValueError("no dose fractions given")
     return sorted(set(out), reverse=True)
+
+
+def parse_fields(text: str | float | Sequence[str | float]) -> list[float]:
+    """'1.5,3,5,7' (or a list of such items) -> [1.5, 3.0, 5.0, 7.0] (tesla, in the order given, each in
+    0.5-11.7, distinct)."""
+    from petsynth.phantom.mr_field import check_field
+
+    items = text.split(",") if isinstance(text, str) else [text] if isinstance(text, int | float) else list(text)
+    out: list[float] = []
+    for item in items:
+        s = str(item).strip().removesuffix("T").removesuffix("t").strip()
+        if not s:
+            continue
+        try:
+            value = float(s)
+        except ValueError:
+            raise ValueError(f"cannot read field strength {str(item)!r}; give tesla, e.g. '1.5,3,7'") from None
+        value = check_field(value)
+        if value in out:
+            raise ValueError(f"field strength {value:g} T given twice")
+        out.append(value)
+    if not out:
+        raise ValueError("no field strengths given")
+    return out
