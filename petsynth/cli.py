@@ -103,6 +103,16 @@ def phantom(
                                           "philips (default: drawn per study)."),
     start_index: int = typer.Option(0, "--start-index", min=0, help="Index of the first study."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace study folders that exist."),
+    field: str = typer.Option("3", "--field", help="mr2pet: MR field strength(s) in tesla (0.5-11.7), e.g. "
+                              "'1.5,3,5,7': each subject is written once per field as <study>-<f>T (same PET and "
+                              "patient). Default 3 (one study per subject)."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="mr2pet: FDG hypometabolism: hc (none), ad "
+                                          "(bilateral temporoparietal and posterior cingulate), frontal, parietal, "
+                                          "temporal or occipital (one lobe). Default: one random lobe in 60 % of "
+                                          "subjects."),
+    displace_pet: bool = typer.Option(False, "--displace-pet", help="mr2pet: move the head in the PET by a random "
+                                      "rigid transform (rotation up to 10 degrees, shift up to 20 mm) and write "
+                                      "it as a separate study 1-60 days after the MR (truth.json pet_frame)."),
 ) -> None:
     """Write digital phantom studies (CT/PET, MR/PET or low-dose PET) with their ground truth."""
 
@@ -120,6 +130,12 @@ def phantom(
         fractions = ph.parse_dose_fractions(dose_fractions)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--dose-fractions") from None
+    try:
+        fields = ph.parse_fields(field)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--field") from None
+    if pattern is not None and pattern not in ph.PATTERNS:
+        raise typer.BadParameter(f"{pattern!r}; choose one of {', '.join(ph.PATTERNS)}", param_hint="--pattern")
 
     with _progress(remaining=False) as bar:
         job = bar.add_task(f"{task} phantoms", total=studies)
@@ -130,7 +146,8 @@ def phantom(
         try:
             paths = ph.write_studies(out, task=task, studies=studies, seed=seed, fmt=fmt, preset=preset,
                                      dose_fractions=fractions, flavour=flavour, start_index=start_index,
-                                     overwrite=overwrite, progress=advance)
+                                     overwrite=overwrite, progress=advance, fields=fields, pattern=pattern,
+                                     pet_displacement="random" if displace_pet else None)
         except (FileExistsError, ValueError, OSError) as err:
             _error(err)
             raise typer.Exit(code=1) from None
@@ -262,8 +279,29 @@ def prepare(
     standard_dose_only: bool = typer.Option(False, "--standard-dose-only", help="lpet2spet: keep each study's "
                                             "standard-dose PET and CT only, no low-dose images (what upete "
                                             "trains on; one PET series per study is enough)."),
+    register: str = typer.Option("rigid", "--register", help="mr2pet: 'rigid' registers the PET to the MR (mutual "
+                                 "information) when they come from different studies, frames of reference or "
+                                 "NIfTI files; 'none' trusts the headers."),
+    brain_mask: str = typer.Option("auto", "--brain-mask", help="mr2pet: 'auto' (skull stripping of the T1w MR, no "
+                                   "downloaded weights), 'none', or the file name of a mask beside each study's "
+                                   "images; MR and PET are set to 0 outside it."),
+    planes: str = typer.Option("axial", "--planes", help="mr2pet: planes to slice, e.g. axial,coronal,sagittal."),
+    slice_range: Optional[str] = typer.Option(None, "--slice-range", help="mr2pet: slice index ranges per plane of "
+                                              "the cube, inclusive, e.g. axial=30:60,coronal=40:70 (default: every "
+                                              "slice that holds brain)."),
+    fov_mm: float = typer.Option(220.0, "--fov-mm", min=1.0, help="mr2pet: side of the cube the slices are cut from, "
+                                 "mm, centred on the brain (pixel spacing = fov / size)."),
+    pet_normalise: str = typer.Option("auto", "--pet-normalise", help="mr2pet: PET units: 'suv' (headers), "
+                                      "'global' (SUVR to the whole-brain mean), 'auto' (SUV where the inputs allow, "
+                                      "else global), 'none' (as read)."),
+    max_gap_days: float = typer.Option(365.0, "--max-gap-days", min=0.0, help="mr2pet: largest time between an MR "
+                                       "and a PET of one patient in different DICOM studies for them to be paired."),
 ) -> None:
     """Prepare raw DICOM studies into a paired, split dataset in physical units (HU, SUV).
+
+    mr2pet (brain PET/MR as users have it): the PET is registered to the MR, both are brain-masked, and slices of
+    the chosen planes are cut from a cube of the MR's space (see the --register, --brain-mask, --planes,
+    --slice-range, --fov-mm, --pet-normalise and --max-gap-days options).
 
     Exits with 1 when any study failed; the good ones are kept. The per-study report is
     DATASET/prepare_report.json (pseudonyms only)."""
@@ -278,6 +316,16 @@ def prepare(
         fractions = tuple(float(v) for v in split.split(","))
     except ValueError:
         raise typer.BadParameter(f"{split!r} is not three comma-separated numbers", param_hint="--split") from None
+    brain = None
+    if task == "mr2pet":
+        from petsynth.data.brain import BrainOptions, parse_planes, parse_slice_ranges
+
+        try:
+            brain = BrainOptions(register=register, brain_mask=brain_mask, planes=parse_planes(planes),
+                                 slice_ranges=parse_slice_ranges(slice_range), fov_mm=fov_mm,
+                                 pet_normalise=pet_normalise, max_gap_days=max_gap_days)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
     per_study = None
     if slices_per_study is not None:
         try:
@@ -296,7 +344,7 @@ def prepare(
             report = prepare_dataset(inputs, out, task, size=size, workers=workers, resume=resume,
                                      key_file=key_file, split=fractions, seed=seed, slices_per_study=per_study,
                                      min_coverage=min_coverage, mapping_file=pseudonym_map, dask=dask,
-                                     standard_dose_only=standard_dose_only, progress=advance)
+                                     standard_dose_only=standard_dose_only, brain=brain, progress=advance)
         except DatasetExistsError:
             bar.remove_task(job)
             _error(f"{out} already holds a dataset: continue it with --resume, or choose a new --out")
@@ -320,6 +368,13 @@ def prepare(
         if r.dropped_coverage:
             console.print(f"[dim]{r.study}: {_count(r.dropped_coverage, 'pair')} under --min-coverage "
                           f"{min_coverage:g} dropped[/dim]")
+        if r.registration and r.status == "ok":
+            reg, move = r.registration, r.registration.get("transform", {})
+            dice = reg.get("mask_dice")
+            console.print(f"[dim]{r.study}: PET registered to the MR: rotation {move.get('rotation_deg', 0):.2f} deg, "
+                          f"shift {sum(v * v for v in move.get('translation_mm', [0, 0, 0])) ** 0.5:.1f} mm"
+                          + (f", brain mask Dice {dice:.3f}" if dice is not None else "")
+                          + f", {reg.get('seconds', 0):.1f} s[/dim]")
     for path, reason in report.skipped_files[:20]:
         console.print(f"[dim]ignored {path}: {reason}[/dim]")
     if len(report.skipped_files) > 20:
@@ -435,9 +490,12 @@ def evaluate(
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast."),
     seed: int = typer.Option(0, "--seed", help="Seed of the samplers' noise."),
     sampler_options: list[str] = typer.Option([], "--sampler-option", help=SAMPLER_OPTION_HELP),
+    brain_reference: str = typer.Option("cerebellum", "--brain-reference", help="mr2pet: the SUVR reference region "
+                                        "of the brain measures (brain.csv): cerebellum or pons."),
 ) -> None:
     """Score models on a dataset split against the real PET (and the phantom truth): a CSV, a Markdown table
-    like the CPDM paper's Table 4, and an error-map figure like its Figure 3."""
+    like the CPDM paper's Table 4, and an error-map figure like its Figure 3. mr2pet datasets also get the
+    metrics per plane and the brain measures (SUVR, grey/white matter, hypometabolic contrast) in brain.csv."""
     import warnings
 
 
@@ -464,7 +522,7 @@ def evaluate(
                 warnings.simplefilter("always")
                 report = run_evaluation(models, data, out, split=split, options=options, max_slices=max_slices,
                                         progress=advance, device=_device(device), workers=workers,
-                                        dask=dask)
+                                        dask=dask, brain_reference=brain_reference)
     except (EvaluationError, DatasetError, MethodError, CheckpointError, ClusterError, OSError) as err:
         _error(err)
         raise typer.Exit(code=1) from None

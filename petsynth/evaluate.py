@@ -91,6 +91,8 @@ from petsynth.metrics import (
     to_cpdm_scale,
     vif,
 )
+from petsynth.data.brain import PLANES
+from petsynth.metrics.brain import GREY, MEASURES as BRAIN_MEASURES, REFERENCE_REGIONS, brain_measures
 from petsynth.metrics.suv import DEFAULT_SUV_THRESHOLD
 from petsynth.tasks import PET_WINDOW, get_task
 from petsynth.utils.files import atomic_file, atomic_write_text
@@ -478,7 +480,7 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
              split: str = "test", options: PredictOptions = PredictOptions(), max_slices: int | None = None,
              progress: Progress | None = None, device: str | torch.device | None = None,
              window: tuple[float, float] = SUV_WINDOW, figure_rows: int = FIGURE_ROWS, workers: int = 1,
-             dask: str | None = None) -> EvaluationReport:
+             dask: str | None = None, brain_reference: str = "cerebellum") -> EvaluationReport:
     """Evaluate models on a prepared dataset split and write the tables, the figure and the settings.
 
     Args:
@@ -500,6 +502,9 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
             in a pool of local processes, or on a Dask cluster; one task per study, each process loading the
             model once. The scores are the same (deterministic samplers; a stochastic one draws its noise per
             study there).
+        brain_reference: mr2pet: the SUVR reference region of the brain measures ("cerebellum" or "pons",
+            :mod:`petsynth.metrics.brain`), written to ``brain.csv`` and the table when the studies' labels have
+            grey matter. Datasets with planes (mr2pet) also get the metrics per plane.
 
     Raises:
         DatasetError: ``data`` is not a prepared dataset.
@@ -533,6 +538,10 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     size = int(np.asarray(first["target"]).shape[-1])
     references = [r for r, (key, _) in REFERENCES.items() if key in first]
     has_labels = "labels" in first
+    has_planes = bool(first.get("plane"))
+    if brain_reference not in REFERENCE_REGIONS:
+        raise EvaluationError(f"unknown brain reference region {brain_reference!r}; choose one of "
+                              f"{', '.join(REFERENCE_REGIONS)}")
     specs, notes = metric_specs(size, window)
     spacings = {st: float(np.mean(dataset.study_meta(st)["spacing_mm"])) for st in dataset.studies}
     scales = {name: model_scales(method, size, spacings) for name, method in methods.items()}
@@ -544,6 +553,7 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
 
     per_slice: list[dict[str, Any]] = []  # one row per model x reference x slice
     regions_acc: dict[tuple[str, str, str, str], list[float]] = {}  # (model, ref, study, region) -> n, sums, maxes
+    plane_acc: dict[tuple[str, str, str, str], list[float]] = {}  # the same with "study|plane" for the study
     figure_preds: dict[str, dict[int, np.ndarray]] = {name: {} for name in methods}
     figure_items: dict[int, dict[str, np.ndarray]] = {}
     study_regions = {s: label_regions(dataset.label_table(s)) for s in dataset.studies}
@@ -566,12 +576,17 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
             for ref_name in references:
                 ref = batch[REFERENCES[ref_name][0]].cpu().to(torch.float64)
                 values = {s.key: s.compute(pred, ref).cpu().numpy() for s in specs}
+                planes = batch.get("plane") or [""] * len(positions)
                 for b, pos in enumerate(positions):
                     row = {"model": name, "reference": ref_name, "study": batch["study"][b],
-                           "slice": batch["index"][b], "z_mm": batch["z_mm"][b], "position": pos}
+                           "slice": batch["index"][b], "z_mm": batch["z_mm"][b], "plane": planes[b], "position": pos}
                     row.update({k: float(v[b]) for k, v in values.items()})
                     per_slice.append(row)
                 _accumulate_regions(regions_acc, name, ref_name, batch["study"], pred, ref, labels, study_regions)
+                if has_planes and labels is not None:
+                    keys = [f"{st}|{pl}" for st, pl in zip(batch["study"], planes)]
+                    _accumulate_regions(plane_acc, name, ref_name, keys, pred, ref, labels,
+                                        {k: study_regions[k.split("|")[0]] for k in keys})
             for b, pos in enumerate(positions):
                 if pos in figure_set:
                     figure_preds[name][pos] = pred[b, 0].numpy().astype(np.float32)
@@ -599,19 +614,29 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
                      f"for the high-uptake region only (reference SUV >= {DEFAULT_SUV_THRESHOLD:g}).")
 
     metric_rows, overall = _image_rows(per_slice, specs, list(methods), references, studies)
+    plane_names = [p for p in PLANES if any(r["plane"] == p for r in per_slice)] if has_planes else []
+    plane_rows, plane_overall = _plane_rows(per_slice, specs, list(methods), references, plane_names)
+    brain_rows = _brain_rows(plane_acc if has_planes else regions_acc, list(methods), references, brain_reference)
     region_rows, region_overall = _region_rows(regions_acc, list(methods), references, studies, region_names)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out / "metrics.csv", "per_slice": out / "per_slice.csv", "table": out / "table.md",
              "figure": out / "figure.png", "settings": out / "evaluation.json"}
-    _write_csv(files["metrics"], ["model", "reference", "study", "convention", "region", "metric", "unit",
-                                  "data_range", "mean", "std", "n"], metric_rows + region_rows)
-    _write_csv(files["per_slice"], ["model", "reference", "study", "slice", "z_mm", *[s.key for s in specs]],
-               per_slice)
-    atomic_write_text(files["table"], _table_markdown(
-        dataset, split, len(indices), studies, list(methods), references, specs, overall, region_names,
-        region_overall, regions, notes, window))
+    plane_column = ["plane"] if has_planes else []
+    _write_csv(files["metrics"], ["model", "reference", "study", *plane_column, "convention", "region", "metric",
+                                  "unit", "data_range", "mean", "std", "n"], metric_rows + region_rows + plane_rows)
+    _write_csv(files["per_slice"], ["model", "reference", "study", "slice", "z_mm", *plane_column,
+                                    *[s.key for s in specs]], per_slice)
+    if brain_rows:
+        files["brain"] = out / "brain.csv"
+        _write_csv(files["brain"], ["model", "reference", "study", "plane", "reference_region", "measure", "value"],
+                   brain_rows)
+    table = _table_markdown(dataset, split, len(indices), studies, list(methods), references, specs, overall,
+                            region_names, region_overall, regions, notes, window)
+    table += _plane_markdown(list(methods), references, specs, plane_names, plane_overall)
+    table += _brain_markdown(list(methods), references, brain_rows, brain_reference)
+    atomic_write_text(files["table"], table)
     _write_figure(files["figure"], figure_pos, figure_items, figure_preds, dataset.task, split)
     settings = {
         "petsynth_evaluation": 1,
@@ -776,6 +801,106 @@ def _region_rows(acc: dict, models: list[str], references: list[str], studies: l
                                  "mean": mean, "std": std, "n": n})
                     overall.setdefault(model, {}).setdefault(ref, {}).setdefault(region, {})[f] = mean
     return rows, overall
+
+
+def _plane_rows(per_slice: list[dict], specs: list[MetricSpec], models: list[str], references: list[str],
+                planes: list[str]) -> tuple[list[dict], dict]:
+    """metrics.csv rows of the image metrics per plane (study "overall"), and plane -> model -> ref -> key -> mean."""
+    rows, overall = [], {}
+    for plane in planes:
+        for model in models:
+            for ref in references:
+                chosen = [r for r in per_slice if r["model"] == model and r["reference"] == ref and r["plane"] == plane]
+                for s in specs:
+                    mean, std, n = _stats([r[s.key] for r in chosen])
+                    rows.append({"model": model, "reference": ref, "study": "overall", "plane": plane,
+                                 "convention": s.convention, "region": "", "metric": s.name, "unit": s.unit,
+                                 "data_range": s.data_range, "mean": mean, "std": std, "n": n})
+                    overall.setdefault(plane, {}).setdefault(model, {}).setdefault(ref, {})[s.key] = mean
+    return rows, overall
+
+
+def _brain_rows(acc: dict, models: list[str], references: list[str], reference_region: str) -> list[dict]:
+    """brain.csv rows: :func:`~petsynth.metrics.brain.brain_measures` per model, reference and study (and plane,
+    when ``acc`` is keyed "study|plane"), then their mean over the studies ("overall"); [] without grey matter."""
+    means: dict[tuple[str, str, str], tuple[dict, dict]] = {}
+    for (model, ref, key, region), a in acc.items():
+        pred, real = means.setdefault((model, ref, key), ({}, {}))
+        pred[region], real[region] = a[1] / a[0], a[2] / a[0]
+    if not any(GREY in pred for pred, _ in means.values()):
+        return []
+    rows: list[dict] = []
+    for model in models:
+        for ref in references:
+            keys = sorted(k for (m, r, k) in means if m == model and r == ref)
+            per_plane: dict[str, list[dict]] = {}
+            for key in keys:
+                study, _, plane = key.partition("|")
+                values = brain_measures(*means[(model, ref, key)], reference=reference_region)
+                per_plane.setdefault(plane, []).append(values)
+                rows += [{"model": model, "reference": ref, "study": study, "plane": plane,
+                          "reference_region": reference_region, "measure": k, "value": v} for k, v in values.items()]
+            for plane, items in per_plane.items():
+                for k in BRAIN_MEASURES:
+                    finite = [v[k] for v in items if math.isfinite(v[k])]
+                    rows.append({"model": model, "reference": ref, "study": "overall", "plane": plane,
+                                 "reference_region": reference_region, "measure": k,
+                                 "value": float(np.mean(finite)) if finite else math.nan})
+    return rows
+
+
+#: Columns of the brain table: (measure, heading, shown in percent).
+_BRAIN_COLUMNS = (("suvr_grey_bias", "GM SUVR bias", True), ("suvr_white_bias", "WM SUVR bias", True),
+                  ("grey_bias", "GM SUVmean bias", True), ("white_bias", "WM SUVmean bias", True),
+                  ("gm_wm_ratio_pred", "GM/WM", False), ("hypo_contrast_pred", "hypometabolic contrast", False),
+                  ("hypo_recovery", "contrast recovery", False))
+
+
+def _brain_markdown(models: list[str], references: list[str], rows: list[dict], reference_region: str) -> str:
+    """The brain table of table.md: one row per model (and plane), then the reference's own ratios."""
+    if not rows:
+        return ""
+    lines = [""]
+    for ref in references:
+        overall = [r for r in rows if r["reference"] == ref and r["study"] == "overall"]
+        planes = list(dict.fromkeys(r["plane"] for r in overall))
+        by_plane = any(planes)
+        lines += [f"## Brain regions against {REFERENCES[ref][1]} (SUVR to the {reference_region})", "",
+                  "| model | " + ("plane | " if by_plane else "") + " | ".join(c[1] for c in _BRAIN_COLUMNS) + " |",
+                  "|---|" + ("---|" if by_plane else "") + "---:|" * len(_BRAIN_COLUMNS)]
+        for plane in planes:
+            for model in [*models, None]:
+                got = {r["measure"]: r["value"] for r in overall
+                       if r["model"] == (model or models[0]) and r["plane"] == plane}
+                if model is None:  # the reference's own ratio and contrast
+                    cells = [_fmt(got.get(k.replace("_pred", "_ref")), 3) if k.endswith("_pred") else ""
+                             for k, _, _ in _BRAIN_COLUMNS]
+                else:
+                    cells = [(f"{100 * got[k]:+.1f} %" if math.isfinite(got[k]) else "–") if pct else _fmt(got[k], 3)
+                             for k, _, pct in _BRAIN_COLUMNS]
+                lines.append(f"| {model or '(reference)'} | " + (f"{plane} | " if by_plane else "")
+                             + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Brain measures (petsynth.metrics.brain): SUVR = region SUVmean / reference-region SUVmean; bias = "
+              "synthetic / reference − 1; hypometabolic contrast = 1 − SUVmean(hypometabolic GM) / SUVmean(GM); "
+              "contrast recovery = synthetic contrast / reference contrast. Means over the studies (per study in "
+              "brain.csv).", ""]
+    return "\n".join(lines)
+
+
+def _plane_markdown(models: list[str], references: list[str], specs: list[MetricSpec], planes: list[str],
+                    overall: dict) -> str:
+    """The per-plane tables of table.md (SUV convention)."""
+    if not planes:
+        return ""
+    chosen = sorted((s for s in specs if s.convention == "suv"), key=lambda s: _TABLE_ORDER["suv"].index(s.name))
+    lines = [""]
+    for ref in references:
+        for plane in planes:
+            lines += [f"## {plane.capitalize()} slices against {REFERENCES[ref][1]}: SUV convention", ""]
+            lines += _metric_table(models, chosen, {m: overall[plane][m][ref] for m in models})
+            lines.append("")
+    return "\n".join(lines)
 
 
 # --- writers ---------------------------------------------------------------------------------------------

@@ -714,6 +714,24 @@ class StudyOptions:
                               seed=self.seed, sampler=dict(self.sampler))
 
 
+def _brain_masked(method: Method, inputs: TranslateInput, say: Say) -> np.ndarray | None:
+    """For a model trained on brain-masked MR (its card's data ``brain_mask``, from ``prepare --task mr2pet``): the
+    MR's automatic brain mask (:func:`petsynth.data.brain_mask.auto_brain_mask`), with the MR set to 0 outside it
+    in ``inputs`` as prepare did; None otherwise."""
+    data = getattr(getattr(method, "card", None), "data", None) or {}
+    if inputs.task.name != "mr2pet" or not data.get("brain_mask"):
+        return None
+    from petsynth.data.brain_mask import auto_brain_mask
+
+    say("brain mask of the MR (the model was trained on brain-masked MR)")
+    mr = np.asarray(inputs.source.array, dtype=np.float32)
+    mask = auto_brain_mask(mr, inputs.source.geometry)
+    if not mask.any():
+        raise TranslateError("the automatic brain mask of the MR is empty: is it a T1-weighted head MR?")
+    inputs.source = replace(inputs.source, array=np.where(mask, mr, 0.0).astype(np.float32))
+    return mask
+
+
 def translate_inputs(method: Method, model_info: dict[str, Any], inputs: TranslateInput, where: Path, out: Path,
                      opts: StudyOptions, *, overwrite: bool = False, start: float | None = None,
                      progress: Progress | None = None, say: Say | None = None) -> TranslateResult:
@@ -728,6 +746,7 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
     say(f"resampling onto {grid.shape[1]}x{grid.shape[2]} pixels of {spacing:.3g} mm")
     if inputs.guidance is not None:
         _check_overlap(inputs.guidance, grid, inputs.source.label)
+    brain = _brain_masked(method, inputs, say)
     try:
         on_grid = {role: image_on_grid(image, grid) for role, image in inputs.images.items()}
     except SeriesError as err:  # a lazily read slice that cannot be decoded (damaged, NaN rescale)
@@ -748,7 +767,9 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
         suv[k:k + pred.shape[0]] = pred[:, 0].numpy()
         k += pred.shape[0]
     np.clip(suv, 0.0, None, out=suv)
-    if opts.mask_body:
+    if brain is not None:  # the model saw brain only: nothing outside it
+        suv[resample(brain.astype(np.float32), inputs.source.geometry, grid, mode="nearest") < 0.5] = 0.0
+    elif opts.mask_body:
         suv[~input_body_mask(inputs, on_grid, spacing)] = 0.0
 
     say("writing the outputs")
@@ -784,6 +805,7 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
                         "batch_size": opts.batch_size, "bf16": opts.bf16, "seed": opts.seed,
                         "threads": torch.get_num_threads()},
             "kvp": kvp_used, "kvp_source": kvp_source, "mask_body": opts.mask_body,
+            "brain_mask": "auto" if brain is not None else None,
             "dose_fraction": fraction, "dose_fraction_source": fraction_source,
             "grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing)},
             "suv": {"min": float(suv.min()), "max": float(suv.max()), "mean": float(suv.mean())},

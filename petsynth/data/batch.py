@@ -20,7 +20,7 @@ from petsynth.tasks import get_task
 
 #: kVp assumed for a CT whose header gave none (NIfTI inputs); a warning says so.
 DEFAULT_KVP = 120.0
-IMAGE_KEYS = ("source", "target", "guidance", "truth", "labels")
+IMAGE_KEYS = ("source", "target", "guidance", "truth", "labels", "mask")
 
 
 def ct_of(batch: Mapping[str, Any], task: str) -> torch.Tensor | None:

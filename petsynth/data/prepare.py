@@ -15,7 +15,10 @@ No patient identifier is written anywhere: study names are HMAC-SHA256 pseudonym
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime as dt
 import hashlib
+import math
 import hmac
 import io
 import json
@@ -28,6 +31,7 @@ import numpy as np
 import pydicom
 
 from petsynth.data import store
+from petsynth.data.brain import BrainOptions, BrainPrepError, build_brain_pairs
 from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
 from petsynth.data.dicom_series import SeriesVolume, load_series
 from petsynth.data.nifti_layouts import NiftiStudy, find_nifti_studies, load_nifti_volume
@@ -82,6 +86,9 @@ class StudyPlan:
     source_modality: str = ""
     labels: Input | None = None  # a label volume named by label_table (autoPET SEG)
     label_table: list[dict] = field(default_factory=list)
+    register: bool = False  # mr2pet: the PET is registered to the MR (different studies, frames or NIfTI files)
+    pet_suv_factor: float | None = 1.0  # NIfTI PET: SUV per stored value; None: not convertible (values as read)
+    pairing: str = ""  # mr2pet across studies: how the MR was found (no identifiers)
 
     def __post_init__(self):
         if not self.source_modality:
@@ -117,7 +124,8 @@ def plan_nifti_study(study: NiftiStudy, task: str, standard_dose_only: bool = Fa
     return StudyPlan(study.study_id, study.study_id, study.target, study.sources[need] if need else None, guidance,
                      study.dose_fraction if spec.low_dose_source and need else None,
                      source_modality=spec.source_modality,
-                     labels=study.labels, label_table=study.label_table)
+                     labels=study.labels, label_table=study.label_table,
+                     register=spec.name == "mr2pet", pet_suv_factor=study.pet_suv_factor)
 
 
 @dataclass
@@ -132,6 +140,7 @@ class StudyResult:
     low_coverage: int = 0  # pairs kept whose source covers less than LOW_COVERAGE of the PET slice
     dropped_coverage: int = 0  # pairs dropped by min_coverage
     least_coverage: float | None = None  # the smallest coverage among the pairs kept (0..1)
+    registration: dict | None = None  # mr2pet: the PET-to-MR transform and its quality figures
 
 
 def largest_series(series: list[SeriesInfo]) -> SeriesInfo:
@@ -175,10 +184,11 @@ def patient_of(series: SeriesInfo, default: str) -> str:
     return str(first.get("PatientID", "")) or default
 
 
-def plan_study(study: StudyInfo, task: str, standard_dose_only: bool = False) -> StudyPlan:
+def plan_study(study: StudyInfo, task: str, standard_dose_only: bool = False, register: bool = False) -> StudyPlan:
     """Choose target, source (and guidance) series of a study for ``task``; StudyError if impossible.
     ``standard_dose_only`` (lpet2spet): the standard-dose PET (the longest frames) and its CT, no low-dose
-    source, so one PET series is enough."""
+    source, so one PET series is enough. ``register`` (mr2pet): an MR in another frame of reference is registered
+    rather than refused."""
     pets = [s for s in study.of_modality("PT") if s.attenuation_corrected]
     if not pets:
         found = ", ".join(sorted({s.modality for s in study.series})) or "none"
@@ -208,11 +218,92 @@ def plan_study(study: StudyInfo, task: str, standard_dose_only: bool = False) ->
                              f"{spec.guidance_modality} series")
         guidance = largest_series(found)
     plan = StudyPlan(study.study_uid, patient_id, target, source, guidance, fraction)
+    return _check_frames(plan, task, register)
+
+
+def _check_frames(plan: StudyPlan, task: str, register: bool) -> StudyPlan:
+    """Series in another frame of reference than the PET: registered (mr2pet with ``register``), else refused."""
     for other in (plan.source, plan.guidance):
-        if other is not None and other.frame_of_reference_uid != plan.target.frame_of_reference_uid:
-            raise StudyError(f"{other.modality} and PET series have different FrameOfReferenceUIDs: "
-                             "not registered, cannot pair in world coordinates")
+        if other is None or other.frame_of_reference_uid == plan.target.frame_of_reference_uid:
+            continue
+        if task == "mr2pet" and register and other is plan.source:
+            plan.register = True
+            continue
+        raise StudyError(f"{other.modality} and PET series have different FrameOfReferenceUIDs: "
+                         "not registered, cannot pair in world coordinates"
+                         + (" (--register rigid registers them)" if task == "mr2pet" else ""))
     return plan
+
+
+def series_date(series: SeriesInfo) -> dt.date | None:
+    """The acquisition date of a series (AcquisitionDate, SeriesDate, then StudyDate of its first file)."""
+    first = pydicom.dcmread(series.files[0], stop_before_pixels=True,
+                            specific_tags=["AcquisitionDate", "SeriesDate", "StudyDate"])
+    for tag in ("AcquisitionDate", "SeriesDate", "StudyDate"):
+        text = str(first.get(tag, "") or "").strip()
+        try:
+            return dt.datetime.strptime(text[:8], "%Y%m%d").date()
+        except ValueError:
+            continue
+    return None
+
+
+def plan_mr2pet_studies(studies: Sequence[StudyInfo], register: bool, max_gap_days: float
+                        ) -> list[tuple[str, Callable[[], StudyPlan]]]:
+    """Plans of the mr2pet DICOM studies: each study with an attenuation-corrected PET takes its own MR, or else
+    the MR of the same patient (PatientID) in another study acquired nearest in time, at most ``max_gap_days``
+    away (never by file order); such a pair is registered (``register``) or refused. A study with an MR and no
+    PET is a source only: it is reported (failed: no PET) only when no PET study took its MR."""
+    mrs: dict[str, list[tuple[SeriesInfo, StudyInfo]]] = {}
+    for st in studies:
+        for series in st.of_modality("MR"):
+            mrs.setdefault(patient_of(series, st.study_uid), []).append((series, st))
+    used: set[str] = set()
+    out: list[tuple[str, Callable[[], StudyPlan]]] = []
+    for st in studies:
+        pets = [s for s in st.of_modality("PT") if s.attenuation_corrected]
+        if not pets or st.of_modality("MR"):
+            continue
+        patient = patient_of(pets[0], st.study_uid)
+        candidates = [(series, other) for series, other in mrs.get(patient, []) if other.study_uid != st.study_uid]
+        pet_date = series_date(pets[0])
+        dated = []
+        for series, other in candidates:
+            mr_date = series_date(series)
+            gap = abs((mr_date - pet_date).days) if (mr_date and pet_date) else None
+            dated.append((math.inf if gap is None else gap, series, other))
+        within = [d for d in dated if d[0] <= max_gap_days]
+        if within:
+            gap, series, other = min(within, key=lambda d: (d[0], -d[1].images, d[1].series_uid))
+            used.add(other.study_uid)
+            out.append((st.study_uid, lambda st=st, series=series, gap=gap: _cross_study_plan(st, series, gap,
+                                                                                           register)))
+            continue
+        nearest = min((d[0] for d in dated), default=None)
+        why = ("no MR series of this patient in any study" if nearest is None else
+               f"no MR series of this patient within {max_gap_days:g} days (nearest: "
+               + ("of unknown date)" if math.isinf(nearest) else f"{nearest:g} days)"))
+        out.append((st.study_uid, lambda why=why: _fail(why)))
+    for st in studies:
+        has_pet = any(s.attenuation_corrected for s in st.of_modality("PT"))
+        if st.study_uid not in used and (st.of_modality("MR") or not has_pet):
+            out.append((st.study_uid, lambda st=st: plan_study(st, "mr2pet", register=register)))
+    return out
+
+
+def _fail(why: str) -> StudyPlan:
+    raise StudyError(why)
+
+
+def _cross_study_plan(study: StudyInfo, mr: SeriesInfo, gap_days: float, register: bool) -> StudyPlan:
+    pets = [s for s in study.of_modality("PT") if s.attenuation_corrected]
+    target = max(pets, key=lambda s: (s.frame_duration_ms, s.images, s.series_uid))
+    if not register:
+        raise StudyError("the MR of this patient is in another study (another visit): --register none cannot "
+                         "pair it in world coordinates; use --register rigid")
+    gap = "unknown" if math.isinf(gap_days) else f"{gap_days:g} days"
+    return StudyPlan(study.study_uid, patient_of(target, study.study_uid), target, mr, register=True,
+                     pairing=f"MR from another study of the same patient, {gap} apart")
 
 
 def _truth_series(pet: SeriesVolume) -> tuple[dict[str, SeriesVolume], list[dict]]:
@@ -280,18 +371,49 @@ def _result_of_written(root: Path, name: str, patient: str) -> StudyResult:
     attrs = store.study_attrs(root, name)
     coverage = attrs["study_meta"].get("coverage", {})
     return StudyResult(name, patient, "ok", slices=int(attrs["slices"]), low_coverage=int(coverage.get("low", 0)),
-                       dropped_coverage=int(coverage.get("dropped", 0)), least_coverage=coverage.get("least"))
+                       dropped_coverage=int(coverage.get("dropped", 0)), least_coverage=coverage.get("least"),
+                       registration=attrs["study_meta"].get("registration"))
+
+
+def _brain_study(plan: StudyPlan, root: Path, name: str, patient: str, size: int, options: BrainOptions,
+                 seed: int) -> StudyResult:
+    """Prepare one mr2pet study (:mod:`petsynth.data.brain`): register, mask, slice the planes, write."""
+    pet = _load(plan.target, "PT")
+    if plan.pet_suv_factor is not None and plan.pet_suv_factor != 1.0:
+        pet = dataclasses.replace(pet, array=np.asarray(pet.array, dtype=np.float32) * np.float32(plan.pet_suv_factor))
+    mr = _load(plan.source, "MR")
+    volumes, table = _truth_series(pet)
+    folder = next(iter(_folders(plan.source)))
+    mask_file = None
+    if options.brain_mask not in ("auto", "none"):
+        found = [Path(f) / options.brain_mask for f in (folder, str(Path(folder).parent))
+                 if (Path(f) / options.brain_mask).is_file()]
+        mask_file = found[0] if found else None
+    pairs = build_brain_pairs(mr, pet, size=size, options=options, register=plan.register,
+                              pet_is_suv=plan.pet_suv_factor is not None, truth=volumes, mask_file=mask_file,
+                              seed=seed)
+    meta = {**pairs.study_meta, "kvp": None, "vendor": pet.manufacturer, "dose_fraction": None, "task": "mr2pet",
+            "patient": patient, "coverage": {"low": 0, "dropped": 0, "least": 1.0}}
+    if plan.pairing:
+        meta["pairing"] = plan.pairing
+    if table and "labels" in pairs.arrays:
+        meta[store.LABEL_TABLE] = table
+    store.write_study(root, name, pairs.arrays, pairs.slice_meta, meta)
+    return _result_of_written(root, name, patient)
 
 
 def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
                   slices_per_study: tuple[int, int] | None = None, seed: int = 0,
-                  min_coverage: float = 0.0) -> StudyResult:
+                  min_coverage: float = 0.0, brain: BrainOptions | None = None) -> StudyResult:
     """Load, pair and write one study; returns its result (failures are results, not exceptions).
-    ``min_coverage``: drop the pairs whose source covers less than this fraction of the PET slice."""
+    ``min_coverage``: drop the pairs whose source covers less than this fraction of the PET slice.
+    ``brain``: how an mr2pet study is registered, masked and sliced (default :class:`BrainOptions`)."""
     name, patient = pseudonym(key, plan.study_uid), pseudonym(key, plan.patient_id, prefix="p")
     if store.has_study(root, name):  # an earlier attempt (on a lost cluster worker) finished it
         return _result_of_written(root, name, patient)
     try:
+        if task == "mr2pet":
+            return _brain_study(plan, root, name, patient, size, brain or BrainOptions(), seed)
         pet = _load(plan.target, "PT")
         # never held whole: resampled slice by slice; a standard-dose-only study pairs the PET with itself
         source = pet if plan.source is None else _load(plan.source, plan.source_modality, lazy=True)
@@ -331,7 +453,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
                           {"index": [int(i) for i in index],
                            "z_mm": [float(z) for z in pairs.z_mm[keep]]}, meta)
         return _result_of_written(root, name, patient)
-    except (StudyError, SUVError, ValueError, OSError) as err:
+    except (StudyError, SUVError, BrainPrepError, ValueError, OSError) as err:
         return StudyResult(name, patient, "failed", reason=_scrub(f"{type(err).__name__}: {err}", plan))
     except Exception as err:  # noqa: BLE001 - a fault in one study must not stop the batch: report it
         return StudyResult(name, patient, "failed",
@@ -415,7 +537,7 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
                     key_file: str | Path | None = None, split: Sequence[float] = DEFAULT_SPLIT,
                     seed: int = 0, slices_per_study: tuple[int, int] | None = None,
                     min_coverage: float = 0.0, mapping_file: str | Path | None = None, dask: str | None = None,
-                    standard_dose_only: bool = False,
+                    standard_dose_only: bool = False, brain: BrainOptions | None = None,
                     progress: Callable[[int, int, str], None] | None = None) -> PrepareReport:
     """Prepare every study found under ``inputs`` into the dataset ``out``; see the module docstring.
 
@@ -432,6 +554,9 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     original identifier (StudyInstanceUID or NIfTI study name) and patient id; merged with an existing one.
     ``standard_dose_only`` (lpet2spet): each study's standard-dose PET and CT, no low-dose images (what uPETe
     trains on; one PET series per study is enough); the dataset records it.
+    ``brain`` (mr2pet): registration, brain mask, planes, slice ranges, cube and PET units
+    (:class:`~petsynth.data.brain.BrainOptions`; default: rigid, auto mask, axial); DICOM MR and PET of one patient
+    in different studies are paired by acquisition date (:func:`plan_mr2pet_studies`).
     """
     spec = get_task(task)  # a TaskError (a ValueError) for an unknown name
     if standard_dose_only and not spec.low_dose_source:
@@ -456,7 +581,13 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     report = PrepareReport(skipped_files=[(_relative(s.path, inputs), s.reason) for s in skipped])
     done = set(store.finished_studies(root))
     jobs: list[StudyPlan] = []
-    candidates = [(st.study_uid, lambda st=st: plan_study(st, task, standard_dose_only)) for st in studies]
+    if spec.name == "mr2pet":
+        brain = brain or BrainOptions()
+        candidates = plan_mr2pet_studies(studies, brain.register == "rigid", brain.max_gap_days)
+    else:
+        if brain is not None:
+            raise ValueError(f"brain options (registration, mask, planes) are for mr2pet datasets, not {task}")
+        candidates = [(st.study_uid, lambda st=st: plan_study(st, task, standard_dose_only)) for st in studies]
     candidates += [(st.study_id, lambda st=st: plan_nifti_study(st, task, standard_dose_only)) for st in nifti]
     mapping: list[tuple[str, str, str, str]] = []
     for ident, make_plan in candidates:
@@ -478,7 +609,7 @@ def prepare_dataset(inputs: Sequence[str | Path], out: str | Path, task: str, *,
     settled = total - len(jobs)
     if progress:
         progress(settled, total, "starting")
-    args = (root, task, size, key, slices_per_study, seed, min_coverage)
+    args = (root, task, size, key, slices_per_study, seed, min_coverage, brain)
     lost = lambda plan, err: StudyResult(pseudonym(key, plan.study_uid),  # noqa: E731
                                          pseudonym(key, plan.patient_id, prefix="p"), "failed",
                                          reason=f"the worker running it failed: {type(err).__name__}: {err}")

@@ -6,7 +6,7 @@ Layout::
       dataset.yaml                 task, slice size, store version, arrays present, petsynth version
       splits.json                  study -> split (train/val/test), written when preparation finishes
       studies/<study>/             one zarr v3 group per study (built under a temporary name, then renamed)
-        source, target[, guidance, truth, labels]   (n, H, W) arrays (float32; labels uint8), one blosc-compressed
+        source, target[, guidance, truth, labels, mask]   (n, H, W) arrays (float32; labels, mask uint8), one blosc-compressed
                                                     chunk per slice, sharded in files of SLICES_PER_SHARD slices
                                                     (standard zarr v3 sharding, written by _write_shards for speed)
         attrs: per-slice metadata (z_mm, ...), study metadata (with "label_table" when labels are stored)
@@ -43,7 +43,9 @@ SPLITS_FILE = "splits.json"
 STUDIES_DIR = "studies"
 SPLITS = ("train", "val", "test")
 #: Array names a study may hold; "source" and "target" are always present.
-ARRAY_NAMES = ("source", "target", "guidance", "truth", "labels")
+ARRAY_NAMES = ("source", "target", "guidance", "truth", "labels", "mask")
+#: Arrays stored as uint8 (the rest float32).
+UINT8_ARRAYS = ("labels", "mask")
 #: Per-slice metadata keys stored for every study (lists of length n).
 SLICE_KEYS = ("index", "z_mm")
 #: Per-study metadata keys copied into every item.
@@ -171,7 +173,7 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
     with atomic_directory(Path(root) / STUDIES_DIR / study, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         for name, a in arrays.items():
-            a = np.ascontiguousarray(a, dtype="<u1" if name == "labels" else "<f4")
+            a = np.ascontiguousarray(a, dtype="<u1" if name in UINT8_ARRAYS else "<f4")
             array = group.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(1, *a.shape[1:]),
                                        shards=(min(n, SLICES_PER_SHARD), *a.shape[1:]), compressors=_COMPRESSOR)
             _write_shards(array, tmp / name, a)
@@ -254,9 +256,10 @@ def write_splits(root: str | Path, splits: Mapping[str, str]) -> None:
 class PreparedDataset(torch.utils.data.Dataset):
     """Slices of a prepared dataset; items are dicts of float32 arrays in physical units and metadata.
 
-    Keys: "source", "target" (and "guidance", "truth", "labels" where stored), each (H, W); "study",
+    Keys: "source", "target" (and "guidance", "truth", "labels", "mask" where stored), each (H, W); "study",
     "split", "index" (slice index within the study), "z_mm", "spacing_mm", "kvp", "vendor", "units",
-    "dose_fraction". :meth:`label_table` names a study's labels.
+    "dose_fraction"; "plane" ("axial", "coronal", "sagittal") in mr2pet datasets.
+    :meth:`label_table` names a study's labels.
     """
 
     def __init__(self, root: str | Path, split: str | None = None):

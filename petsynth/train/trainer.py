@@ -208,6 +208,9 @@ def training_geometry(dataset: Any) -> dict[str, Any]:
         out["size"] = int(info["size"])
     if spacings:
         out["spacing_mm"] = [round(float(v), 4) for v in np.median(np.asarray(spacings, dtype=np.float64), axis=0)]
+    masks = {dataset.study_meta(s).get("brain_mask") for s in getattr(dataset, "studies", [])} - {None, "none"}
+    if masks:  # mr2pet trained on brain-masked MR: translate masks its MR the same way
+        out["brain_mask"] = sorted(masks)[0]
     return out
 
 
