@@ -716,19 +716,17 @@ class StudyOptions:
 
 def _brain_masked(method: Method, inputs: TranslateInput, say: Say) -> np.ndarray | None:
     """For a model trained on brain-masked MR (its card's data ``brain_mask``, from ``prepare --task mr2pet``): the
-    MR's automatic brain mask (:func:`petsynth.data.brain_mask.auto_brain_mask`), with the MR set to 0 outside it
-    in ``inputs`` as prepare did; None otherwise."""
+    MR's automatic brain mask (:func:`petsynth.data.brain_mask.auto_brain_mask`) on the MR's grid, where the MR
+    the model sees is kept (0 outside, as prepare did); None otherwise."""
     data = getattr(getattr(method, "card", None), "data", None) or {}
     if inputs.task.name != "mr2pet" or not data.get("brain_mask"):
         return None
     from petsynth.data.brain_mask import auto_brain_mask
 
     say("brain mask of the MR (the model was trained on brain-masked MR)")
-    mr = np.asarray(inputs.source.array, dtype=np.float32)
-    mask = auto_brain_mask(mr, inputs.source.geometry)
+    mask = auto_brain_mask(np.asarray(inputs.source.array, dtype=np.float32), inputs.source.geometry)
     if not mask.any():
         raise TranslateError("the automatic brain mask of the MR is empty: is it a T1-weighted head MR?")
-    inputs.source = replace(inputs.source, array=np.where(mask, mr, 0.0).astype(np.float32))
     return mask
 
 
@@ -751,6 +749,9 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
         on_grid = {role: image_on_grid(image, grid) for role, image in inputs.images.items()}
     except SeriesError as err:  # a lazily read slice that cannot be decoded (damaged, NaN rescale)
         raise TranslateError(f"{where}: {err}") from None
+    if brain is not None:
+        brain = resample(brain.astype(np.float32), inputs.source.geometry, grid, mode="nearest") > 0.5
+        on_grid["source"] = np.where(brain, on_grid["source"], 0.0).astype(np.float32)
 
     fraction, fraction_source = _dose_fraction(method, inputs, on_grid, opts.predict, kvp_used, spacing)
     if fraction_source is not None:
@@ -767,10 +768,8 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
         suv[k:k + pred.shape[0]] = pred[:, 0].numpy()
         k += pred.shape[0]
     np.clip(suv, 0.0, None, out=suv)
-    if brain is not None:  # the model saw brain only: nothing outside it
-        suv[resample(brain.astype(np.float32), inputs.source.geometry, grid, mode="nearest") < 0.5] = 0.0
-    elif opts.mask_body:
-        suv[~input_body_mask(inputs, on_grid, spacing)] = 0.0
+    if opts.mask_body:  # a brain-masked model saw brain only: nothing outside it
+        suv[~brain if brain is not None else ~input_body_mask(inputs, on_grid, spacing)] = 0.0
 
     say("writing the outputs")
     result = TranslateResult(out_dir=out, geometry=grid, suv=suv, slices=int(grid.shape[0]))

@@ -186,3 +186,55 @@ def test_evaluate_reports_per_plane_and_brain_measures(raw, tmp_path):
            if r["plane"] == "sagittal" and r["reference"] == "real" and r["study"] != "overall"}
     for key in ("suvr_grey_bias", "grey_bias", "white_bias", "gm_wm_ratio_ref"):
         assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6)
+
+
+def test_the_mr_nearest_in_time_is_taken(raw, tmp_path):
+    """A second MR study of the same patient, 2 days before the PET: the nearer of the two MR visits is paired."""
+    folder = tmp_path / "visits"
+    shutil.copytree(raw["moved"], folder / "a")
+    truth = json.loads((raw["moved"] / "truth" / "truth.json").read_text())
+    pet_date = pydicom.dcmread(next((folder / "a" / "PT").iterdir())).StudyDate
+    import datetime as dt
+
+    decoy = (dt.datetime.strptime(pet_date, "%Y%m%d") - dt.timedelta(days=2)).strftime("%Y%m%d")
+    (folder / "b").mkdir()
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for f in (folder / "a" / "MR").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = decoy
+        ds.save_as(folder / "b" / f.name)
+    report = _prepare([folder], tmp_path / "ds")
+    ok = [r for r in report.results if r.status == "ok"]
+    assert len(ok) == 1, report.results
+    meta = open_dataset(tmp_path / "ds").study_meta(ok[0].study)
+    gap = min(truth["pet_visit_days_after_mr"], 2)
+    assert meta["pairing"] == f"MR from another study of the same patient, {gap:g} days apart"
+
+
+def test_bids_layout_gives_the_same_pairs_as_suv_nifti(raw, tmp_path):
+    """A BIDS subject (T1w + PET in Bq/mL with its sidecar) prepares to the same SUV pairs as the plain NIfTI
+    layout of the same images in SUV."""
+    from petsynth.io.nifti import read_nifti, write_nifti
+
+    plain = write_studies(tmp_path / "plain", "mr2pet", studies=1, seed=SEED + 3, preset="tiny", fmt="nifti")[0]
+    ses = tmp_path / "bids" / "sub-01" / "ses-01"
+    (ses / "anat").mkdir(parents=True)
+    (ses / "pet").mkdir()
+    shutil.copy(plain / "mr.nii.gz", ses / "anat" / "sub-01_ses-01_T1w.nii.gz")
+    suv, affine = read_nifti(plain / "pet.nii.gz")
+    weight_kg, dose_mbq = 70.0, 185.0
+    write_nifti(ses / "pet" / "sub-01_ses-01_pet.nii.gz", suv * dose_mbq * 1e6 / (weight_kg * 1000), affine)
+    (ses / "pet" / "sub-01_ses-01_pet.json").write_text(json.dumps({
+        "Units": "Bq/mL", "InjectedRadioactivity": dose_mbq, "InjectedRadioactivityUnits": "MBq",
+        "BodyWeight": weight_kg}))
+    # the headers trusted (the two are the same images): the comparison is of the units, not of two registrations
+    _prepare([plain], tmp_path / "ds-plain", register="none")
+    report = _prepare([tmp_path / "bids"], tmp_path / "ds-bids", register="none")
+    assert [r.status for r in report.results] == ["ok"], report.results
+    a, b = open_dataset(tmp_path / "ds-plain"), open_dataset(tmp_path / "ds-bids")
+    assert b.study_meta(b.studies[0])["units"] == "SUV"
+    ta = np.stack([a[i]["target"] for i in range(len(a))])
+    tb = np.stack([b[i]["target"] for i in range(len(b))])
+    np.testing.assert_allclose(tb, ta, rtol=1e-3, atol=1e-3)

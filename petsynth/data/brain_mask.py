@@ -7,8 +7,9 @@ given in mm (ellipsoids, so anisotropic voxels are handled):
    intensities between the 0.5th and 99.5th percentiles; the white-matter level is the mode of the
    (smoothed) histogram of head voxels above the head's median (in a T1w head, white matter is the largest
    bright tissue; fat and marrow are brighter but thinner). Intensities are divided by it.
-2. Threshold at ``threshold`` (default 0.45) of the white-matter level: keeps white and grey matter
-   (T1w about 0.6-1.0 of WM), drops CSF (~0.15), bone and air; also keeps scalp fat, marrow and muscle.
+2. Threshold at ``threshold`` (default 0.35) of the white-matter level: keeps white and grey matter
+   (T1w about 0.4-1.0 of WM: grey matter falls to ~0.43 at 7 T with a 3 T MPRAGE timing), drops CSF
+   (0.1-0.28 from 1.5 to 7 T), bone and air; also keeps scalp fat, marrow and muscle.
 3. Binary erosion by ``erode_mm`` (default 4 mm): cuts the thin bridges from the brain to scalp, diploic
    marrow and orbital fat (the inner table and CSF separate them by only a few mm).
 4. The largest connected component (6-connected) near the centre of the head: the core of the brain.
@@ -19,9 +20,10 @@ given in mm (ellipsoids, so anisotropic voxels are handled):
    hole filling: the ventricles and the deep CSF become part of the mask.
 
 Measured against the brain phantom's labels (brain parenchyma with the CSF it encloses,
-``binary_fill_holes``): Dice 0.93 on three subjects of the "small" preset (2 mm MR voxels), 0.95 on one of the
-"default" preset (1 x 1 x 1.2 mm), 0.86-0.88 on the "tiny" preset (4 mm voxels, where the 2 mm CSF layer under
-the skull is not resolved and the mask takes in some of the skull).
+``binary_fill_holes``): Dice 0.929-0.933 on four subjects of the "small" preset (2 mm MR voxels), 0.949 on one
+of the "default" preset (1 x 1 x 1.2 mm; 0.947 for another subject at each of 1.5, 3, 5 and 7 T), 0.84-0.85 on
+the "tiny" preset (4 mm voxels, where the 2 mm CSF layer under the skull is not resolved and the mask takes in
+some of the skull).
 
 Known failure cases:
 
@@ -104,7 +106,7 @@ def _white_matter_level(v: np.ndarray, head: np.ndarray) -> float:
     return float((edges[i] + edges[i + 1]) / 2)
 
 
-def auto_brain_mask(t1w: np.ndarray, geometry: Geometry, *, threshold: float = 0.45, erode_mm: float = 4.0,
+def auto_brain_mask(t1w: np.ndarray, geometry: Geometry, *, threshold: float = 0.35, erode_mm: float = 4.0,
                     close_mm: float = 0.0) -> np.ndarray:
     """Brain mask (bool, the image's shape) of a T1-weighted head MR by thresholds and morphology; see the
     module docstring for the method, its parameters (mm) and its known failure cases."""

@@ -376,7 +376,7 @@ def _result_of_written(root: Path, name: str, patient: str) -> StudyResult:
 
 
 def _brain_study(plan: StudyPlan, root: Path, name: str, patient: str, size: int, options: BrainOptions,
-                 seed: int) -> StudyResult:
+                 seed: int, slices_per_study: tuple[int, int] | None) -> StudyResult:
     """Prepare one mr2pet study (:mod:`petsynth.data.brain`): register, mask, slice the planes, write."""
     pet = _load(plan.target, "PT")
     if plan.pet_suv_factor is not None and plan.pet_suv_factor != 1.0:
@@ -389,16 +389,23 @@ def _brain_study(plan: StudyPlan, root: Path, name: str, patient: str, size: int
         found = [Path(f) / options.brain_mask for f in (folder, str(Path(folder).parent))
                  if (Path(f) / options.brain_mask).is_file()]
         mask_file = found[0] if found else None
-    pairs = build_brain_pairs(mr, pet, size=size, options=options, register=plan.register,
+    pairs = build_brain_pairs(mr, pet, size=size, options=options,
+                              register=plan.register and options.register == "rigid",
                               pet_is_suv=plan.pet_suv_factor is not None, truth=volumes, mask_file=mask_file,
                               seed=seed)
+    arrays, slice_meta = pairs.arrays, pairs.slice_meta
+    if slices_per_study is not None:  # a contiguous run of the pairs (in plane order), as for the other tasks
+        n = len(slice_meta["index"])
+        keep = _pairs_kept(np.ones(n), 0.0, slices_per_study, [seed, int(name[1:], 16)])
+        arrays = {k: v[keep] for k, v in arrays.items()}
+        slice_meta = {k: list(np.asarray(v, dtype=object)[keep]) for k, v in slice_meta.items()}
     meta = {**pairs.study_meta, "kvp": None, "vendor": pet.manufacturer, "dose_fraction": None, "task": "mr2pet",
             "patient": patient, "coverage": {"low": 0, "dropped": 0, "least": 1.0}}
     if plan.pairing:
         meta["pairing"] = plan.pairing
     if table and "labels" in pairs.arrays:
         meta[store.LABEL_TABLE] = table
-    store.write_study(root, name, pairs.arrays, pairs.slice_meta, meta)
+    store.write_study(root, name, arrays, slice_meta, meta)
     return _result_of_written(root, name, patient)
 
 
@@ -413,7 +420,7 @@ def prepare_study(plan: StudyPlan, root: Path, task: str, size: int, key: bytes,
         return _result_of_written(root, name, patient)
     try:
         if task == "mr2pet":
-            return _brain_study(plan, root, name, patient, size, brain or BrainOptions(), seed)
+            return _brain_study(plan, root, name, patient, size, brain or BrainOptions(), seed, slices_per_study)
         pet = _load(plan.target, "PT")
         # never held whole: resampled slice by slice; a standard-dose-only study pairs the PET with itself
         source = pet if plan.source is None else _load(plan.source, plan.source_modality, lazy=True)
