@@ -167,9 +167,12 @@ def test_auto_brain_mask_against_labels(seed):
     mr = s.images["MR"]
     mask = auto_brain_mask(mr.volume, mr.geometry)
     assert mask.dtype == bool and mask.shape == mr.geometry.shape
-    d = dice(mask, truth_brain(s.truth_images["labels_mr"].volume))
+    labels = s.truth_images["labels_mr"].volume
+    d = dice(mask, truth_brain(labels))
     print(f"seed {seed}: auto brain mask Dice {d:.3f}")
     assert d > 0.9, d
+    for label in (23, 25):  # the cerebellum and the brainstem, the SUVR reference regions, are inside
+        assert mask[labels == label].mean() > 0.9, label
 
 
 def test_auto_brain_mask_skull_stripped_input():

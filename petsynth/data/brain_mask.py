@@ -20,10 +20,9 @@ given in mm (ellipsoids, so anisotropic voxels are handled):
    hole filling: the ventricles and the deep CSF become part of the mask.
 
 Measured against the brain phantom's labels (brain parenchyma with the CSF it encloses,
-``binary_fill_holes``): Dice 0.929-0.933 on four subjects of the "small" preset (2 mm MR voxels), 0.949 on one
-of the "default" preset (1 x 1 x 1.2 mm; 0.947 for another subject at each of 1.5, 3, 5 and 7 T), 0.84-0.85 on
-the "tiny" preset (4 mm voxels, where the 2 mm CSF layer under the skull is not resolved and the mask takes in
-some of the skull).
+``binary_fill_holes``): Dice 0.964-0.968 on four subjects of the "small" preset (2 mm MR voxels), 0.984 on one
+of the "default" preset (1 x 1 x 1.2 mm), 0.984 for another at each of 1.5, 3, 5 and 7 T, 0.84-0.85 on the "tiny" preset (4 mm voxels, where the 2 mm CSF
+layer under the skull is not resolved and the mask takes in some of the skull).
 
 Known failure cases:
 

@@ -183,7 +183,10 @@ def brain_labels(geometry: Geometry, rng: np.random.Generator, center: np.ndarra
              c + np.array([0.0, 30.0, -130.0]) * s]
     deep.append(Tube(L.CORTICAL_BONE.label, canal, np.array([16.0, 16.0, 16.0]) * s))
     deep.append(Tube(L.CSF.label, canal, np.array([12.5, 12.5, 12.5]) * s))
-    deep.append(Tube(L.CSF.label, stem, stem_r + 3.0 * s))  # cisterns around the brainstem
+    for side in (-1, 1):  # the cerebellar peduncles: white matter joining the cerebellum to the brainstem
+        deep.append(Tube(L.CEREBELLAR_WHITE.label, [c + np.array([side * 4.0, 22.0, -46.0]) * s,
+                                                    c + np.array([side * 16.0, 40.0, -50.0]) * s],
+                         np.array([5.0, 5.0]) * s))
     deep.append(Tube(L.BRAINSTEM.label, stem, stem_r))
     deep += orbits  # the orbits lie under the frontal lobes, behind bone (the orbital roof)
     labels = _overpaint(labels, deep, geometry)
