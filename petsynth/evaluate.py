@@ -805,18 +805,13 @@ def _region_rows(acc: dict, models: list[str], references: list[str], studies: l
 
 def _plane_rows(per_slice: list[dict], specs: list[MetricSpec], models: list[str], references: list[str],
                 planes: list[str]) -> tuple[list[dict], dict]:
-    """metrics.csv rows of the image metrics per plane (study "overall"), and plane -> model -> ref -> key -> mean."""
+    """metrics.csv rows of the image metrics per plane (:func:`_image_rows` of the plane's slices, study
+    "overall"), and plane -> model -> ref -> key -> mean."""
     rows, overall = [], {}
     for plane in planes:
-        for model in models:
-            for ref in references:
-                chosen = [r for r in per_slice if r["model"] == model and r["reference"] == ref and r["plane"] == plane]
-                for s in specs:
-                    mean, std, n = _stats([r[s.key] for r in chosen])
-                    rows.append({"model": model, "reference": ref, "study": "overall", "plane": plane,
-                                 "convention": s.convention, "region": "", "metric": s.name, "unit": s.unit,
-                                 "data_range": s.data_range, "mean": mean, "std": std, "n": n})
-                    overall.setdefault(plane, {}).setdefault(model, {}).setdefault(ref, {})[s.key] = mean
+        mine, overall[plane] = _image_rows([r for r in per_slice if r["plane"] == plane], specs, models, references,
+                                           [])
+        rows += [{**row, "plane": plane} for row in mine]
     return rows, overall
 
 

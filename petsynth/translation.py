@@ -65,7 +65,7 @@ from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
 from petsynth.data.dicom_series import SeriesError, load_series
 from petsynth.data.geometry import Geometry, resample
 from petsynth.data.nifti_layouts import load_nifti_volume
-from petsynth.data.prepare import by_frame_duration, dose_ratio, largest_series
+from petsynth.data.prepare import by_frame_duration, corrected_pets, dose_ratio, largest_series
 from petsynth.data.store import DATASET_FILE, open_dataset
 from petsynth.data.suv import SUVError
 from petsynth.inference import (GRID_MULTIPLE, PredictOptions, load_model, model_name, model_size, model_spacing_mm,
@@ -304,7 +304,7 @@ def study_inputs(study: StudyInfo, task: str | Task, folder: Path) -> TranslateI
         raise WrongTaskError(f"{_reads(task)}; {folder} holds {found} series, no {' or '.join(missing)} series")
     fraction = None
     if task.low_dose_source:
-        pets = [s for s in study.of_modality(task.source_modality) if s.attenuation_corrected]
+        pets = corrected_pets(study)  # the low-dose source is a PET
         if not pets:
             raise TranslateError(f"{folder}: no attenuation-corrected PET series (CorrectedImage with ATTN) to "
                                  f"use as the {task.source_label}")

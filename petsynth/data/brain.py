@@ -39,6 +39,7 @@ import numpy as np
 
 from petsynth.data.dicom_series import SeriesVolume
 from petsynth.data.geometry import Geometry, gaussian_blur, resample
+from petsynth.data.store import UINT8_ARRAYS
 
 PLANES = ("axial", "coronal", "sagittal")
 REGISTER_MODES = ("rigid", "none")
@@ -144,9 +145,10 @@ def brain_cube(center_mm: Sequence[float], size: int, fov_mm: float) -> Geometry
     return Geometry(shape=(size, size, size), spacing=(s, s, s), origin=tuple(origin))
 
 
-def mask_center_mm(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """World centre (LPS mm) of the bounding box of a mask's voxels; of the whole grid when it is empty."""
-    idx = np.argwhere(mask)
+def mask_center_mm(mask: np.ndarray | None, geometry: Geometry) -> np.ndarray:
+    """World centre (LPS mm) of the bounding box of a mask's voxels; of the whole grid without a mask or when
+    it is empty."""
+    idx = np.argwhere(mask) if mask is not None else np.empty((0, 3))
     if idx.size == 0:
         nz, ny, nx = geometry.shape
         return geometry.index_to_world(np.array([[(nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2]]))[0]
@@ -193,12 +195,12 @@ def _onto_cube(volume: np.ndarray, geometry: Geometry, cube: Geometry, *, mode: 
 
 @dataclass
 class BrainPairs:
-    """The pairs of one brain study (arrays (n, size, size) and per-pair metadata) and what was done."""
+    """The pairs of one brain study (arrays (n, size, size) and per-pair metadata) and what was done (study
+    metadata, with the registration's record when one ran)."""
 
     arrays: dict[str, np.ndarray]
     slice_meta: dict[str, list]
     study_meta: dict[str, Any]
-    registration: dict[str, Any] | None
 
 
 def _brain_mask(mr: np.ndarray, geometry: Geometry, how: str, mask_file: Path | None) -> np.ndarray | None:
@@ -235,7 +237,7 @@ def build_brain_pairs(mr: SeriesVolume, pet: SeriesVolume, *, size: int, options
     mr_array = np.asarray(mr.array, dtype=np.float32)
     pet_array = np.asarray(pet.array, dtype=np.float32)
     mask_mr = _brain_mask(mr_array, mr.geometry, options.brain_mask, mask_file)
-    transform, registration = RigidTransform.identity(), None
+    transform, registration = RigidTransform.identity(), None  # registration: its record, when one ran
     if register:
         pet_mask = None
         if mask_mr is not None:
@@ -249,7 +251,7 @@ def build_brain_pairs(mr: SeriesVolume, pet: SeriesVolume, *, size: int, options
             raise BrainPrepError(f"registration of the PET to the MR failed: {err}") from None
         transform, registration = result.transform, result.to_dict()
 
-    center = mask_center_mm(mask_mr if mask_mr is not None else np.zeros((1, 1, 1), bool), mr.geometry)
+    center = mask_center_mm(mask_mr, mr.geometry)
     cube = brain_cube(center, size, options.fov_mm)
     vols = {"source": _onto_cube(mr_array, mr.geometry, cube)}
     vols["target"] = resample_through(pet_array, pet.geometry, transform, cube)
@@ -269,7 +271,7 @@ def build_brain_pairs(mr: SeriesVolume, pet: SeriesVolume, *, size: int, options
     meta: dict[str, list] = {"index": [], "z_mm": [], "plane": []}
     for plane in options.planes:
         stacks = {name: plane_stack(v, plane) for name, v in vols.items()}
-        chosen = _chosen_slices(stacks, plane, options.slice_ranges.get(plane), mr, cube)
+        chosen = _chosen_slices(stacks, plane, options.slice_ranges.get(plane))
         for name, stack in stacks.items():
             arrays.setdefault(name, []).append(stack[chosen])
         meta["index"] += [int(k) for k in chosen]
@@ -277,7 +279,7 @@ def build_brain_pairs(mr: SeriesVolume, pet: SeriesVolume, *, size: int, options
         meta["plane"] += [plane] * len(chosen)
     if not meta["index"]:
         raise BrainPrepError("no slice of the requested planes and ranges holds brain")
-    out = {name: np.concatenate(parts).astype(np.uint8 if name in ("mask", "labels") else np.float32)
+    out = {name: np.concatenate(parts).astype(np.uint8 if name in UINT8_ARRAYS else np.float32)
            for name, parts in arrays.items()}
     study_meta = {"spacing_mm": [cube.spacing[1], cube.spacing[2]], "units": units,
                   "pet_normalisation": normalisation, "planes": list(options.planes),
@@ -285,11 +287,10 @@ def build_brain_pairs(mr: SeriesVolume, pet: SeriesVolume, *, size: int, options
                   "cube": {"size": size, "fov_mm": options.fov_mm, "center_mm": [round(float(c), 3) for c in center]}}
     if registration is not None:
         study_meta["registration"] = registration
-    return BrainPairs(out, meta, study_meta, registration)
+    return BrainPairs(out, meta, study_meta)
 
 
-def _chosen_slices(stacks: Mapping[str, np.ndarray], plane: str, rng: tuple[int, int] | None, mr: SeriesVolume,
-                   cube: Geometry) -> np.ndarray:
+def _chosen_slices(stacks: Mapping[str, np.ndarray], plane: str, rng: tuple[int, int] | None) -> np.ndarray:
     n = stacks["source"].shape[0]
     if rng is not None:
         lo, hi = rng

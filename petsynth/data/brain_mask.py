@@ -49,15 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from petsynth.data.geometry import Geometry, gaussian_blur
-
-
-def _ball(spacing, radius_mm: float) -> np.ndarray:
-    """Ellipsoidal structuring element of ``radius_mm`` on a grid of ``spacing`` (dz, dy, dx)."""
-    r = [max(0, int(np.floor(radius_mm / s + 1e-9))) for s in spacing]
-    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
-    ball = (zz * spacing[0]) ** 2 + (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2 <= radius_mm ** 2 + 1e-9
-    return ball
+from petsynth.data.geometry import Geometry, ball_mm, gaussian_blur
 
 
 def _largest_component(mask: np.ndarray, prefer_center: bool = False) -> np.ndarray:
@@ -109,7 +101,7 @@ def auto_brain_mask(t1w: np.ndarray, geometry: Geometry, *, threshold: float = 0
                     close_mm: float = 0.0) -> np.ndarray:
     """Brain mask (bool, the image's shape) of a T1-weighted head MR by thresholds and morphology; see the
     module docstring for the method, its parameters (mm) and its known failure cases."""
-    from scipy.ndimage import binary_closing, binary_erosion
+    from scipy.ndimage import binary_closing, binary_erosion, label
     from skimage.filters import threshold_otsu
 
     v = np.asarray(t1w, dtype=np.float32)
@@ -134,21 +126,18 @@ def auto_brain_mask(t1w: np.ndarray, geometry: Geometry, *, threshold: float = 0
 
     sp = geometry.spacing
     fg = norm > threshold
-    core = binary_erosion(fg, structure=_ball(sp, erode_mm)) if erode_mm > 0 else fg
+    core = binary_erosion(fg, structure=ball_mm(sp, erode_mm)) if erode_mm > 0 else fg
     if not core.any():
         core = fg
-    brain = _largest_component(core, prefer_center=True)
-    if erode_mm > 0:  # every threshold voxel connected to the core
-        from scipy.ndimage import label
-
-        components, _ = label(fg)
-        ids = np.unique(components[brain])
-        brain = np.isin(components, ids[ids > 0])
+    core = _largest_component(core, prefer_center=True)
+    components, _ = label(fg)  # every threshold voxel connected to the core
+    ids = np.unique(components[core])
+    brain = np.isin(components, ids[ids > 0])
     if close_mm > 0:
         # pad so the closing does not stick to the volume's borders
         r = [int(np.floor(close_mm / s)) + 1 for s in sp]
         padded = np.pad(brain, [(x, x) for x in r])
-        padded = binary_closing(padded, structure=_ball(sp, close_mm))
+        padded = binary_closing(padded, structure=ball_mm(sp, close_mm))
         brain = padded[r[0]:r[0] + v.shape[0], r[1]:r[1] + v.shape[1], r[2]:r[2] + v.shape[2]]
     return _fill_holes(brain)
 

@@ -168,6 +168,14 @@ def block_mean(volume: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     return (v / np.float32(fz * fy * fx)).astype(np.float32, copy=False)
 
 
+def ball_mm(spacing: tuple[float, float, float], radius_mm: float) -> np.ndarray:
+    """Ellipsoidal structuring element (bool) of ``radius_mm`` on a grid of ``spacing`` (dz, dy, dx): the voxels
+    whose centres lie within ``radius_mm`` of the central one, for morphology in millimetres."""
+    r = [max(0, int(np.floor(radius_mm / s + 1e-9))) for s in spacing]
+    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+    return (zz * spacing[0]) ** 2 + (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2 <= radius_mm ** 2 + 1e-9
+
+
 def gaussian_blur(volume: np.ndarray, fwhm_mm: float | tuple[float, float, float],
                   spacing: tuple[float, float, float]) -> np.ndarray:
     """Separable Gaussian blur of a (nz, ny, nx) float volume; FWHM in mm per axis (z, y, x); zero padding

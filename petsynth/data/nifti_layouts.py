@@ -28,7 +28,9 @@ import numpy as np
 
 from petsynth.data.dicom_series import SeriesVolume
 from petsynth.data.geometry import Geometry
+from petsynth.data.suv import suvbw_factor
 from petsynth.io.nifti import read_nifti
+from petsynth.physics.constants import F18_HALF_LIFE_S
 
 LAYOUTS = ("autopet", "hecktor", "plain")
 _LOW_DOSE = re.compile(r"^pet_low_(.+)\.nii(\.gz)?$")
@@ -118,8 +120,6 @@ def find_nifti_studies(paths: list[str | Path]) -> list[NiftiStudy]:
 
 
 BQ_PER_UNIT = {"bq": 1.0, "kbq": 1e3, "mbq": 1e6, "gbq": 1e9, "mci": 3.7e7, "uci": 3.7e4}
-#: F-18 half-life, s (the tracer of every BIDS PET this reads; another tracer's sidecar names its own half-life)
-F18_HALF_LIFE_S = 6586.2
 
 
 def _nifti_files(folder: Path, suffix: str) -> list[Path]:
@@ -165,13 +165,12 @@ def bids_suv_factor(pet: Path) -> tuple[float | None, str]:
         return None, "sidecar lacks InjectedRadioactivity or BodyWeight: values as read"
     if per_ml is None or dose_unit is None or not dose > 0 or not weight > 0:
         return None, f"sidecar units {meta.get('Units')!r} / {meta.get('InjectedRadioactivityUnits')!r} not convertible"
-    dose_bq = dose * dose_unit
     note = "SUVbw from the sidecar (InjectedRadioactivity, BodyWeight)"
-    try:
+    try:  # F-18 unless the sidecar names the tracer's half-life
         elapsed = float(meta["ImageDecayCorrectionTime"]) - float(meta["InjectionStart"])
         half_life = float(meta.get("TracerRadionuclideHalfLife", F18_HALF_LIFE_S))
-        dose_bq *= 2.0 ** (-elapsed / half_life)
         note += f", dose decayed {elapsed:g} s to the decay-correction time"
     except (KeyError, TypeError, ValueError):
+        elapsed, half_life = 0.0, F18_HALF_LIFE_S
         note += ", dose not decayed (no InjectionStart / ImageDecayCorrectionTime)"
-    return per_ml * weight * 1000.0 / dose_bq, note
+    return per_ml * suvbw_factor(weight, dose * dose_unit, elapsed, half_life), note

@@ -149,6 +149,17 @@ def largest_series(series: list[SeriesInfo]) -> SeriesInfo:
     return max(series, key=lambda s: (s.images, s.rows * s.columns, s.series_uid))
 
 
+def corrected_pets(study: StudyInfo) -> list[SeriesInfo]:
+    """The attenuation-corrected PET series of a study (CorrectedImage has ATTN)."""
+    return [s for s in study.of_modality("PT") if s.attenuation_corrected]
+
+
+def standard_dose_pet(pets: list[SeriesInfo]) -> SeriesInfo:
+    """The target PET of ct2pet and mr2pet among a study's corrected PET series: the longest frames, then the
+    most images."""
+    return max(pets, key=lambda s: (s.frame_duration_ms, s.images, s.series_uid))
+
+
 def by_frame_duration(pets: list[SeriesInfo]) -> list[SeriesInfo]:
     """PET series ordered by frame duration (ActualFrameDuration), shortest first: the first is the low-dose
     source of lpet2spet (prepare and translate), the last prepare's standard-dose target."""
@@ -189,7 +200,7 @@ def plan_study(study: StudyInfo, task: str, standard_dose_only: bool = False, re
     ``standard_dose_only`` (lpet2spet): the standard-dose PET (the longest frames) and its CT, no low-dose
     source, so one PET series is enough. ``register`` (mr2pet): an MR in another frame of reference is registered
     rather than refused."""
-    pets = [s for s in study.of_modality("PT") if s.attenuation_corrected]
+    pets = corrected_pets(study)
     if not pets:
         found = ", ".join(sorted({s.modality for s in study.series})) or "none"
         raise StudyError(f"no attenuation-corrected PET series (CorrectedImage with ATTN); series found: {found}")
@@ -208,7 +219,7 @@ def plan_study(study: StudyInfo, task: str, standard_dose_only: bool = False, re
         if not sources:
             raise StudyError(f"{task} needs a {spec.source_modality} series, but the study has none")
         # standard dose: the PET series with the longest frames
-        target = max(pets, key=lambda s: (s.frame_duration_ms, s.images, s.series_uid))
+        target = standard_dose_pet(pets)
         source, fraction = largest_series(sources), None
     guidance = None
     if spec.guidance_modality:
@@ -261,7 +272,7 @@ def plan_mr2pet_studies(studies: Sequence[StudyInfo], register: bool, max_gap_da
     used: set[str] = set()
     out: list[tuple[str, Callable[[], StudyPlan]]] = []
     for st in studies:
-        pets = [s for s in st.of_modality("PT") if s.attenuation_corrected]
+        pets = corrected_pets(st)
         if not pets or st.of_modality("MR"):
             continue
         patient = patient_of(pets[0], st.study_uid)
@@ -285,8 +296,7 @@ def plan_mr2pet_studies(studies: Sequence[StudyInfo], register: bool, max_gap_da
                + ("of unknown date)" if math.isinf(nearest) else f"{nearest:g} days)"))
         out.append((st.study_uid, lambda why=why: _fail(why)))
     for st in studies:
-        has_pet = any(s.attenuation_corrected for s in st.of_modality("PT"))
-        if st.study_uid not in used and (st.of_modality("MR") or not has_pet):
+        if st.study_uid not in used and (st.of_modality("MR") or not corrected_pets(st)):
             out.append((st.study_uid, lambda st=st: plan_study(st, "mr2pet", register=register)))
     return out
 
@@ -296,8 +306,7 @@ def _fail(why: str) -> StudyPlan:
 
 
 def _cross_study_plan(study: StudyInfo, mr: SeriesInfo, gap_days: float, register: bool) -> StudyPlan:
-    pets = [s for s in study.of_modality("PT") if s.attenuation_corrected]
-    target = max(pets, key=lambda s: (s.frame_duration_ms, s.images, s.series_uid))
+    target = standard_dose_pet(corrected_pets(study))
     if not register:
         raise StudyError("the MR of this patient is in another study (another visit): --register none cannot "
                          "pair it in world coordinates; use --register rigid")
@@ -383,12 +392,11 @@ def _brain_study(plan: StudyPlan, root: Path, name: str, patient: str, size: int
         pet = dataclasses.replace(pet, array=np.asarray(pet.array, dtype=np.float32) * np.float32(plan.pet_suv_factor))
     mr = _load(plan.source, "MR")
     volumes, table = _truth_series(pet)
-    folder = next(iter(_folders(plan.source)))
     mask_file = None
-    if options.brain_mask not in ("auto", "none"):
-        found = [Path(f) / options.brain_mask for f in (folder, str(Path(folder).parent))
-                 if (Path(f) / options.brain_mask).is_file()]
-        mask_file = found[0] if found else None
+    if options.brain_mask not in ("auto", "none"):  # a file beside the MR, or in the folder above its series
+        folder = Path(next(iter(_folders(plan.source))))
+        mask_file = next((f / options.brain_mask for f in (folder, folder.parent)
+                          if (f / options.brain_mask).is_file()), None)
     pairs = build_brain_pairs(mr, pet, size=size, options=options,
                               register=plan.register and options.register == "rigid",
                               pet_is_suv=plan.pet_suv_factor is not None, truth=volumes, mask_file=mask_file,

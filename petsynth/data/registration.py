@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from petsynth.data.geometry import Geometry, resample, resample_affine
+from petsynth.data.geometry import Geometry, ball_mm, resample, resample_affine
 
 
 class RegistrationError(ValueError):
@@ -61,7 +61,12 @@ class RigidTransform:
         a = a / np.linalg.norm(a)
         th = math.radians(angle_deg)
         k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-        r = np.eye(3) + math.sin(th) * k + (1 - math.cos(th)) * (k @ k)
+        return cls.about(np.eye(3) + math.sin(th) * k + (1 - math.cos(th)) * (k @ k), translation_mm, center_mm)
+
+    @classmethod
+    def about(cls, rotation, translation_mm=(0.0, 0.0, 0.0), center_mm=(0.0, 0.0, 0.0)) -> "RigidTransform":
+        """``x -> R (x - c) + c + t`` for a 3x3 rotation matrix ``R`` about ``center_mm``, then ``translation_mm``."""
+        r = np.asarray(rotation, dtype=np.float64)
         c = np.asarray(center_mm, dtype=np.float64)
         m = np.eye(4)
         m[:3, :3] = r
@@ -200,12 +205,7 @@ def _check_mask(name: str, mask, geometry: Geometry) -> np.ndarray | None:
 def _dilate_mm(mask: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
     from scipy.ndimage import binary_dilation
 
-    if radius_mm <= 0:
-        return mask
-    r = [max(0, int(math.floor(radius_mm / s))) for s in spacing]
-    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
-    ball = (zz * spacing[0]) ** 2 + (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2 <= radius_mm ** 2
-    return binary_dilation(mask, structure=ball)
+    return binary_dilation(mask, structure=ball_mm(spacing, radius_mm)) if radius_mm > 0 else mask
 
 
 # --- registration ----------------------------------------------------------------------------------------

@@ -176,9 +176,14 @@ def _suv_scale(instances: list[Dataset]) -> SUVScale:
     else:
         raise SUVError(f"{_where(ds)}: DecayCorrection (0054,1102) is {decay or 'missing'!r}; SUVbw from BQML "
                        "needs START or ADMIN")
-    decayed_dose = dose * 2.0 ** (-decay_s / half_life)
-    return SUVScale(factor=weight * 1000.0 / decayed_dose, units=units, decay_time_s=decay_s,
+    return SUVScale(factor=suvbw_factor(weight, dose, decay_s, half_life), units=units, decay_time_s=decay_s,
                     weight_kg=weight, dose_bq=dose, half_life_s=half_life)
+
+
+def suvbw_factor(weight_kg: float, dose_bq: float, decay_s: float, half_life_s: float) -> float:
+    """SUVbw (g/ml) per Bq/ml: ``weight [g] / (injected dose [Bq] decayed over decay_s)``, i.e.
+    ``weight_kg * 1000 / (dose_bq * 2^(-decay_s / half_life_s))`` (docs/formulas.md)."""
+    return weight_kg * 1000.0 / (dose_bq * 2.0 ** (-decay_s / half_life_s))
 
 
 def rescaled_pixels(ds: Dataset, out: np.ndarray | None = None, stored: np.ndarray | None = None) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 from petsynth.phantom import tissues as T
 from petsynth.phantom.anatomy import Ellipsoid, Tube, paint, rotation
 from petsynth.data.geometry import Geometry, gaussian_blur
+from petsynth.data.registration import RigidTransform
 
 #: Lobe centres (mm, relative to the cerebrum centre, x towards the hemisphere side, y posterior, z up)
 #: for the hypometabolic region.
@@ -256,22 +257,11 @@ def _rotation_matrix(rotation_deg) -> np.ndarray:
     return mz @ my @ mx
 
 
-def rotation_angle_deg(matrix: np.ndarray) -> float:
-    """Overall rotation angle (degrees) of a rotation matrix (or the 3x3 part of a 4x4)."""
-    r = np.asarray(matrix, dtype=np.float64)[:3, :3]
-    return float(np.rad2deg(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
-
-
 def pet_frame_matrix(rotation_deg, translation_mm, center_mm) -> np.ndarray:
     """4x4 map of a point p in the MR's world frame (LPS mm) to the same anatomical point q in the PET's world
     frame: ``q = R (p - c) + c + t`` with R = :func:`_rotation_matrix` (``rotation_deg``), c = ``center_mm``,
-    t = ``translation_mm``."""
-    r = _rotation_matrix(rotation_deg)
-    c = np.asarray(center_mm, dtype=np.float64)
-    m = np.eye(4)
-    m[:3, :3] = r
-    m[:3, 3] = c + np.asarray(translation_mm, dtype=np.float64) - r @ c
-    return m
+    t = ``translation_mm`` (:meth:`~petsynth.data.registration.RigidTransform.about`)."""
+    return RigidTransform.about(_rotation_matrix(rotation_deg), translation_mm, center_mm).matrix
 
 
 def _draw_displacement(gen: np.random.Generator) -> tuple[list[float], list[float]]:
@@ -279,7 +269,7 @@ def _draw_displacement(gen: np.random.Generator) -> tuple[list[float], list[floa
     lim_r, lim_t = RANDOM_ROTATION_DEG, RANDOM_TRANSLATION_MM
     while True:
         rot = gen.uniform(-lim_r, lim_r, 3)
-        if rotation_angle_deg(_rotation_matrix(rot)) <= lim_r:
+        if RigidTransform.about(_rotation_matrix(rot)).rotation_deg <= lim_r:
             break
     while True:
         shift = gen.uniform(-lim_t, lim_t, 3)
@@ -503,7 +493,7 @@ def _simulate_brain(seed: int, index: int, fields, *, suffix: bool, preset="defa
         pet = np.maximum(resample_affine(pet, m @ pet_geom.affine, pet_geom, mode="bilinear", fill=0.0), 0)
         pet_frame = {"matrix": m.round(9).tolist(), "rotation_deg": list(rot), "translation_mm": list(shift),
                      "center_mm": pivot.tolist(),
-                     "rotation_angle_deg": round(rotation_angle_deg(m), 4),
+                     "rotation_angle_deg": round(RigidTransform(m).rotation_deg, 4),
                      "convention": "q = matrix @ [p, 1]: p a point in the MR's world frame (LPS mm), q the same "
                                    "anatomical point in the PET's world frame; matrix = [R, c + t - R c], "
                                    "R = Rz Ry Rx (rotation_deg about the LPS x, y, z axes, x first), "
