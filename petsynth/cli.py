@@ -113,6 +113,12 @@ def phantom(
     displace_pet: bool = typer.Option(False, "--displace-pet", help="mr2pet: move the head in the PET by a random "
                                       "rigid transform (rotation up to 10 degrees, shift up to 20 mm) and write "
                                       "it as a separate study 1-60 days after the MR (truth.json pet_frame)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="ct2pet/lpet2spet: raised (out of the field of view), "
+                                       "sides (along the trunk, inside the PET and CT fields of view) or random "
+                                       "(sides with probability 0.35). Default random."),
+    contrast: Optional[str] = typer.Option(None, "--contrast", help="ct2pet/lpet2spet: none, venous (portal-venous "
+                                           "iodine-enhanced CT; the attenuation map still comes from the unenhanced "
+                                           "CT numbers) or random (venous with probability 0.5). Default none."),
 ) -> None:
     """Write digital phantom studies (CT/PET, MR/PET or low-dose PET) with their ground truth."""
 
@@ -136,6 +142,11 @@ def phantom(
         raise typer.BadParameter(str(err), param_hint="--field") from None
     if pattern is not None and pattern not in ph.PATTERNS:
         raise typer.BadParameter(f"{pattern!r}; choose one of {', '.join(ph.PATTERNS)}", param_hint="--pattern")
+    if arms is not None and arms not in ph.ARMS_CHOICES:
+        raise typer.BadParameter(f"{arms!r}; choose one of {', '.join(ph.ARMS_CHOICES)}", param_hint="--arms")
+    if contrast is not None and contrast not in ph.CONTRAST_CHOICES:
+        raise typer.BadParameter(f"{contrast!r}; choose one of {', '.join(ph.CONTRAST_CHOICES)}",
+                                 param_hint="--contrast")
 
     with _progress(remaining=False) as bar:
         job = bar.add_task(f"{task} phantoms", total=studies)
@@ -147,7 +158,8 @@ def phantom(
             paths = ph.write_studies(out, task=task, studies=studies, seed=seed, fmt=fmt, preset=preset,
                                      dose_fractions=fractions, flavour=flavour, start_index=start_index,
                                      overwrite=overwrite, progress=advance, fields=fields, pattern=pattern,
-                                     pet_displacement="random" if displace_pet else None)
+                                     pet_displacement="random" if displace_pet else None, arms=arms,
+                                     contrast=contrast)
         except (FileExistsError, ValueError, OSError) as err:
             _error(err)
             raise typer.Exit(code=1) from None
@@ -492,6 +504,9 @@ def evaluate(
     sampler_options: list[str] = typer.Option([], "--sampler-option", help=SAMPLER_OPTION_HELP),
     brain_reference: str = typer.Option("cerebellum", "--brain-reference", help="mr2pet: the SUVR reference region "
                                         "of the brain measures (brain.csv): cerebellum or pons."),
+    hot_spot_suv: float = typer.Option(4.0, "--hot-spot-suv", help="SUV threshold of the "
+                                       "false-positive hot spots (hot_spots.csv): components of the prediction "
+                                       "above it outside labelled uptake."),
 ) -> None:
     """Score models on a dataset split against the real PET (and the phantom truth): a CSV, a Markdown table
     like the CPDM paper's Table 4, and an error-map figure like its Figure 3. mr2pet datasets also get the
@@ -522,7 +537,7 @@ def evaluate(
                 warnings.simplefilter("always")
                 report = run_evaluation(models, data, out, split=split, options=options, max_slices=max_slices,
                                         progress=advance, device=_device(device), workers=workers,
-                                        dask=dask, brain_reference=brain_reference)
+                                        dask=dask, brain_reference=brain_reference, hot_spot_suv=hot_spot_suv)
     except (EvaluationError, DatasetError, MethodError, CheckpointError, ClusterError, OSError) as err:
         _error(err)
         raise typer.Exit(code=1) from None
@@ -536,6 +551,7 @@ def evaluate(
                                     [f"{report.overall[m][r][s.key]:.{s.digits}f}"
                                      for m in report.models for r in report.references]) for s in report.metrics]):
         out.print(table)
+    _print_lesion_summary(out, report)
     _print_warnings(caught)
     from petsynth.inference import PHANTOMS_ONLY_NOTICE
 
@@ -544,6 +560,19 @@ def evaluate(
         console.print(f"[yellow]{note}[/yellow]" if note in bundled else f"[dim]{note}[/dim]")
     for name, path in report.files.items():
         Console().print(f"{name:>10}: {path}")
+
+
+def _print_lesion_summary(out: Console, report) -> None:
+    """evaluate: the lesion SUVmax recovery per class and the false-positive hot spots, one line per model."""
+    for model, per_ref in report.lesion_classes.items():
+        for ref, classes in per_ref.items():
+            parts = [f"{c} {v['mean_recovery']:.2f} (n={v['count']}, {100 * v['within_tolerance']:.0f}% ±30%)"
+                     for c, v in classes.items()]
+            out.print(f"lesion SUVmax recovery, {model} vs {ref}: " + "; ".join(parts))
+    hot = report.hot_spots
+    if hot:
+        counts = ", ".join(f"{m} {v['total']}" for m, v in hot["per_model"].items())
+        out.print(f"false-positive hot spots > {hot['threshold_suv']:g} SUV (vs {hot['reference']}): {counts}")
 
 
 @_command()
@@ -778,7 +807,7 @@ def demo(
     against the phantom's noise-free truth, NIfTI, DICOM and a PNG panel. No data, no download."""
     from rich.table import Table
 
-    from petsynth.demo import run_demo
+    from petsynth.demo import organ_rich_tables, run_demo
     from petsynth.methods.base import MethodError
     from petsynth.train.checkpoint import CheckpointError
     from petsynth.translation import TranslateError
@@ -804,6 +833,8 @@ def demo(
         fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
         table.add_row(name, fmt(value), fmt(ref))
     Console().print(table)
+    for organ_table in organ_rich_tables(report.organs, model):
+        Console().print(organ_table)
     for name, path in report.files.items():
         Console().print(f"{name:>16}: {path}")
     _phantoms_only(model)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from petsynth.data.geometry import Geometry, resample
 from petsynth.data.prepare import phantom_label_table
 from petsynth.inference import DEMO_MODEL
 from petsynth.io.nifti import write_nifti
+from petsynth.metrics.lesions import lesion_class
 from petsynth.phantom import make_torso, write_study
 from petsynth.physics import attenuation_map
 from petsynth.physics.constants import HU_AIR
@@ -92,9 +94,11 @@ def _panel(path: Path, images: list[tuple[np.ndarray, str, str]], title: str, co
 
 def organ_table(truth: np.ndarray, images: dict[str, np.ndarray], labels: np.ndarray,
                 label_table: list[dict]) -> list[dict]:
-    """Per organ and per lesion of ``label_table`` (rows ``{"label", "name", "kind"}``) present in ``labels``:
-    voxels, the truth's SUVmean (and SUVmax for lesions), each image's, and each image's relative bias
-    ((image - truth) / truth). All volumes (nz, ny, nx) SUV on one grid."""
+    """Per organ and per lesion of ``label_table`` (rows ``{"label", "name", "kind"}``, lesions optionally with
+    "class" and "lesion_kind") present in ``labels``: voxels, the statistic (SUVmean for organs, SUVmax for
+    lesions) of the truth and of each image, and each image's relative bias ((image - truth) / truth; for a
+    lesion, recovery - 1); lesions also get "class" ("unclassified" without one) and "lesion_kind" ("" unknown).
+    All volumes (nz, ny, nx) SUV on one grid."""
     out = []
     for row in label_table:
         mask = labels == int(row["label"])
@@ -105,12 +109,46 @@ def organ_table(truth: np.ndarray, images: dict[str, np.ndarray], labels: np.nda
         ref = float(stat(truth[mask]))
         entry = {"region": row["name"], "kind": row["kind"], "voxels": n,
                  "statistic": "SUVmax" if row["kind"] == "lesion" else "SUVmean", "truth": ref}
+        if row["kind"] == "lesion":
+            entry.update({"class": lesion_class(row), "lesion_kind": str(row.get("lesion_kind", ""))})
         for name, image in images.items():
             value = float(stat(image[mask]))
             entry[name] = value
             entry[f"{name}_rel_bias"] = (value - ref) / ref if ref > 0 else float("nan")
         out.append(entry)
     return out
+
+
+def organ_rich_tables(organs: list[dict], model: str | Path) -> list[Any]:
+    """The organ table (:func:`organ_table`) as rich Tables that fit 80 columns: the organs (SUVmean), then the
+    lesions (SUVmax, with their class; their kind is in metrics.json and report.html): the truth, the synthetic PET and the scanner's PET, each with its
+    bias in percent ((image - truth) / truth)."""
+    from rich import box
+    from rich.table import Table
+
+    def percent(v: float) -> str:
+        if not np.isfinite(v):
+            return "–"
+        return f"{100 * v:+.1f}" if abs(v) < 10 else (">+999" if v > 0 else "<-999")
+
+    tables = []
+    for kind, title, first, extra in (("organ", "Organs: SUVmean", "organ", ()),
+                                      ("lesion", "Lesions: SUVmax", "lesion", ("class",))):
+        rows = [o for o in organs if o["kind"] == kind]
+        if not rows:
+            continue
+        table = Table(title=f"{title} against the phantom's noise-free truth (synthetic: {model}; bias = "
+                            "(image - truth) / truth)", box=box.SIMPLE_HEAD)
+        for name in (first, *extra):
+            table.add_column(name, no_wrap=True)
+        for name in ("truth", "synthetic", "bias %", "scanner", "bias %"):
+            table.add_column(name, justify="right", no_wrap=True)
+        for o in rows:
+            names = [o["region"], *([o.get("class", "")] if extra else [])]
+            table.add_row(*names, f"{o['truth']:.2f}", f"{o['synthetic']:.2f}", percent(o["synthetic_rel_bias"]),
+                          f"{o['scanner']:.2f}", percent(o["scanner_rel_bias"]))
+        tables.append(table)
+    return tables
 
 
 def _pictures(out: Path, grid: Geometry, ct: np.ndarray, synthetic: np.ndarray, scanner: np.ndarray, k: int,
@@ -129,8 +167,8 @@ def _pictures(out: Path, grid: Geometry, ct: np.ndarray, synthetic: np.ndarray, 
                                  title=f"phantom {study_id}: PET over CT")
     metric_rows = [[name, value, reference.get(name, "")] for name, value in scores.items()
                    if isinstance(value, float) and name in reference]
-    organ_rows = [[o["region"], o["statistic"], o["truth"], o["synthetic"], 100 * o["synthetic_rel_bias"],
-                   o["scanner"], 100 * o["scanner_rel_bias"]] for o in organs]
+    organ_rows = [[o["region"], o.get("class", ""), o.get("lesion_kind", ""), o["statistic"], o["truth"], o["synthetic"],
+                   100 * o["synthetic_rel_bias"], o["scanner"], 100 * o["scanner_rel_bias"]] for o in organs]
     content = ReportContent(
         title=f"petsynth demo: phantom {study_id}", geometry=grid, anatomy=ct, synthetic=synthetic,
         reference=scanner, reference_label="scanner PET",
@@ -141,7 +179,7 @@ def _pictures(out: Path, grid: Geometry, ct: np.ndarray, synthetic: np.ndarray, 
         tables=[Table("Scores against the phantom's noise-free truth (whole volume)",
                       ["metric", "synthetic PET", "scanner PET"], metric_rows, digits=3),
                 Table("Organs (SUVmean) and lesions (SUVmax) against the noise-free truth",
-                      ["region", "statistic", "truth", "synthetic", "bias %", "scanner", "bias %"], organ_rows,
+                      ["region", "class", "kind", "statistic", "truth", "synthetic", "bias %", "scanner", "bias %"], organ_rows,
                       digits=2, note="bias = (image - truth) / truth; the truth is blurred to the scanner's "
                                      "resolution.")],
         notes=["The bundled model knows digital phantoms only."])

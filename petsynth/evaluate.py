@@ -47,6 +47,14 @@ Outputs in ``out`` (each written atomically):
 - ``evaluation.json``: settings, models (name, method, task, step), split, slice counts, versions.
 - ``report.html``: the tables, the figure, the notes and the models' facts in one page that opens from disk
   (:mod:`petsynth.report`).
+- ``lesions.csv`` (labelled lesions only): per model, reference, study and lesion row of the label table found in
+  the study's evaluated slices, its class and lesion_kind, voxels, SUVmax of reference and prediction and the
+  recovery (pred / ref); per class (:mod:`petsynth.metrics.lesions`) in metrics.csv (region "lesions:<class>"),
+  table.md and evaluation.json. With a truth, the real PET is scored against it too, as the model
+  :data:`SCANNER`.
+- ``hot_spots.csv``: the false-positive hot spots per model and study (components of prediction > ``hot_spot_suv``
+  outside labelled uptake of the truth, else the real PET; :func:`_hot_spots`), with their voxels, volume (mL),
+  peak SUV and position; counts in metrics.csv (region "false_positive_hot_spots"), table.md and evaluation.json.
 
 Nothing written names a file path: models by name, studies by their pseudonyms.
 """
@@ -93,6 +101,9 @@ from petsynth.metrics import (
 )
 from petsynth.data.brain import PLANES
 from petsynth.metrics.brain import GREY, MEASURES as BRAIN_MEASURES, REFERENCE_REGIONS, brain_measures
+from petsynth.metrics.lesions import (CLASS_ORDER, DEFAULT_HOT_SPOT_SUV, RECOVERY_TOLERANCE, class_summary,
+                                      false_positive_hot_spots, labelled_uptake, lesion_class, recovery,
+                                      uptake_labels)
 from petsynth.metrics.suv import DEFAULT_SUV_THRESHOLD
 from petsynth.tasks import PET_WINDOW, get_task
 from petsynth.utils.files import atomic_file, atomic_write_text
@@ -106,6 +117,7 @@ __all__ = [
     "SUV_WINDOW",
     "evaluate",
     "label_regions",
+    "lesion_regions",
     "metric_specs",
     "model_name",
     "relative_gap",
@@ -130,6 +142,14 @@ LESIONS = "lesions"
 BIAS_FIELDS: tuple[str, ...] = ("suvmean_ref", "suvmean_pred", "suvmean_bias", "suvmean_rel_bias",
                                 "suvmax_ref", "suvmax_pred", "suvmax_bias", "suvmax_rel_bias")
 HIGH_UPTAKE = "high_uptake"
+#: metrics.csv region of the false-positive hot spots, and the metric of the lesions recovered within 30 %.
+FALSE_POSITIVES = "false_positive_hot_spots"
+RECOVERED = "recovery_within_30pct"
+#: The "model" name of the real (scanner) PET scored against the phantom truth like a model (lesion recovery and
+#: hot spots), for comparison.
+SCANNER = "(real PET)"
+#: Connectivity of the hot-spot components (3-D; 8-connected in-plane on a lone slice).
+HOT_SPOT_CONNECTIVITY = 26
 #: Slices shown in figure.png.
 FIGURE_ROWS = 3
 #: Display ranges of figure.png (shared by all its panels): CT in HU, PET in SUV, absolute error in SUV.
@@ -398,7 +418,8 @@ class EvaluationReport:
     ``metrics``: the image metrics computed (:func:`metric_specs`); ``overall[model][reference][key]``: the
     mean over all evaluated slices of each (keys e.g. "mae_suv", "ssim_cpdm");
     ``regions[model][reference][region][field]``: the mean over studies of :data:`BIAS_FIELDS`; ``files``:
-    name -> path written ("metrics", "per_slice", "table", "figure", "settings").
+    name -> path written ("metrics", "per_slice", "table", "figure", "settings", "hot_spots", "lesions" with lesions,
+    "brain", "report").
     """
 
     out: Path
@@ -413,6 +434,11 @@ class EvaluationReport:
     notes: list[str]
     files: dict[str, Path]
     seconds: float
+    #: model (and :data:`SCANNER` against the truth) -> reference -> lesion class -> count, mean_recovery,
+    #: std_recovery, within_tolerance (:func:`petsynth.metrics.lesions.class_summary`)
+    lesion_classes: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    #: threshold_suv, reference, connectivity, labelled_uptake (text), per_model: model -> total, per_study
+    hot_spots: dict[str, Any] = field(default_factory=dict)
 
 
 def relative_gap(values: Mapping[str, float], higher_is_better: bool) -> tuple[list[str], float | None]:
@@ -480,7 +506,8 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
              split: str = "test", options: PredictOptions = PredictOptions(), max_slices: int | None = None,
              progress: Progress | None = None, device: str | torch.device | None = None,
              window: tuple[float, float] = SUV_WINDOW, figure_rows: int = FIGURE_ROWS, workers: int = 1,
-             dask: str | None = None, brain_reference: str = "cerebellum") -> EvaluationReport:
+             dask: str | None = None, brain_reference: str = "cerebellum",
+             hot_spot_suv: float = DEFAULT_HOT_SPOT_SUV) -> EvaluationReport:
     """Evaluate models on a prepared dataset split and write the tables, the figure and the settings.
 
     Args:
@@ -505,6 +532,8 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
         brain_reference: mr2pet: the SUVR reference region of the brain measures ("cerebellum" or "pons",
             :mod:`petsynth.metrics.brain`), written to ``brain.csv`` and the table when the studies' labels have
             grey matter. Datasets with planes (mr2pet) also get the metrics per plane.
+        hot_spot_suv: the SUV threshold of the false-positive hot spots (``hot_spots.csv``; components of
+            prediction > this outside labelled uptake, :mod:`petsynth.metrics.lesions`).
 
     Raises:
         DatasetError: ``data`` is not a prepared dataset.
@@ -517,6 +546,8 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
         raise EvaluationError(f"the SUV window must have high > low, got {window}")
     if figure_rows < 1:
         raise EvaluationError(f"figure_rows must be at least 1, got {figure_rows}")
+    if not (math.isfinite(hot_spot_suv) and hot_spot_suv > 0):
+        raise EvaluationError(f"the hot-spot threshold must be a positive SUV, got {hot_spot_suv}")
     dataset = _open(data, split)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     methods = {name: load_model(spec, task=dataset.task, device=device) for name, spec in named.items()}
@@ -557,6 +588,10 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     figure_preds: dict[str, dict[int, np.ndarray]] = {name: {} for name in methods}
     figure_items: dict[int, dict[str, np.ndarray]] = {}
     study_regions = {s: label_regions(dataset.label_table(s)) for s in dataset.studies}
+    study_lesions = {s: lesion_regions(dataset.label_table(s)) for s in dataset.studies}
+    lesion_acc: dict[tuple[str, str, str, str], list[float]] = {}  # (model, ref, study, lesion) -> as regions_acc
+    hot_slices: dict[str, dict[int, np.ndarray]] = {}  # model -> position -> its slice (H, W) SUV, if > hot_spot_suv
+    scanner_too = "truth" in references  # the real PET scored like a model against the truth, for comparison
     labels_seen: dict[str, set[int]] = {}  # study -> label values in its evaluated slices
     timings: dict[str, float] = {}
     for name, method in methods.items():
@@ -583,10 +618,18 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
                     row.update({k: float(v[b]) for k, v in values.items()})
                     per_slice.append(row)
                 _accumulate_regions(regions_acc, name, ref_name, batch["study"], pred, ref, labels, study_regions)
+                _accumulate_regions(lesion_acc, name, ref_name, batch["study"], pred, ref, labels, study_lesions,
+                                    high_uptake=False)
                 if has_planes and labels is not None:
                     keys = [f"{st}|{pl}" for st, pl in zip(batch["study"], planes)]
                     _accumulate_regions(plane_acc, name, ref_name, keys, pred, ref, labels,
                                         {k: study_regions[k.split("|")[0]] for k in keys})
+            _keep_hot_slices(hot_slices.setdefault(name, {}), positions, pred, hot_spot_suv)
+            if scanner_too and name == next(iter(methods)):
+                real = batch["target"].cpu().to(torch.float64)
+                _accumulate_regions(lesion_acc, SCANNER, "truth", batch["study"], real,
+                                    batch["truth"].cpu().to(torch.float64), labels, study_lesions, high_uptake=False)
+                _keep_hot_slices(hot_slices.setdefault(SCANNER, {}), positions, real, hot_spot_suv)
             for b, pos in enumerate(positions):
                 if pos in figure_set:
                     figure_preds[name][pos] = pred[b, 0].numpy().astype(np.float32)
@@ -618,6 +661,18 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     plane_rows, plane_overall = _plane_rows(per_slice, specs, list(methods), references, plane_names)
     brain_rows = _brain_rows(plane_acc if has_planes else regions_acc, list(methods), references, brain_reference)
     region_rows, region_overall = _region_rows(regions_acc, list(methods), references, studies, region_names)
+    scored = [*methods, SCANNER] if scanner_too else list(methods)
+    lesion_rows = _lesion_rows(lesion_acc, scored, references, studies, {s: dataset.label_table(s) for s in studies})
+    class_rows, class_overall = _lesion_class_rows(lesion_rows, scored, references, studies)
+    hot_reference = "truth" if scanner_too else "real"
+    spot_rows, spot_counts = _hot_spots(dataset, indices, {m: hot_slices.get(m, {}) for m in scored}, hot_spot_suv,
+                                        by_slice=has_planes)
+    hot_spots = {"threshold_suv": hot_spot_suv, "reference": hot_reference,
+                 "connectivity": "per slice (2-D, 8-connected)" if has_planes else
+                 f"{HOT_SPOT_CONNECTIVITY}-connected in 3-D over runs of consecutive evaluated slices (8-connected "
+                 "in-plane on a lone slice)",
+                 "labelled_uptake": _uptake_definition(hot_spot_suv, hot_reference),
+                 "per_model": {m: {"total": sum(c.values()), "per_study": c} for m, c in spot_counts.items()}}
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -625,7 +680,13 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
              "figure": out / "figure.png", "settings": out / "evaluation.json"}
     plane_column = ["plane"] if has_planes else []
     _write_csv(files["metrics"], ["model", "reference", "study", *plane_column, "convention", "region", "metric",
-                                  "unit", "data_range", "mean", "std", "n"], metric_rows + region_rows + plane_rows)
+                                  "unit", "data_range", "mean", "std", "n"],
+               metric_rows + region_rows + class_rows + _hot_spot_rows(spot_counts, hot_reference) + plane_rows)
+    if lesion_rows:
+        files["lesions"] = out / "lesions.csv"
+        _write_csv(files["lesions"], LESION_COLUMNS, lesion_rows)
+    files["hot_spots"] = out / "hot_spots.csv"
+    _write_csv(files["hot_spots"], HOT_SPOT_COLUMNS, spot_rows)
     _write_csv(files["per_slice"], ["model", "reference", "study", "slice", "z_mm", *plane_column,
                                     *[s.key for s in specs]], per_slice)
     if brain_rows:
@@ -636,6 +697,9 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
                             region_names, region_overall, regions, notes, window)
     table += _plane_markdown(list(methods), references, specs, plane_names, plane_overall)
     table += _brain_markdown(list(methods), references, brain_rows, brain_reference)
+    table += _organ_markdown(list(methods), references, region_names, region_overall)
+    table += _lesion_markdown(scored, references, class_overall, has_labels)
+    table += _hot_spot_markdown(scored, studies, spot_rows, hot_spots)
     atomic_write_text(files["table"], table)
     _write_figure(files["figure"], figure_pos, figure_items, figure_preds, dataset.task, split)
     settings = {
@@ -659,6 +723,10 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
                      "data_range": s.data_range, "higher_is_better": s.higher_is_better} for s in specs],
         "conventions": _conventions(window),
         "regions": {**regions, HIGH_UPTAKE: f"reference SUV >= {DEFAULT_SUV_THRESHOLD:g}"},
+        "lesion_recovery": {"definition": "SUVmax(prediction) / SUVmax(reference) over each lesion's voxels in "
+                                          "its study's evaluated slices; per class over the lesions of all studies",
+                            "tolerance": RECOVERY_TOLERANCE, "classes": class_overall},
+        "hot_spots": {**hot_spots, "components": spot_rows},
         "notes": notes,
         "figure": {"rows": [{"study": figure_items[p]["study"], "slice": figure_items[p]["slice"]}
                             for p in figure_pos],
@@ -670,16 +738,16 @@ def evaluate(models: Mapping[str, str | Path] | Sequence[str | Path], data: str 
     atomic_write_text(files["settings"], json.dumps(settings, indent=1, default=_json_default))
     files["report"] = _write_report(out / "report.html", dataset.task, split, len(indices), studies, methods,
                                     references, specs, overall, region_names, region_overall, notes,
-                                    files["figure"])
+                                    files["figure"], _lesion_tables(scored, references, class_overall, hot_spots))
     return EvaluationReport(out=out, models=list(methods), references=references, split=split,
                             slices=len(indices), studies=studies, metrics=specs,
                             overall=overall, regions=region_overall, notes=notes, files=files,
-                            seconds=time.perf_counter() - start)
+                            seconds=time.perf_counter() - start, lesion_classes=class_overall, hot_spots=hot_spots)
 
 
 def _write_report(path: Path, task: str, split: str, n_slices: int, studies: list[str], methods: Mapping[str, Method],
                   references: list[str], specs: list[MetricSpec], overall: Mapping, region_names: list[str],
-                  region_overall: Mapping, notes: list[str], figure: Path) -> Path:
+                  region_overall: Mapping, notes: list[str], figure: Path, extra: Sequence[Any] = ()) -> Path:
     """``report.html`` (:mod:`petsynth.report`) of an evaluation: the models' facts, the metric and region
     tables, the figure and the notes; models by name, studies by pseudonym."""
     from petsynth.report import ReportContent, Table, training_summary, write_report
@@ -704,6 +772,7 @@ def _write_report(path: Path, task: str, split: str, n_slices: int, studies: lis
         if rows:
             tables.append(Table(f"Regions against the {ref} PET", ["model", "region", "SUVmean bias %",
                                                                     "SUVmax bias %"], rows, digits=1))
+    tables += list(extra)
     content = ReportContent(title=f"petsynth evaluation: {task}, {split}", facts=facts, tables=tables,
                             figures=[("real PET | each model's PET | each model's error, a few slices",
                                       figure.read_bytes())], notes=notes)
@@ -729,12 +798,13 @@ def _json_default(value: Any) -> Any:
 
 def _accumulate_regions(acc: dict, model: str, ref_name: str, studies: Sequence[str], pred: torch.Tensor,
                         ref: torch.Tensor, labels: torch.Tensor | None,
-                        study_regions: Mapping[str, Mapping[str, list[int]]]) -> None:
+                        study_regions: Mapping[str, Mapping[str, list[int]]], high_uptake: bool = True) -> None:
     """Add one batch's voxels to the per-study region sums and maxima: [n, sum_pred, sum_ref, max_pred, max_ref].
-    ``study_regions``: study -> region -> label ids (:func:`label_regions` of its table)."""
-    high = high_uptake_mask(ref)
+    ``study_regions``: study -> region -> label ids (:func:`label_regions` of its table, or :func:`lesion_regions`);
+    ``high_uptake``: also the reference's high-uptake region (:data:`HIGH_UPTAKE`)."""
+    high = high_uptake_mask(ref) if high_uptake else None
     for b, study in enumerate(studies):
-        masks = {HIGH_UPTAKE: high[b]}
+        masks = {HIGH_UPTAKE: high[b]} if high is not None else {}
         if labels is not None:
             for region, ids in study_regions.get(study, {}).items():
                 masks[region] = torch.isin(labels[b], torch.tensor(ids, dtype=labels.dtype))
@@ -749,6 +819,145 @@ def _accumulate_regions(acc: dict, model: str, ref_name: str, studies: Sequence[
             a[2] += float(r.sum())
             a[3] = max(a[3], float(p.max()))
             a[4] = max(a[4], float(r.max()))
+
+
+# --- lesions and false-positive hot spots ---------------------------------------------------------------
+def lesion_regions(table: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """One region per lesion row of a label table: its name -> [its label] (a repeated name gets " (label n)")."""
+    regions: dict[str, list[int]] = {}
+    for row in table:
+        if row["kind"] == "lesion" and int(row["label"]) != 0:
+            name = str(row["name"])
+            regions[name if name not in regions else f"{name} (label {int(row['label'])})"] = [int(row["label"])]
+    return regions
+
+
+def _lesion_rows(acc: Mapping, models: Sequence[str], references: Sequence[str], studies: Sequence[str],
+                 tables: Mapping[str, list[dict]]) -> list[dict]:
+    """lesions.csv rows, one per model, reference, study and lesion found in the study's evaluated slices (``acc``
+    from :func:`_accumulate_regions` over :func:`lesion_regions`): class, lesion_kind, voxels, SUVmax of reference
+    and prediction (SUV) and their ratio, the recovery."""
+    rows = []
+    for model in models:
+        for ref in references:
+            for study in studies:
+                table = {r["label"]: r for r in tables[study]}
+                for name, (label,) in lesion_regions(tables[study]).items():
+                    a = acc.get((model, ref, study, name))
+                    if a is not None:
+                        row = table[label]
+                        rows.append({"model": model, "reference": ref, "study": study, "lesion": name, "label": label,
+                                     "class": lesion_class(row), "lesion_kind": row.get("lesion_kind", ""),
+                                     "voxels": a[0], "suvmax_ref": a[4], "suvmax_pred": a[3],
+                                     "recovery": recovery(a[3], a[4])})
+    return rows
+
+
+def _lesion_class_rows(lesions: list[dict], models: Sequence[str], references: Sequence[str],
+                       studies: Sequence[str]) -> tuple[list[dict], dict]:
+    """metrics.csv rows of the lesion classes (region "lesions:<class>", metrics "suvmax_recovery" (mean, std,
+    n = lesions) and "recovery_within_30pct" (fraction)) per study and "overall" (lesions of all studies pooled),
+    and model -> reference -> class -> :func:`~petsynth.metrics.lesions.class_summary` overall."""
+    rows, overall = [], {}
+    for model in models:
+        for ref in references:
+            mine = [r for r in lesions if r["model"] == model and r["reference"] == ref]
+            for study in [*studies, "overall"]:
+                chosen = mine if study == "overall" else [r for r in mine if r["study"] == study]
+                for cls, v in class_summary(chosen).items():
+                    base = {"model": model, "reference": ref, "study": study, "convention": "suv",
+                            "region": f"{LESIONS}:{cls}", "data_range": "", "n": v["count"]}
+                    rows += [{**base, "metric": "suvmax_recovery", "unit": "ratio", "mean": v["mean_recovery"],
+                              "std": v["std_recovery"]},
+                             {**base, "metric": RECOVERED, "unit": "fraction", "mean": v["within_tolerance"],
+                              "std": ""}]
+                    if study == "overall":
+                        overall.setdefault(model, {}).setdefault(ref, {})[cls] = v
+    return rows, overall
+
+
+def _keep_hot_slices(kept: dict[int, np.ndarray], positions: Sequence[int], pred: torch.Tensor,
+                     threshold: float) -> None:
+    """Keep (position -> (H, W) float32 SUV) the slices of ``pred`` (B, 1, H, W) with a voxel > ``threshold``."""
+    hot = (pred > threshold).flatten(1).any(1)
+    for b in torch.nonzero(hot).flatten().tolist():
+        kept[positions[b]] = pred[b, 0].numpy().astype(np.float32)
+
+
+def _runs(indices: Sequence[int], planes: Sequence[str], by_slice: bool) -> list[list[int]]:
+    """Runs (lists of positions into ``indices``) of consecutive dataset indices in one plane; every slice alone
+    when ``by_slice``."""
+    runs: list[list[int]] = []
+    for k, i in enumerate(indices):
+        if runs and not by_slice and i == indices[k - 1] + 1 and planes[k] == planes[k - 1]:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
+def _voxel_ml(dataset: PreparedDataset, study: str) -> float | None:
+    """A voxel's volume in mL: the in-plane pixel spacing times the distance of the study's first two slices."""
+    r = dataset.study_slices(study)
+    spacing = dataset.study_meta(study).get("spacing_mm")
+    if len(r) < 2 or not spacing:
+        return None
+    dz = abs(float(dataset[r[1]]["z_mm"]) - float(dataset[r[0]]["z_mm"]))
+    return float(np.prod(spacing[-2:])) * dz / 1000.0 if dz > 0 else None
+
+
+def _hot_spots(dataset: PreparedDataset, indices: Sequence[int], kept: Mapping[str, Mapping[int, np.ndarray]],
+               threshold: float, by_slice: bool) -> tuple[list[dict], dict[str, dict[str, int]]]:
+    """False-positive hot spots of each model in ``kept`` (:func:`_keep_hot_slices`), per study: the components
+    of prediction > ``threshold`` (SUV) outside the labelled uptake of the reference (the truth when the dataset
+    has it, else the real PET; :mod:`petsynth.metrics.lesions`), 26-connected in 3-D over runs of consecutive
+    evaluated slices (2-D per slice when ``by_slice``). Returns hot_spots.csv rows and model -> study -> count."""
+    by_study: dict[str, list[tuple[int, int]]] = {}
+    for pos, i in enumerate(indices):
+        by_study.setdefault(dataset.slice_study(i), []).append((pos, i))
+    rows: list[dict] = []
+    counts: dict[str, dict[str, int]] = {m: {} for m in kept}
+    for study, members in by_study.items():
+        items = [dataset[i] for _, i in members]
+        key = "truth" if "truth" in items[0] else "target"
+        reference = np.stack([it[key] for it in items]).astype(np.float64)
+        labels = np.stack([it["labels"] for it in items]).astype(np.int64) if "labels" in items[0] else None
+        uptake_ids, benign_ids = uptake_labels(reference, labels, dataset.label_table(study), threshold)
+        voxel_ml = None if by_slice else _voxel_ml(dataset, study)
+        found: dict[str, list[dict]] = {m: [] for m in kept}
+        for run in _runs([i for _, i in members], [it.get("plane", "") for it in items], by_slice):
+            part = slice(run[0], run[-1] + 1)
+            uptake = labelled_uptake(reference[part], None if labels is None else labels[part], uptake_ids,
+                                     benign_ids, threshold)
+            for model, slices in kept.items():
+                pred = np.stack([slices.get(members[k][0], np.zeros(reference.shape[1:], np.float32)) for k in run])
+                for spot in false_positive_hot_spots(pred, uptake, threshold, connectivity=HOT_SPOT_CONNECTIVITY,
+                                                     voxel_ml=voxel_ml):
+                    d, row, col = spot["peak"]
+                    found[model].append({"voxels": spot["voxels"], "volume_ml": spot["volume_ml"],
+                                         "suvmax": spot["suvmax"], "slice": items[run[d]]["index"],
+                                         "z_mm": items[run[d]]["z_mm"], "row": row, "col": col})
+        for model, spots in found.items():
+            counts[model][study] = len(spots)
+            spots.sort(key=lambda x: (-x["voxels"], -x["suvmax"]))
+            rows += [{"model": model, "reference": "truth" if key == "truth" else "real", "study": study,
+                      "component": n + 1, **spot} for n, spot in enumerate(spots)]
+    return rows, counts
+
+
+def _hot_spot_rows(counts: Mapping[str, Mapping[str, int]], reference: str) -> list[dict]:
+    """metrics.csv rows of the false-positive hot spots (region "false_positive_hot_spots"): per study "count";
+    overall "count" (mean and std over the studies, n = studies) and "total"."""
+    rows = []
+    for model, per_study in counts.items():
+        base = {"model": model, "reference": reference, "convention": "suv", "region": FALSE_POSITIVES,
+                "unit": "components", "data_range": ""}
+        rows += [{**base, "study": study, "metric": "count", "mean": n, "std": "", "n": 1}
+                 for study, n in per_study.items()]
+        mean, std, n = _stats(list(per_study.values()))
+        rows += [{**base, "study": "overall", "metric": "count", "mean": mean, "std": std, "n": n},
+                 {**base, "study": "overall", "metric": "total", "mean": sum(per_study.values()), "std": "", "n": n}]
+    return rows
 
 
 def _region_values(a: Sequence[float]) -> dict[str, float]:
@@ -881,6 +1090,110 @@ def _brain_markdown(models: list[str], references: list[str], rows: list[dict], 
               "contrast recovery = synthetic contrast / reference contrast. Means over the studies (per study in "
               "brain.csv).", ""]
     return "\n".join(lines)
+
+
+#: Columns of lesions.csv and hot_spots.csv.
+LESION_COLUMNS = ["model", "reference", "study", "lesion", "label", "class", "lesion_kind", "voxels", "suvmax_ref",
+                  "suvmax_pred", "recovery"]
+HOT_SPOT_COLUMNS = ["model", "reference", "study", "component", "voxels", "volume_ml", "suvmax", "slice", "z_mm",
+                    "row", "col"]
+
+
+def _uptake_definition(threshold: float, reference: str) -> str:
+    """The labelled uptake of the hot spots, in words (table.md, evaluation.json)."""
+    ref = "the phantom truth" if reference == "truth" else "the real PET"
+    return (f"voxels where {ref} is >= {threshold / 2:g} SUV (half the threshold), dilated by one voxel (3x3x3), "
+            "or labelled as an avid lesion (class ct_visible, ct_occult or unclassified) or as an organ whose "
+            f"SUVmean in {ref} over the study's evaluated slices is > {threshold / 2:g} SUV; benign lesions' voxels "
+            "are never uptake. A hot spot is a false positive when none of its voxels is labelled uptake.")
+
+
+def _organ_markdown(models: list[str], references: list[str], region_names: list[str],
+                    region_overall: Mapping) -> str:
+    """The compact organ table of table.md per reference: organ | reference SUVmean | each model's SUVmean and
+    relative bias (means over the studies with the organ)."""
+    organs = [r for r in region_names if r not in (LESIONS, HIGH_UPTAKE)]
+    lines = [""]
+    for ref in references:
+        values = {m: region_overall.get(m, {}).get(ref, {}) for m in models}
+        present = [o for o in organs if any(o in values[m] for m in models)]
+        if not present:
+            continue
+        head = "truth" if ref == "truth" else "real PET"
+        lines += [f"## Organ SUVmean against {REFERENCES[ref][1]}", "",
+                  f"| organ | {head} SUVmean | " + " | ".join(f"{m} | {m} bias" for m in models) + " |",
+                  "|---|---:|" + "---:|---:|" * len(models)]
+        for organ in present:
+            got = [values[m].get(organ) for m in models]
+            ref_mean = next(v["suvmean_ref"] for v in got if v)
+            cells = [f"{_fmt(v['suvmean_pred'], 3)} | {_percent(v['suvmean_rel_bias'])}" if v else "– | –" for v in got]
+            lines.append(f"| {organ} | {_fmt(ref_mean, 3)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:+.1f} %" if math.isfinite(fraction) else "–"
+
+
+def _lesion_markdown(models: list[str], references: list[str], classes: Mapping, has_labels: bool) -> str:
+    """The lesion SUVmax recovery table of table.md per reference: model | class | lesions | mean recovery | within
+    ±30 %."""
+    if not has_labels:
+        return ""
+    lines = [""]
+    for ref in references:
+        rows = [(m, c, v) for m in models for c, v in classes.get(m, {}).get(ref, {}).items()]
+        lines += [f"## Lesion SUVmax recovery against {REFERENCES[ref][1]}", ""]
+        if not rows:
+            lines += ["(no lesion in the evaluated slices)", ""]
+            continue
+        lines += ["| model | class | lesions | mean recovery (std) | within ±30 % |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {m} | {c} | {v['count']} | {_fmt(v['mean_recovery'], 3)} ({_fmt(v['std_recovery'], 3)}) | "
+                  f"{100 * v['within_tolerance']:.0f} % |" for m, c, v in rows]
+        lines.append("")
+    lines += [f"Recovery = SUVmax(prediction) / SUVmax(reference) over each lesion's voxels in its study's evaluated "
+              f"slices (1 = perfect; per lesion in lesions.csv); per class: the lesions of all studies pooled; "
+              f"within ±30 %: |recovery − 1| ≤ {RECOVERY_TOLERANCE:g}. Classes from the label table "
+              f"({', '.join(CLASS_ORDER)}: tables without classes). {SCANNER}: the real PET scored like a model "
+              "against the truth.", ""]
+    return "\n".join(lines)
+
+
+def _hot_spot_markdown(models: list[str], studies: list[str], spots: list[dict], hot: Mapping[str, Any]) -> str:
+    """The false-positive hot-spot table of table.md: model | hot spots | studies with any | largest | highest SUV."""
+    lines = ["", f"## False-positive hot spots (prediction > {hot['threshold_suv']:g} SUV outside labelled uptake)", "",
+             "| model | hot spots | studies with any | largest [voxels] | largest [mL] | highest SUV |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for m in models:
+        mine = [s for s in spots if s["model"] == m]
+        per_study = hot["per_model"][m]["per_study"]
+        big = max(mine, key=lambda s: s["voxels"]) if mine else None
+        lines.append(f"| {m} | {len(mine)} | {sum(1 for n in per_study.values() if n)} of {len(studies)} | "
+                     + (f"{big['voxels']} | {_fmt(big['volume_ml'], 2)} | {max(s['suvmax'] for s in mine):.2f} |"
+                        if big else "0 | – | – |"))
+    lines += ["", f"Labelled uptake: {hot['labelled_uptake']} Components: {hot['connectivity']}. Each component "
+                  "(size, peak SUV and position) in hot_spots.csv; counts per study in metrics.csv.", ""]
+    return "\n".join(lines)
+
+
+def _lesion_tables(models: list[str], references: list[str], classes: Mapping, hot: Mapping[str, Any]) -> list:
+    """report.html's tables of the lesion recovery per class and of the false-positive hot spots."""
+    from petsynth.report import Table
+
+    tables = []
+    for ref in references:
+        rows = [[m, c, v["count"], v["mean_recovery"], 100 * v["within_tolerance"]]
+                for m in models for c, v in classes.get(m, {}).get(ref, {}).items()]
+        if rows:
+            tables.append(Table(f"Lesion SUVmax recovery against the {ref} PET", ["model", "class", "lesions",
+                                "mean recovery", "within ±30 %"], rows, digits=2,
+                                note="recovery = SUVmax(prediction) / SUVmax(reference) per lesion"))
+    rows = [[m, v["total"], sum(1 for n in v["per_study"].values() if n)] for m, v in hot["per_model"].items()]
+    tables.append(Table(f"False-positive hot spots (> {hot['threshold_suv']:g} SUV outside labelled uptake)",
+                        ["model", "hot spots", "studies with any"], rows, digits=0,
+                        note=f"labelled uptake: {hot['labelled_uptake']}"))
+    return tables
 
 
 def _plane_markdown(models: list[str], references: list[str], specs: list[MetricSpec], planes: list[str],

@@ -60,6 +60,7 @@ def test_demo_translates_the_phantom_and_scores_it_against_the_truth(tmp_path):
         if inside.any():
             row = organs[f"lesion_{n}"]
             assert row["statistic"] == "SUVmax" and row["truth"] == pytest.approx(truth[inside].max())
+            assert row["class"] == lesion.get("class", "unclassified")  # from truth.json, "unclassified" when old
     assert len(list(report.files["synthetic_dicom"].glob("*.dcm"))) == synthetic.shape[0]
     assert any(report.files["phantom_dicom"].rglob("*.dcm"))
 
@@ -75,3 +76,12 @@ def test_demo_command_exit_code(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d" / "metrics.json").stat().st_mode & 0o777 == 0o644  # the umask, not 0600
     assert "ssim" in result.output and "phantoms only" in result.output
+    saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    liver = next(o for o in saved["organs"] if o["region"] == "liver")
+    text = " ".join(result.output.split())
+    assert "Organs: SUVmean against the phantom's noise-free truth" in text and "scanner" in text
+    assert f"liver {liver['truth']:.2f} {liver['synthetic']:.2f}" in text  # the printed organ table
+    lesion = next((o for o in saved["organs"] if o["kind"] == "lesion"), None)
+    if lesion is not None:
+        assert "Lesions: SUVmax" in text and f"{lesion['region']} {lesion['class']} {lesion['truth']:.2f}" in text
+    assert "…" not in result.output.split("Organs:")[1]  # the organ tables fit 80 columns

@@ -78,7 +78,7 @@ def test_writes_every_file_and_reports_names_not_paths(evaluation, models, tiny_
     assert report.references == ["real", "truth"] and report.slices == 48 and len(report.studies) == 3
     assert {k: p.name for k, p in report.files.items()} == {
         "metrics": "metrics.csv", "per_slice": "per_slice.csv", "table": "table.md", "figure": "figure.png",
-        "settings": "evaluation.json", "report": "report.html"}
+        "settings": "evaluation.json", "report": "report.html", "lesions": "lesions.csv", "hot_spots": "hot_spots.csv"}
     for path in report.files.values():
         assert path.parent == out and path.is_file() and path.stat().st_size > 0
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -273,7 +273,8 @@ def test_any_labelled_dataset_is_scored_by_the_names_of_its_own_label_tables(mod
         (want[("sa", "widget")] + want[("sb", "widget")]) / 2, rel=1e-6)
     assert report.regions["a"]["real"]["widget"]["suvmean_ref"] == pytest.approx(5.0)  # (4 + 6) / 2
     assert rows[("sa", "widget", "suvmax_ref")] == 4.0 and ("sb", "lesions", "suvmean_bias") not in rows
-    assert {study for study, region, _ in rows if region != "high_uptake"} == {"sa", "sb", "overall"}
+    assert {study for study, region, _ in rows
+            if region not in ("high_uptake", "false_positive_hot_spots")} == {"sa", "sb", "overall"}
     assert ("sc", "high_uptake", "suvmean_bias") in rows
 
 

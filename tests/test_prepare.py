@@ -296,7 +296,9 @@ def test_phantom_label_table_is_stored_with_each_study(phantoms, tmp_path):
     tables = sorted((ds.label_table(s) for s in ds.studies), key=json.dumps)
     assert tables == sorted(
         ([{"label": r["label"], "name": r["name"], "kind": "organ"} for r in t["labels"] if r["label"] != 0]
-         + [{"label": 100 + n, "name": f"lesion_{n}", "kind": "lesion"} for n in range(len(t["lesions"]))]
+         + [{"label": 100 + n, "name": f"lesion_{n}", "kind": "lesion",
+             **({"class": les["class"], "lesion_kind": les["kind"]} if "class" in les else {})}
+            for n, les in enumerate(t["lesions"])]
          for t in truths), key=json.dumps)
     assert {"label": 6, "name": "liver", "kind": "organ"} in tables[0]
     assert any(row["kind"] == "lesion" for table in tables for row in table)

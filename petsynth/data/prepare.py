@@ -5,7 +5,8 @@ choose the series for the task, load them in physical units, pair every target s
 resampled onto it in world space, resize, and write the study atomically under a keyed pseudonym.
 Phantom studies (a ``truth/`` folder beside the series) also carry the noise-free SUV and organ labels, autoPET
 NIfTI studies their SEG.nii.gz lesion mask as labels; the labels' names go with the study as its label table
-(study metadata ``label_table``, read from the phantom's truth.json: its tissues, then lesion n as "lesion_n").
+(study metadata ``label_table``, read from the phantom's truth.json: its tissues, then lesion n as "lesion_n",
+with its class and kind when truth.json gives them).
 
 Tasks: ``ct2pet`` (source CT in HU, target PET in SUV), ``mr2pet`` (MR -> PET), ``lpet2spet`` (source the
 lowest-count attenuation-corrected PET, target the standard PET, guidance the CT).
@@ -330,11 +331,14 @@ def _truth_series(pet: SeriesVolume) -> tuple[dict[str, SeriesVolume], list[dict
 
 
 def phantom_label_table(record: dict) -> list[dict]:
-    """The label table of a phantom's truth.json: each tissue but air (label 0), then lesion n as "lesion_n"."""
+    """The label table of a phantom's truth.json: each tissue but air (label 0), then lesion n as "lesion_n",
+    with the lesion's ``class`` and its ``kind`` (as "lesion_kind") when truth.json has them (older ones do not)."""
     rows = [{"label": int(r["label"]), "name": str(r["name"]), "kind": "organ"}
             for r in record.get("labels", []) if int(r["label"]) != 0]
-    return rows + [{"label": int(r["label"]), "name": f"lesion_{n}", "kind": "lesion"}
-                   for n, r in enumerate(record.get("lesions", []))]
+    for n, r in enumerate(record.get("lesions", [])):
+        extra = {key: str(r[src]) for key, src in (("class", "class"), ("lesion_kind", "kind")) if r.get(src)}
+        rows.append({"label": int(r["label"]), "name": f"lesion_{n}", "kind": "lesion", **extra})
+    return rows
 
 
 def scrub_folders(text: str, placeholders: Mapping[str, str]) -> str:

@@ -55,6 +55,9 @@ STUDY_KEYS = ("spacing_mm", "kvp", "vendor", "units", "dose_fraction")
 #: Study metadata key of the label table, and the kinds of its rows.
 LABEL_TABLE = "label_table"
 LABEL_KINDS = ("organ", "lesion")
+#: Optional "class" of a lesion row (from the phantom's truth.json): visible on CT and FDG-avid, avid but not
+#: visible on CT, or a benign, non-avid mass. Rows without one (older tables) are "unclassified".
+LESION_CLASSES = ("ct_visible", "ct_occult", "benign")
 
 
 #: Slices are compressed one per chunk (random access reads one slice) and stored in shards of this many
@@ -184,7 +187,10 @@ def write_study(root: str | Path, study: str, arrays: Mapping[str, np.ndarray],
 
 
 def check_label_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The rows as plain ``{"label", "name", "kind"}`` dicts; ValueError naming the first bad row."""
+    """The rows as plain ``{"label", "name", "kind"}`` dicts; ValueError naming the first bad row.
+
+    Lesion rows may also have ``"class"`` (one of :data:`LESION_CLASSES`) and ``"lesion_kind"`` (a name such as
+    "lung_nodule"); they are kept when given, and organ rows may have neither."""
     table, seen = [], set()
     for row in rows:
         label, name, kind = row.get("label"), row.get("name"), row.get("kind")
@@ -192,8 +198,15 @@ def check_label_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
                 or not isinstance(name, str) or not name or kind not in LABEL_KINDS or label in seen):
             raise ValueError(f"bad label table row {dict(row)!r}: need a unique int label 1..255, a name and "
                              f"a kind in {LABEL_KINDS}")
+        extra = {k: row[k] for k in ("class", "lesion_kind") if row.get(k) is not None}
+        if extra and kind != "lesion":
+            raise ValueError(f"bad label table row {dict(row)!r}: only lesion rows have a class or lesion_kind")
+        if "class" in extra and extra["class"] not in LESION_CLASSES:
+            raise ValueError(f"bad label table row {dict(row)!r}: a lesion class is one of {LESION_CLASSES}")
+        if "lesion_kind" in extra and not (isinstance(extra["lesion_kind"], str) and extra["lesion_kind"]):
+            raise ValueError(f"bad label table row {dict(row)!r}: lesion_kind must be a non-empty string")
         seen.add(label)
-        table.append({"label": int(label), "name": name, "kind": kind})
+        table.append({"label": int(label), "name": name, "kind": kind, **extra})
     return table
 
 
@@ -306,7 +319,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         return dict(self._attrs[study]["study_meta"])
 
     def label_table(self, study: str) -> list[dict[str, Any]]:
-        """The study's label table: rows ``{"label", "name", "kind"}`` naming its labels ([] when it has none)."""
+        """The study's label table: rows ``{"label", "name", "kind"}`` naming its labels ([] when it has none);
+        lesion rows may have ``"class"`` and ``"lesion_kind"`` (tables written before them have neither)."""
         return [dict(row) for row in self._attrs[study]["study_meta"].get(LABEL_TABLE, [])]
 
     def study_slices(self, study: str) -> range:

@@ -9,7 +9,8 @@ Public API::
 
     write_studies(out_dir, task="ct2pet", studies=1, seed=0, fmt="dicom", preset="default", ...)
         -> list of study folders
-    make_torso(seed, index=0, task="ct2pet"|"lpet2spet", preset=..., dose_fractions=...) -> PhantomStudy
+    make_torso(seed, index=0, task="ct2pet"|"lpet2spet", preset=..., dose_fractions=...,
+               arms="random"|"raised"|"sides", contrast="none"|"venous"|"random") -> PhantomStudy
     make_brain(seed, index=0, preset=..., field_tesla=3.0, pattern=None, pet_displacement=None) -> PhantomStudy
     make_brain_fields(seed, index, fields=(1.5, 3, 5, 7), **make_brain_kw) -> one PhantomStudy per field
     make_study(task, seed, index, ...) -> PhantomStudy;  write_study(study, out_dir, fmt=...) -> Path
@@ -24,7 +25,7 @@ from petsynth.phantom.pet import PETSimConfig
 from petsynth.phantom.presets import FLAVOURS, PRESETS, Flavour, Preset
 from petsynth.phantom.study import Acquisition, Image, PhantomStudy
 from petsynth.phantom.tissues import LESION_BASE, TISSUES, label_table
-from petsynth.phantom.torso import make_torso
+from petsynth.phantom.torso import ARMS_CHOICES, CONTRAST_CHOICES, make_torso
 from petsynth.phantom.writer import (
     DEFAULT_DOSE_FRACTIONS,
     FORMATS,
@@ -37,8 +38,8 @@ from petsynth.phantom.writer import (
 )
 
 __all__ = [
-    "Acquisition", "DEFAULT_DOSE_FRACTIONS", "FLAVOURS", "FORMATS", "Flavour", "Geometry", "Image",
-    "LESION_BASE", "PATTERNS", "PETSimConfig", "PRESETS", "PhantomStudy", "Preset", "TASKS", "TISSUES",
+    "ARMS_CHOICES", "Acquisition", "CONTRAST_CHOICES", "DEFAULT_DOSE_FRACTIONS", "FLAVOURS", "FORMATS", "Flavour",
+    "Geometry", "Image", "LESION_BASE", "PATTERNS", "PETSimConfig", "PRESETS", "PhantomStudy", "Preset", "TASKS", "TISSUES",
     "label_table", "make_brain", "make_brain_fields", "make_study", "make_torso", "parse_dose_fractions",
     "parse_fields", "write_studies", "write_study",
 ]

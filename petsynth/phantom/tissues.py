@@ -19,7 +19,8 @@ sit inside what these publications report (they are not one table of any of them
   - Reference regions (liver, blood pool in the descending aorta): Boellaard R et al. (2015). FDG PET/CT:
     EANM procedure guidelines for tumour imaging, version 2.0. Eur J Nucl Med Mol Imaging 42:328-354;
     Wahl RL, Jacene H, Kasamon Y, Lodge MA (2009). From RECIST to PERCIST. J Nucl Med 50 Suppl 1:122S-150S.
-  Myocardium is deliberately wide (2-10): its uptake depends on the fasting state. Bladder and renal pelvis
+  Myocardium is deliberately wide (1.5-12): its uptake depends on the fasting state, drawn per subject from
+  :data:`MYOCARDIUM_STATES`. Bladder and renal pelvis
   hold excreted tracer (urine) and are high and variable. Lesions: 3-15 covers typical FDG-avid tumours and
   nodes.
   Brain phantom: grey-matter SUV 7-10 with a grey/white ratio of 2.8-4.0 (the 3-4:1 usually seen in FDG
@@ -64,7 +65,7 @@ AIR = Tissue(0, "air", (-1000, -1000), (0.0, 0.0), (0.0, 0.0))
 FAT = Tissue(1, "fat", (-120, -80), (0.2, 0.4), (1.1, 1.3))
 MUSCLE = Tissue(2, "muscle", (40, 55), (0.5, 1.0), (0.40, 0.50))
 LUNG = Tissue(3, "lung", (-880, -820), (0.4, 0.7), (0.02, 0.05))
-MYOCARDIUM = Tissue(4, "myocardium", (35, 50), (2.0, 10.0), (0.45, 0.55))
+MYOCARDIUM = Tissue(4, "myocardium", (35, 50), (1.5, 12.0), (0.45, 0.55))  # SUV: union of MYOCARDIUM_STATES
 BLOOD = Tissue(5, "blood_pool", (35, 50), (1.5, 2.0), (0.25, 0.35))
 LIVER = Tissue(6, "liver", (50, 65), (2.0, 3.0), (0.60, 0.70))
 SPLEEN = Tissue(7, "spleen", (40, 50), (1.5, 2.5), (0.50, 0.60))
@@ -112,11 +113,131 @@ def torso_tissues() -> list[Tissue]:
     """The tissues of the torso phantom's label table (it has no cerebellum or brainstem labels)."""
     return drawn_tissues()
 
-#: Lesion uptake (SUVbw) and CT number ranges.
+#: FDG-avid lesion uptake (SUVbw, drawn log-uniformly): typical FDG-avid tumours and nodes.
 LESION_SUV: tuple[float, float] = (3.0, 15.0)
+#: Soft-tissue lesion CT number at 120 kVp (solid tumour / enlarged node on unenhanced CT).
 LESION_HU: tuple[float, float] = (30.0, 50.0)
-#: Lesion radius range in mm (diameters 8-40 mm).
+#: Lesion radius range in mm (diameters 8-40 mm); each kind narrows it (:data:`LESION_KINDS`).
 LESION_RADIUS_MM: tuple[float, float] = (4.0, 20.0)
+
+# --- lesion classes and kinds -------------------------------------------------------------------------
+# Each torso lesion is drawn in two steps: its class from LESION_CLASS_PROBS, then a kind of that class with
+# the kind's weight. The class fixes what the two modalities see:
+#   ct_visible  FDG-avid and seen on CT: |HU_lesion - HU_host| >= LESION_VISIBLE_MIN_CONTRAST_HU at 120 kVp;
+#   ct_occult   FDG-avid, invisible on CT: HU = host HU + U(LESION_OCCULT_HU_OFFSET) (within a few HU);
+#   benign      seen on CT, not FDG-avid: SUV from the kind's range, at or below the host / blood pool.
+# The class probabilities are an assumption of the phantom (not a prevalence from a study): most lesions of
+# a staging PET/CT are seen on both modalities, a minority on PET only (marrow, isodense liver or muscle
+# deposits) and incidental benign CT findings are common.
+# CT numbers (120 kVp, unenhanced) are typical textbook values: hypodense liver metastases some 30-50 HU below
+# the liver; simple cysts 0-15 HU (water); calcified granulomas well above 150 HU (calcium, so they move with
+# kVp like bone); lipomas of fat density; sclerotic metastases 500-900 HU and lytic ones of soft-tissue
+# density in the marrow. Benign SUVs: cysts and lipomas take up almost no FDG, healed (calcified)
+# granulomas little; all at or below the blood pool (1.5-2.0). Radii and weights are assumptions.
+LESION_CLASSES: tuple[str, ...] = ("ct_visible", "ct_occult", "benign")
+#: Probability of each lesion class (assumption, see above).
+LESION_CLASS_PROBS: dict[str, float] = {"ct_visible": 0.6, "ct_occult": 0.2, "benign": 0.2}
+#: Minimum |HU_lesion - HU_host| of a ct_visible lesion at 120 kVp (the kinds' ranges guarantee it).
+LESION_VISIBLE_MIN_CONTRAST_HU: float = 30.0
+#: HU offset of a ct_occult lesion from its host (120 kVp): "isodense" within a few HU.
+LESION_OCCULT_HU_OFFSET: tuple[float, float] = (-3.0, 3.0)
+#: Maximum |HU_lesion - HU_host| of a ct_occult lesion at 120 kVp.
+LESION_OCCULT_MAX_CONTRAST_HU: float = 5.0
+#: SUV range of benign (non-avid) lesions, all kinds together.
+BENIGN_SUV: tuple[float, float] = (0.2, 1.5)
+
+
+@dataclass(frozen=True)
+class LesionKind:
+    """One kind of torso lesion: where it grows, its size, CT number and FDG uptake.
+
+    ``hu`` is an absolute CT number range at 120 kVp; ``hu_offset`` a range relative to the host's CT number
+    (one of the two is set). ``suv`` None means FDG-avid (:data:`LESION_SUV`, log-uniform). ``bone``: the CT
+    number moves with kVp like bone (calcified or sclerotic). ``enhancement``: portal-venous enhancement at
+    120 kVp (HU range), or ``"host"`` to enhance like the host (occult lesions stay isodense). ``interior``:
+    only inside the trunk's cavities (mediastinal / abdominal fat, not subcutaneous)."""
+
+    name: str
+    lesion_class: str
+    hosts: tuple[int, ...]
+    weight: float
+    radius_mm: tuple[float, float]
+    hu: tuple[float, float] | None = None
+    hu_offset: tuple[float, float] | None = None
+    suv: tuple[float, float] | None = None
+    bone: bool = False
+    enhancement: tuple[float, float] | str = (0.0, 0.0)
+    interior: bool = False
+
+
+#: Every lesion kind by name (weights are within the class and sum to 1 per class).
+LESION_KINDS: dict[str, LesionKind] = {k.name: k for k in (
+    # ct_visible (FDG-avid)
+    LesionKind("lung_nodule", "ct_visible", (LUNG.label,), 0.25, (4.0, 18.0), hu=LESION_HU,
+               enhancement=(10.0, 40.0)),
+    LesionKind("node", "ct_visible", (FAT.label,), 0.30, (4.0, 15.0), hu=LESION_HU, enhancement=(10.0, 40.0),
+               interior=True),
+    LesionKind("liver_hypodense", "ct_visible", (LIVER.label,), 0.25, (4.0, 20.0), hu_offset=(-50.0, -30.0),
+               enhancement=(10.0, 30.0)),
+    LesionKind("bone_sclerotic", "ct_visible", (MARROW.label,), 0.10, (4.0, 12.0), hu=(500.0, 900.0), bone=True),
+    LesionKind("bone_lytic", "ct_visible", (MARROW.label,), 0.10, (4.0, 12.0), hu=LESION_HU,
+               enhancement=(10.0, 30.0)),
+    # ct_occult (FDG-avid, isodense)
+    LesionKind("liver_isodense", "ct_occult", (LIVER.label,), 0.40, (4.0, 20.0), hu_offset=LESION_OCCULT_HU_OFFSET,
+               enhancement="host"),
+    LesionKind("marrow_occult", "ct_occult", (MARROW.label,), 0.30, (4.0, 12.0),
+               hu_offset=LESION_OCCULT_HU_OFFSET, bone=True, enhancement="host"),
+    LesionKind("muscle_occult", "ct_occult", (MUSCLE.label,), 0.30, (4.0, 20.0), hu_offset=LESION_OCCULT_HU_OFFSET,
+               enhancement="host"),
+    # benign (not FDG-avid, CT-visible)
+    LesionKind("liver_cyst", "benign", (LIVER.label,), 0.40, (4.0, 15.0), hu=(0.0, 15.0), suv=(0.3, 1.0)),
+    LesionKind("lung_granuloma", "benign", (LUNG.label,), 0.30, (3.0, 7.0), hu=(150.0, 400.0), suv=(0.5, 1.5),
+               bone=True),
+    LesionKind("lipoma", "benign", (MUSCLE.label,), 0.30, (6.0, 20.0), hu=(-120.0, -80.0), suv=(0.2, 0.5)),
+)}
+
+
+def lesion_kinds(lesion_class: str) -> list[LesionKind]:
+    """The kinds of one lesion class, in table order."""
+    if lesion_class not in LESION_CLASSES:
+        raise ValueError(f"unknown lesion class {lesion_class!r}; choose one of {LESION_CLASSES}")
+    return [k for k in LESION_KINDS.values() if k.lesion_class == lesion_class]
+
+
+# --- subject physiology and protocol (torso phantom) ----------------------------------------------------
+#: Myocardial FDG uptake in the fasting state: state -> (probability, SUV range). After the usual >= 4-6 h
+#: fast the myocardium may still use glucose: its uptake ranges from blood-pool level (suppressed) to far
+#: above the liver (avid), cf. the wide myocardial SUVs of Wang et al. (2007) and Ramos et al. (2001) above.
+#: The split into three states and their probabilities are an assumption of the phantom.
+MYOCARDIUM_STATES: dict[str, tuple[float, tuple[float, float]]] = {
+    "suppressed": (0.35, (1.5, 2.5)),
+    "partial": (0.35, (2.5, 5.0)),
+    "avid": (0.30, (5.0, 12.0)),
+}
+#: Probability that a torso subject lies with the arms along the trunk rather than raised above the head
+#: (arms up is the usual whole-body PET/CT position; arms down is common for head-and-neck studies and for
+#: patients who cannot raise them). Assumption of the phantom.
+ARMS_SIDES_PROB: float = 0.35
+#: Gap between the trunk and an arm lying along it (mm), before fitting the arms into the fields of view.
+ARM_GAP_MM: tuple[float, float] = (2.0, 30.0)
+#: Probability of a contrast-enhanced (portal-venous) CT when the contrast is "random" (assumption).
+CONTRAST_VENOUS_PROB: float = 0.5
+#: Portal-venous phase (about 70 s after an intravenous iodine bolus) enhancement at 120 kVp, HU added to
+#: the unenhanced CT number, drawn per subject. Typical values: vessels and heart chambers 150-250 HU,
+#: liver 100-120, spleen 110-130, kidneys 150-200 in this phase (textbook CT values; the exact ranges are
+#: assumptions of the phantom). Tissues not listed do not enhance (fat, lung, bone, bladder and renal pelvis
+#: before excretion, CSF, brain behind the blood-brain barrier).
+VENOUS_ENHANCEMENT_HU: dict[int, tuple[float, float]] = {
+    BLOOD.label: (100.0, 200.0),
+    KIDNEY.label: (100.0, 170.0),
+    LIVER.label: (40.0, 70.0),
+    SPLEEN.label: (50.0, 90.0),
+    MYOCARDIUM.label: (30.0, 60.0),
+    BOWEL.label: (10.0, 30.0),
+    SOFT_TISSUE.label: (10.0, 30.0),
+    MUSCLE.label: (5.0, 15.0),
+}
+
 #: FDG grey/white matter uptake ratio in the brain phantom.
 GM_WM_RATIO: tuple[float, float] = (2.8, 4.0)
 #: Fraction of normal grey-matter uptake kept in a hypometabolic region.

@@ -4,13 +4,20 @@ Body frame. Distances down the body, ``d`` in mm from the vertex (top of the hea
 (about 175 cm tall), are scaled by the subject's height factor; lateral (x) and antero-posterior (y)
 sizes by the width factors. World coordinates are DICOM LPS (mm): +x the patient's left, +y posterior,
 +z superior; the vertex sits at ``z_vertex`` and ``z = z_vertex - d * height``. The patient lies supine,
-head first, arms raised out of the field of view, on a carbon-fibre table (shell + foam core).
+head first, on a carbon-fibre table (shell + foam core), with the arms either raised out of the field of
+view or along the trunk (``arms``: skin/fat, muscle, humerus, radius and ulna with cortex and marrow, hands),
+fitted inside the PET and CT fields of view (:func:`fit_arms`).
+
+Per subject (drawn from a stream of its own, so the anatomy's draws do not depend on them): the myocardium's
+fasting state (its FDG uptake), the arm position and, on request, a contrast-enhanced (portal-venous) CT.
+Lesions have a class (CT-visible, CT-occult, benign) and a kind (:data:`petsynth.phantom.tissues.LESION_KINDS`).
 
 Organs and structures (paint order; later wins): body fat, body-wall muscle, trachea, table, head
 (scalp, skull with diploe, CSF, brain), neck, thoracic cavity, lungs, heart (myocardium, ventricular and
 atrial blood), aorta and iliac arteries, vena cava, abdominal cavity (bowel) with visceral fat, liver,
 spleen, kidneys with renal pelvis, psoas, bladder, spine (vertebral bodies with marrow, discs, arch,
-canal), ribs, sternum, pelvis (iliac wings, sacrum), hips and femurs, thighs, then lesions.
+canal), ribs, sternum, pelvis (iliac wings, sacrum), hips and femurs, thighs, then lesions. Arms along the
+trunk are painted after the body outline (their shoulder bridge before it).
 """
 
 from __future__ import annotations
@@ -41,8 +48,31 @@ TRUNK_KNOTS = np.array([
 ])
 #: Default length of the body covered (mm from the vertex, reference height): vertex to upper thigh.
 BODY_LENGTH_MM: float = 960.0
-#: Lesion hosts and their probabilities.
-LESION_HOSTS: dict[str, float] = {"lung": 0.2, "liver": 0.25, "node": 0.2, "bone": 0.15, "soft_tissue": 0.2}
+#: Arms along the trunk (reference adult): d (mm from the vertex) of the centre-line knots and the skin radius
+#: there (mm, scaled by the width factor): shoulder at d 325, elbow at about 620, wrist at 860; the hand
+#: follows (an ellipsoid down to about d 1010).
+ARM_KNOTS = np.array([
+    # d,    r
+    [325.0, 44.0],
+    [360.0, 48.0],
+    [480.0, 44.0],
+    [600.0, 38.0],
+    [640.0, 37.0],
+    [700.0, 39.0],
+    [860.0, 26.0],
+])
+#: Humerus (d range) and forearm bones (radius and ulna, d range) of an arm along the trunk.
+HUMERUS_D: tuple[float, float] = (345.0, 615.0)
+FOREARM_D: tuple[float, float] = (630.0, 855.0)
+#: Hand: centre d and semi-axes (lateral, antero-posterior, along the body), palm against the thigh.
+HAND_D: float = 935.0
+HAND_SEMI_MM: tuple[float, float, float] = (15.0, 40.0, 75.0)
+#: Margins (mm) kept between the arms and the edge of the PET reconstruction circle / the CT field of view.
+ARM_PET_MARGIN_MM: float = 12.0
+ARM_CT_MARGIN_MM: float = 5.0
+#: Arm positions and contrast options of :func:`make_torso`.
+ARMS_CHOICES: tuple[str, ...] = ("raised", "sides", "random")
+CONTRAST_CHOICES: tuple[str, ...] = ("none", "venous", "random")
 
 
 @dataclass
@@ -63,6 +93,13 @@ class TorsoSubject:
     hu: dict[int, float] = field(default_factory=dict)   # label -> HU at 120 kVp
     suv: dict[int, float] = field(default_factory=dict)  # label -> SUVbw
     lesions: list[dict] = field(default_factory=list)
+    myocardium_state: str = "partial"                     # key of tissues.MYOCARDIUM_STATES
+    arms: str = "raised"                                  # "raised" or "sides"
+    arm_gap_mm: float = 10.0                              # trunk-arm gap (after fitting)
+    arm_scale: float = 1.0                                # arm thickness factor (after fitting; 1 = as drawn)
+    arm_fit: dict = field(default_factory=dict)           # what fit_arms changed (truth.json)
+    contrast: str = "none"                                # "none" or "venous"
+    enhancement: dict[int, float] = field(default_factory=dict)  # label -> venous enhancement (HU, 120 kVp)
 
     # --- body frame helpers --------------------------------------------------------------------------
     def z(self, d: float) -> float:
@@ -116,6 +153,187 @@ def sample_torso_subject(rng: np.random.Generator, seed: list[int]) -> TorsoSubj
     return subj
 
 
+def _pick(rng: np.random.Generator, probs: dict[str, float]) -> str:
+    names = list(probs)
+    p = np.array([probs[k] for k in names], dtype=np.float64)
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+def sample_subject_state(s: TorsoSubject, rng: np.random.Generator, *, arms: str = "random",
+                         contrast: str = "none") -> None:
+    """Draw the subject's physiology and protocol into ``s``: the myocardium's fasting state and its SUV,
+    the arm position (``arms``: "raised", "sides" or "random" with :data:`~petsynth.phantom.tissues.ARMS_SIDES_PROB`)
+    with its trunk-arm gap, and the CT contrast (``contrast``: "none", "venous" or "random" with
+    :data:`~petsynth.phantom.tissues.CONTRAST_VENOUS_PROB`) with the per-organ venous enhancement. Every value is
+    drawn whatever is requested, so a subject's other values do not depend on the options."""
+    if arms not in ARMS_CHOICES:
+        raise ValueError(f"arms must be one of {ARMS_CHOICES}, got {arms!r}")
+    if contrast not in CONTRAST_CHOICES:
+        raise ValueError(f"contrast must be one of {CONTRAST_CHOICES}, got {contrast!r}")
+    state = _pick(rng, {k: v[0] for k, v in T.MYOCARDIUM_STATES.items()})
+    s.myocardium_state = state
+    s.suv[T.MYOCARDIUM.label] = float(rng.uniform(*T.MYOCARDIUM_STATES[state][1]))
+    u_arms = float(rng.uniform())
+    s.arm_gap_mm = float(rng.uniform(*T.ARM_GAP_MM))
+    s.arms = arms if arms != "random" else ("sides" if u_arms < T.ARMS_SIDES_PROB else "raised")
+    u_contrast = float(rng.uniform())
+    enhancement = {lab: float(rng.uniform(*r)) for lab, r in T.VENOUS_ENHANCEMENT_HU.items()}
+    s.contrast = contrast if contrast != "random" else ("venous" if u_contrast < T.CONTRAST_VENOUS_PROB else "none")
+    s.enhancement = enhancement if s.contrast == "venous" else {}
+
+
+# --- arms along the trunk ---------------------------------------------------------------------------------
+def arm_centerline(s: TorsoSubject, d: np.ndarray, gap: float | None = None, scale: float | None = None):
+    """Centre line of the arms at reference depths ``d``: (|x offset| from the midline, world y, skin radius),
+    clear of the trunk by ``gap`` mm (default: the subject's) at every depth within 50 mm."""
+    gap = s.arm_gap_mm if gap is None else gap
+    scale = s.arm_scale if scale is None else scale
+    d = np.asarray(d, dtype=np.float64)
+    r = np.interp(d, ARM_KNOTS[:, 0], ARM_KNOTS[:, 1]) * s.width * scale
+    win = np.linspace(-50.0, 50.0, 11)
+    dd = np.clip(d[:, None] + win[None, :], TRUNK_KNOTS[0, 0], TRUNK_KNOTS[-1, 0])
+    ax_w, _, _, _ = s.trunk(dd.ravel())
+    clear = ax_w.reshape(dd.shape).max(axis=1)
+    _, ay, _, cy = s.trunk(np.clip(d, TRUNK_KNOTS[0, 0], TRUNK_KNOTS[-1, 0]))
+    y = np.minimum(cy + 0.35 * ay, s.table_top_y() - 2.0 - r)
+    return clear + gap + r, y, r
+
+
+def _arm_extent(s: TorsoSubject, d: np.ndarray, center_xy, gap: float, scale: float) -> float:
+    """Largest distance (mm) from ``center_xy`` of any point of either arm (hand included) at depths ``d``."""
+    off, y, r = arm_centerline(s, d, gap, scale)
+    hand = (d >= ARM_KNOTS[-1, 0])
+    ax = np.where(hand, HAND_SEMI_MM[0] * s.width * scale, r)
+    ay = np.where(hand, HAND_SEMI_MM[1] * s.width * scale, r)
+    if hand.any():  # the hand hangs below the wrist's centre line
+        off_w, y_w, r_w = arm_centerline(s, np.array([ARM_KNOTS[-1, 0]]), gap, scale)
+        off = np.where(hand, off_w[0] - r_w[0] + HAND_SEMI_MM[0] * s.width * scale, off)
+        y = np.where(hand, y_w[0], y)
+    t = np.linspace(0, 2 * np.pi, 25)[:, None]
+    worst = 0.0
+    for side in (-1, 1):
+        px = s.x0 + side * off[None, :] + ax[None, :] * np.cos(t)
+        py = y[None, :] + ay[None, :] * np.sin(t)
+        worst = max(worst, float(np.max(np.hypot(px - center_xy[0], py - center_xy[1]))))
+    return worst
+
+
+def fit_arms(s: TorsoSubject, d_range: tuple[float, float], pet_center_xy, pet_radius_mm: float,
+             ct_center_xy, ct_radius_mm: float) -> float | None:
+    """Fit arms along the trunk inside the PET reconstruction circle and the CT field of view over the imaged
+    depths ``d_range`` (reference mm from the vertex); never truncate them.
+
+    PET (its field of view is fixed): narrow the trunk-arm gap to 0, then thin the arms down to 0.7, then let
+    them press into the subcutaneous fat (gap down to -fat/2), then thin them further (down to 0.35); if they
+    still do not fit, the subject's arms are raised instead (recorded). CT: narrow the gap to 0 if needed, then,
+    if the arms still cross the CT field of view, return the extended field of view (mm, a multiple of 10) the
+    CT must be reconstructed with, else None. Updates ``s.arm_gap_mm``, ``s.arm_scale`` and ``s.arm_fit``."""
+    if s.arms != "sides":
+        return None
+    lo = max(ARM_KNOTS[0, 0] - 60.0, d_range[0] - 20.0)
+    hi = min(HAND_D + HAND_SEMI_MM[2], d_range[1] + 20.0)
+    d = np.arange(lo, hi + 5.0, 5.0)
+    drawn_gap = s.arm_gap_mm
+    gap, scale = drawn_gap, 1.0
+    d = d[(d >= ARM_KNOTS[0, 0]) & (d <= HAND_D)]
+    fit = {"drawn_gap_mm": round(drawn_gap, 2)}
+    if d.size == 0:
+        s.arm_fit = {**fit, "gap_mm": round(gap, 2), "radius_scale": 1.0, "adjusted": False}
+        return None
+    pet_limit = pet_radius_mm - ARM_PET_MARGIN_MM
+    stages = ((0.0, 1.0), (0.0, 0.7), (-0.5 * s.fat_mm, 0.7), (-0.5 * s.fat_mm, 0.35))
+    for gap_min, scale_min in stages:
+        while _arm_extent(s, d, pet_center_xy, gap, scale) > pet_limit:
+            if gap > gap_min:
+                gap = max(gap_min, gap - 2.0)
+            elif scale > scale_min:
+                scale = max(scale_min, scale - 0.02)
+            else:
+                break
+        if _arm_extent(s, d, pet_center_xy, gap, scale) <= pet_limit:
+            break
+    else:
+        s.arms = "raised"
+        s.arm_fit = {**fit, "fallback": "arms do not fit the PET field of view: raised instead"}
+        return None
+    ct_fov = None
+    ct_limit = ct_radius_mm - ARM_CT_MARGIN_MM
+    if _arm_extent(s, d, ct_center_xy, gap, scale) > ct_limit and gap > 0.0:
+        gap = 0.0
+    need = _arm_extent(s, d, ct_center_xy, gap, scale)
+    if need > ct_limit:
+        ct_fov = float(np.ceil(2.0 * (need + ARM_CT_MARGIN_MM) / 10.0) * 10.0)
+    s.arm_gap_mm, s.arm_scale = float(gap), float(scale)
+    s.arm_fit = {**fit, "gap_mm": round(gap, 2), "radius_scale": round(scale, 3),
+                 "adjusted": bool(gap != drawn_gap or scale != 1.0), "ct_extended_fov_mm": ct_fov}
+    return ct_fov
+
+
+def arm_shapes(s: TorsoSubject) -> tuple[list[Shape], list[Shape]]:
+    """Shapes of the arms along the trunk: (shoulder bridges, painted before the body outline so that the trunk
+    wins; the arms themselves, painted after it). Empty when the arms are raised."""
+    if s.arms != "sides":
+        return [], []
+    L = T
+    d = ARM_KNOTS[:, 0]
+    off, y, r = arm_centerline(s, d)
+    arm_fat = float(np.clip(0.6 * s.fat_mm, 3.0, 20.0)) * s.arm_scale
+    r_mus = np.maximum(r - arm_fat, 0.55 * r)
+    zs = np.array([s.z(v) for v in d])
+    before, after = [], []
+    for side in (-1, 1):
+        xs = s.x0 + side * off
+        pts = np.stack([xs, y, zs], axis=1)
+        # shoulder: soft tissue bridging the trunk and the top of the arm (deltoid, axilla)
+        bx = s.x0 + side * (off[1] - 0.6 * r[1])
+        bc = np.array([bx, y[1] - 5.0, s.z(345.0)])
+        bsemi = np.array([0.4 * r[1] + max(s.arm_gap_mm, 0.0) + 10.0, r[1], 45.0 * s.height])  # trunk to arm
+        before.append(Ellipsoid(L.FAT.label, bc, bsemi))
+        before.append(Ellipsoid(L.MUSCLE.label, bc, np.maximum(bsemi - arm_fat, 5.0)))
+        after.append(Tube(L.FAT.label, pts, r))
+        after.append(Tube(L.MUSCLE.label, pts, r_mus))
+        # hand, palm against the thigh: soft tissue without bones
+        off_w, r_w = off[-1], r[-1]
+        hc = np.array([s.x0 + side * (off_w - r_w + HAND_SEMI_MM[0] * s.width * s.arm_scale), y[-1], s.z(HAND_D)])
+        hs = np.array(HAND_SEMI_MM) * np.array([s.width * s.arm_scale, s.width * s.arm_scale, s.height])
+        after.append(Ellipsoid(L.FAT.label, hc, hs))
+        after.append(Ellipsoid(L.MUSCLE.label, hc, np.maximum(hs - np.array([4.0, 6.0, 6.0]), 3.0)))
+        # humerus: head, shaft and the condyles; cortical bone around marrow
+        def at(dv):
+            o, yy, rr = arm_centerline(s, np.array([dv]))
+            return np.array([s.x0 + side * o[0], yy[0], s.z(dv)]), float(rr[0])
+
+        h0, rh0 = at(HUMERUS_D[0])
+        h1, rh1 = at(0.5 * (HUMERUS_D[0] + HUMERUS_D[1]))
+        h2, rh2 = at(HUMERUS_D[1])
+        cort = [min(11.0, 0.45 * rr) for rr in (rh0, rh1, rh2)]
+        head = min(22.0, 0.8 * rh0)
+        after.append(Ellipsoid(L.CORTICAL_BONE.label, h0, np.full(3, head)))
+        after.append(Ellipsoid(L.MARROW.label, h0, np.full(3, head - 3.0)))
+        after.append(Tube(L.CORTICAL_BONE.label, [h0, h1, h2], cort))
+        after.append(Tube(L.MARROW.label, [h0, h1, h2], [c * 0.55 for c in cort]))
+        # radius and ulna side by side (antero-posterior), thin cortices
+        f0, rf0 = at(FOREARM_D[0])
+        f1, rf1 = at(FOREARM_D[1])
+        fr = [min(7.0, 0.22 * rf0), min(6.0, 0.25 * rf1)]
+        sep = [min(10.0, 0.35 * rf0), min(8.0, 0.35 * rf1)]
+        for sgn in (-1, 1):
+            p0 = f0 + np.array([0.0, sgn * sep[0], 0.0])
+            p1 = f1 + np.array([0.0, sgn * sep[1], 0.0])
+            after.append(Tube(L.CORTICAL_BONE.label, [p0, p1], fr))
+            after.append(Tube(L.MARROW.label, [p0, p1], [0.5 * v for v in fr]))
+    return before, after
+
+
+def inside_trunk_cavity(s: TorsoSubject, x, y, z, margin_mm: float = 8.0) -> np.ndarray:
+    """Whether points lie inside the trunk's muscle wall by ``margin_mm`` (not subcutaneous, not in the arms)."""
+    d = (s.z_vertex - np.asarray(z, dtype=np.float64)) / s.height
+    ax, ay, cx, cy = s.trunk(np.clip(d, TRUNK_KNOTS[0, 0], TRUNK_KNOTS[-1, 0]), shrink=s.fat_mm + margin_mm)
+    ok = (d >= TRUNK_KNOTS[0, 0]) & (d <= TRUNK_KNOTS[-1, 0]) & (ax > 1) & (ay > 1)
+    q = ((np.asarray(x) - cx) / np.maximum(ax, 1)) ** 2 + ((np.asarray(y) - cy) / np.maximum(ay, 1)) ** 2
+    return ok & (q < 1.0)
+
+
 # --- shapes ---------------------------------------------------------------------------------------------
 @dataclass
 class RibCage(Shape):
@@ -166,6 +384,8 @@ def torso_shapes(s: TorsoSubject, d_max: float | None = None) -> list[Shape]:
     L = T
     sh: list[Shape] = []
     d_max = max(BODY_LENGTH_MM + 40, d_max or 0.0)
+    arms_before, arms_after = arm_shapes(s)
+    sh.extend(arms_before)
     # ---- body outline: fat, then muscle wall (trunk), neck -------------------------------------------
     dk_trunk = TRUNK_KNOTS[:, 0]
     ax, ay, cx, cy = s.trunk(dk_trunk)
@@ -187,6 +407,8 @@ def torso_shapes(s: TorsoSubject, d_max: float | None = None) -> list[Shape]:
     # neck
     sh.append(ZProfile(L.MUSCLE.label, [s.z(300), s.z(190)], s.x0, s.y0 + 15 * s.depth,
                        58 * s.width, 60 * s.depth))
+    # arms along the trunk (none when raised)
+    sh.extend(arms_after)
     # ---- table (under the back, whole length) ----------------------------------------------------------
     ty = s.table_top_y()
     z_lo, z_hi = s.z(d_max + 60), s.z(-60)
@@ -347,10 +569,14 @@ def torso_shapes(s: TorsoSubject, d_max: float | None = None) -> list[Shape]:
 
 
 def place_lesions(s: TorsoSubject, rng: np.random.Generator, n: int, d_range: tuple[float, float],
-                  host_probs: dict[str, float] | None = None) -> None:
-    """Draw ``n`` lesions inside host tissues within the body range ``d_range`` (reference mm from the
-    vertex) and store them on the subject (label, host, centre, radii, rotation, SUV, HU)."""
-    host_probs = host_probs or LESION_HOSTS
+                  class_probs: dict[str, float] | None = None) -> None:
+    """Draw ``n`` lesions within the body range ``d_range`` (reference mm from the vertex) and store them on the
+    subject. Each lesion's class is drawn from ``class_probs`` (default
+    :data:`~petsynth.phantom.tissues.LESION_CLASS_PROBS`), then a kind of that class
+    (:data:`~petsynth.phantom.tissues.LESION_KINDS`, by weight; redrawn when no room is found in its host), its
+    centre in the kind's host tissue with the neighbourhood (+-0.7 r) in the host too, size, orientation, SUV
+    and CT number at 120 kVp (absolute, or relative to the host's)."""
+    class_probs = class_probs or T.LESION_CLASS_PROBS
     shapes = torso_shapes(s)
     z_hi, z_lo = s.z(d_range[0]), s.z(d_range[1])
     step = 6.0
@@ -359,27 +585,26 @@ def place_lesions(s: TorsoSubject, rng: np.random.Generator, n: int, d_range: tu
         return
     coarse = Geometry.axial((84, 84), (step, step), zs, (s.x0, s.y0))
     lab = paint(shapes, coarse)
-    host_labels = {
-        "lung": [T.LUNG.label], "liver": [T.LIVER.label], "node": [T.FAT.label, T.BOWEL.label],
-        "bone": [T.MARROW.label], "soft_tissue": [T.MUSCLE.label],
-    }
-    names = list(host_probs)
-    probs = np.array([host_probs[k] for k in names], dtype=np.float64)
-    probs /= probs.sum()
     xs, ys, zz = coarse.axes()
+    candidates: dict[str, np.ndarray] = {}
     for _ in range(n):
+        cls = _pick(rng, class_probs)
+        kinds = T.lesion_kinds(cls)
+        weights = {k.name: k.weight for k in kinds}
         for _attempt in range(20):
-            host = names[int(rng.choice(len(names), p=probs))]
-            cand = np.argwhere(np.isin(lab, host_labels[host]))
-            if host == "node":  # nodes in the mediastinum / abdomen, not in the subcutaneous fat
-                keep = np.abs(xs[cand[:, 2]] - s.x0) < 0.55 * 160 * s.width
-                cand = cand[keep]
+            kind = T.LESION_KINDS[_pick(rng, weights)]
+            if kind.name not in candidates:
+                cand = np.argwhere(np.isin(lab, kind.hosts))
+                if kind.interior and len(cand):  # mediastinal / abdominal, not subcutaneous or in the arms
+                    cand = cand[inside_trunk_cavity(s, xs[cand[:, 2]], ys[cand[:, 1]], zz[cand[:, 0]])]
+                candidates[kind.name] = cand
+            cand = candidates[kind.name]
             if len(cand) == 0:
                 continue
             k, j, i = cand[rng.integers(len(cand))]
-            r_max = {"bone": 12.0, "node": 15.0, "lung": 18.0}.get(host, T.LESION_RADIUS_MM[1])
-            radius = float(np.exp(rng.uniform(np.log(T.LESION_RADIUS_MM[0]), np.log(r_max))))
+            radius = float(np.exp(rng.uniform(*np.log(kind.radius_mm))))
             c = np.array([xs[i], ys[j], zz[k]]) + rng.uniform(-step / 2, step / 2, 3)
+            host_label = int(lab[k, j, i])
             # the centre's neighbourhood (+-0.7 r) should be the host
             ok = True
             for ax in range(3):
@@ -388,35 +613,38 @@ def place_lesions(s: TorsoSubject, rng: np.random.Generator, n: int, d_range: tu
                     q[ax] += sgn * 0.7 * radius
                     qi = np.rint(coarse.world_to_index(q)).astype(int)
                     if (np.any(qi < 0) or np.any(qi >= np.array(coarse.shape[::-1]))
-                            or lab[qi[2], qi[1], qi[0]] not in host_labels[host]):
+                            or lab[qi[2], qi[1], qi[0]] != host_label):
                         ok = False
             if not ok:
                 continue
             n_les = len(s.lesions)
-            suv = float(np.exp(rng.uniform(np.log(T.LESION_SUV[0]), np.log(T.LESION_SUV[1]))))
-            if host == "liver":
-                hu = s.hu[T.LIVER.label] - rng.uniform(10, 25)
-            elif host == "bone":
-                hu = float(rng.choice([rng.uniform(*T.LESION_HU), rng.uniform(500, 900)]))
+            if kind.suv is None:
+                suv = float(np.exp(rng.uniform(np.log(T.LESION_SUV[0]), np.log(T.LESION_SUV[1]))))
             else:
-                hu = float(rng.uniform(*T.LESION_HU))
+                suv = float(rng.uniform(*kind.suv))
+            host_hu = float(s.hu[host_label])
+            hu = float(rng.uniform(*kind.hu)) if kind.hu is not None else host_hu + float(rng.uniform(*kind.hu_offset))
             radii = radius * rng.uniform(0.85, 1.15, 3)
             rot = rotation(rng.uniform(0, 180), rng.uniform(-30, 30), rng.uniform(-30, 30))
-            s.lesions.append({"label": T.LESION_BASE + n_les, "host": host, "center_mm": c.round(2).tolist(),
-                              "radii_mm": radii.round(2).tolist(), "rotation": rot.round(6).tolist(),
-                              "suv": round(suv, 4), "hu_120kvp": round(float(hu), 1)})
+            s.lesions.append({"label": T.LESION_BASE + n_les, "class": cls, "kind": kind.name,
+                              "host": T.TISSUES[host_label].name, "host_label": host_label,
+                              "center_mm": c.round(2).tolist(), "radii_mm": radii.round(2).tolist(),
+                              "rotation": rot.round(6).tolist(), "suv": round(suv, 4),
+                              "hu_120kvp": round(hu, 1), "host_hu_120kvp": round(host_hu, 1)})
             break
 
 
 # --- whole study ---------------------------------------------------------------------------------------
 def _lesion_tables(s: TorsoSubject) -> tuple[dict[int, float], dict[int, float], set[int]]:
+    """Per-label CT number at 120 kVp and SUV, lesions included, and the lesion labels whose CT number moves
+    with kVp like bone."""
     hu = dict(s.hu)
     suv = dict(s.suv)
     bone_like = set()
     for les in s.lesions:
         hu[les["label"]] = les["hu_120kvp"]
         suv[les["label"]] = les["suv"]
-        if les["host"] == "bone" and les["hu_120kvp"] > 300:
+        if T.LESION_KINDS[les["kind"]].bone:
             bone_like.add(les["label"])
     return hu, suv, bone_like
 
@@ -467,7 +695,8 @@ def pet_ct_geometries(s: TorsoSubject, flavour, preset, rng: np.random.Generator
 
 def make_torso(seed: int = 0, *, index: int = 0, task: str = DEFAULT_TASK, preset="default",
                flavour: str | None = None, kvp: float | None = None, dose_fractions=(),
-               sim=None, study_id: str | None = None, hu_to_mu_method: str = "bilinear"):
+               sim=None, study_id: str | None = None, hu_to_mu_method: str = "bilinear",
+               arms: str = "random", contrast: str = "none"):
     """Simulate one whole-body PET/CT study in memory.
 
     Args:
@@ -478,6 +707,15 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = DEFAULT_TASK, prese
         kvp: CT tube voltage (default: drawn from 80, 100, 110, 120, 130, 140).
         dose_fractions: low-dose levels in (0, 1) to reconstruct besides the standard dose.
         sim: :class:`~petsynth.phantom.pet.PETSimConfig` (default settings when None).
+        arms: "raised" (out of the field of view), "sides" (along the trunk, fitted inside the PET and CT
+            fields of view, see :func:`fit_arms`) or "random" (sides with probability
+            :data:`~petsynth.phantom.tissues.ARMS_SIDES_PROB`).
+        contrast: "none", "venous" (portal-venous iodine enhancement of the CT,
+            :data:`~petsynth.phantom.tissues.VENOUS_ENHANCEMENT_HU` scaled with kVp by
+            :func:`~petsynth.phantom.ct.iodine_factor`) or "random"
+            (:data:`~petsynth.phantom.tissues.CONTRAST_VENOUS_PROB`). The attenuation map (PET simulation and
+            the truth ``mu``) always comes from the unenhanced CT numbers: iodine adds next to nothing to mu at
+            511 keV.
 
     Returns:
         :class:`~petsynth.phantom.study.PhantomStudy` with images CT (HU), PT (SUV) and PT_low_<f>,
@@ -504,22 +742,56 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = DEFAULT_TASK, prese
     flv = get_flavour(flavour) if flavour else FLAVOURS[sorted(FLAVOURS)[int(rng.integers(len(FLAVOURS)))]]
     kvp_val = float(kvp) if kvp is not None else float(rng.choice(ctmod.KVP_CHOICES))
     subj = sample_torso_subject(rng, [int(seed), int(index)])
+    side_rng = np.random.default_rng([int(seed), int(index), 1])  # physiology and protocol: a stream of their own
+    sample_subject_state(subj, side_rng, arms=arms, contrast=contrast)
     n_les = int(rng.integers(pre.lesions[0], pre.lesions[1] + 1))
-    place_lesions(subj, rng, n_les, (max(pre.body_range_mm[0], 150.0), pre.body_range_mm[1]))
-    acq = sample_acquisition(rng, subj.weight_kg, flv, brain=False, kvp=kvp_val)
     pet_geom, ct_geom, _ = pet_ct_geometries(subj, flv, pre, rng)
+    sim_geom = simulation_grid(pet_geom, pre.max_sim_size, pre.max_sim_fov_mm)
+    ct_fov_mm = ct_geom.shape[2] * ct_geom.spacing[2]
+    # arms along the trunk: inside the PET reconstruction circle (of the simulation grid, within the output
+    # grid) and the CT field of view (extended when they cross it)
+    pet_radius = 0.5 * min(sim_geom.shape[2] * sim_geom.spacing[2], pet_geom.shape[1] * pet_geom.spacing[1],
+                           pet_geom.shape[2] * pet_geom.spacing[2])
+    ext_fov = fit_arms(subj, pre.body_range_mm, sim_geom.center()[:2], pet_radius, ct_geom.center()[:2],
+                       0.5 * ct_fov_mm)
+    if ext_fov is not None and ext_fov > ct_fov_mm:
+        n_ct = ct_geom.shape[2]
+        ct_geom = Geometry.axial((n_ct, n_ct), (ext_fov / n_ct, ext_fov / n_ct), ct_geom.z_positions(),
+                                 tuple(ct_geom.center()[:2]))
+        ct_fov_mm = ext_fov
+    place_lesions(subj, rng, n_les, (max(pre.body_range_mm[0], 150.0), pre.body_range_mm[1]))
+    for les in subj.lesions:  # venous enhancement of each lesion (used with contrast only)
+        how = T.LESION_KINDS[les["kind"]].enhancement
+        e = subj.enhancement.get(les["host_label"], 0.0) if how == "host" else float(side_rng.uniform(*how))
+        les["enhancement_hu_120kvp"] = round(e, 2) if subj.contrast == "venous" else 0.0
+    acq = sample_acquisition(rng, subj.weight_kg, flv, brain=False, kvp=kvp_val)
     shapes = torso_shapes(subj, d_max=pre.body_range_mm[1] + 60)
     hu120, suv, bone_like = _lesion_tables(subj)
 
     # ---- CT ----------------------------------------------------------------------------------------------
-    lut_hu = ctmod.hu_lut(hu120, kvp_val)
+    lut_native = ctmod.hu_lut(hu120, kvp_val)  # unenhanced CT numbers at this kVp
     for lab in bone_like:
-        lut_hu[lab] = ctmod.bone_hu_at_kvp(hu120[lab], kvp_val)
+        lut_native[lab] = ctmod.bone_hu_at_kvp(hu120[lab], kvp_val)
+    iodine = ctmod.iodine_factor(kvp_val)
+    enh_lut = np.zeros(256, dtype=np.float32)
+    if subj.contrast == "venous":
+        for lab, e in subj.enhancement.items():
+            enh_lut[lab] = e * iodine
+        for les in subj.lesions:
+            enh_lut[les["label"]] = les["enhancement_hu_120kvp"] * iodine
+    lut_hu = lut_native + enh_lut
     labels_ct = paint(shapes, ct_geom)
     noise120 = float(rng.uniform(*ctmod.NOISE_SD_120_HU))
     noise_sd = ctmod.noise_sd_at_kvp(noise120, kvp_val)
     texture = ctmod.lung_texture(labels_ct, ct_geom, rng)
+    ct_native = None
+    if subj.contrast == "venous":  # the same noise on the unenhanced CT numbers, for the attenuation map
+        state = tgen.get_state()
+        ct_native = ctmod.synthesize_ct(labels_ct, ct_geom, lut_native, noise_sd, tgen, texture_hu=texture)
+        tgen.set_state(state)
     ct_hu = ctmod.synthesize_ct(labels_ct, ct_geom, lut_hu, noise_sd, tgen, texture_hu=texture)
+    if ct_native is None:
+        ct_native = ct_hu
     del texture
 
     # ---- PET truth -----------------------------------------------------------------------------------
@@ -531,9 +803,10 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = DEFAULT_TASK, prese
     suv_blur = gaussian_blur(suv_truth, sim.resolution_fwhm_mm, pet_geom.spacing)
 
     # ---- attenuation from the CT, emission, reconstruction --------------------------------------------
-    sim_geom = simulation_grid(pet_geom, pre.max_sim_size, pre.max_sim_fov_mm)
-    # as scanners do: CT averaged down to the PET grid, then converted to mu at 511 keV
-    mu_sim = hu_to_mu(area_resample(ct_hu, ct_geom, sim_geom, fill=-1000.0), kvp_val, method=hu_to_mu_method)
+    # as scanners do: CT averaged down to the PET grid, then converted to mu at 511 keV; from the unenhanced CT
+    # numbers (iodine adds next to nothing to mu at 511 keV; the enhanced HU would read as bone-like)
+    mu_sim = hu_to_mu(area_resample(ct_native, ct_geom, sim_geom, fill=-1000.0), kvp_val, method=hu_to_mu_method)
+    del ct_native
     mu_pet = mu_sim if sim_geom == pet_geom else area_resample(mu_sim, sim_geom, pet_geom)
     act_sim = suv_blur if sim_geom == pet_geom else area_resample(suv_blur, pet_geom, sim_geom)
     if sim.num_angles is None and pre.num_angles_per_pixel != 1.0:
@@ -547,7 +820,9 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = DEFAULT_TASK, prese
 
     sid = study_id or study_id_for(task, int(seed), int(index))
     study = PhantomStudy(sid, task, flv, acq)
-    study.images["CT"] = Image("CT", ct_hu, ct_geom, "CT for attenuation correction (phantom)")
+    ct_desc = ("CT with IV contrast, portal venous (phantom)" if subj.contrast == "venous"
+               else "CT for attenuation correction (phantom)")
+    study.images["CT"] = Image("CT", ct_hu, ct_geom, ct_desc)
     study.images["PT"] = Image("PT", recon[1.0], pet_geom, "PET AC (phantom)", 1.0)
     for f in fractions:
         study.images[f"PT_low_{fraction_name(f)}"] = Image("PT", recon[f], pet_geom,
@@ -555,30 +830,47 @@ def make_torso(seed: int = 0, *, index: int = 0, task: str = DEFAULT_TASK, prese
     study.truth_images["labels"] = Image("LABEL", labels_pet, pet_geom, "organ labels, PET grid")
     study.truth_images["suv_truth"] = Image("PT", suv_truth, pet_geom, "noise-free SUV before blur")
     study.truth_images["suv_truth_blurred"] = Image("PT", suv_blur, pet_geom, "noise-free SUV after blur")
-    study.truth_images["mu"] = Image("MU", mu_pet.astype(np.float32), pet_geom, "mu 511 keV (cm-1) from CT")
+    study.truth_images["mu"] = Image("MU", mu_pet.astype(np.float32), pet_geom,
+                                     "mu 511 keV (cm-1) from the unenhanced CT numbers")
     study.truth_images["labels_ct"] = Image("LABEL", labels_ct, ct_geom, "organ labels, CT grid")
 
     label_rows = []
     for t in T.torso_tissues():
         label_rows.append({"label": t.label, "name": t.name, "suv": round(suv.get(t.label, 0.0), 5),
                            "hu_120kvp": round(hu120.get(t.label, -1000.0), 2),
-                           "hu": round(float(lut_hu[t.label]), 2), "suv_range": list(t.suv),
+                           "hu": round(float(lut_hu[t.label]), 2), "hu_native": round(float(lut_native[t.label]), 2),
+                           "enhancement_hu": round(float(enh_lut[t.label]), 2), "suv_range": list(t.suv),
                            "hu_range_120kvp": list(t.hu)})
     lesions = []
     for les in subj.lesions:
+        lab, host = les["label"], les["host_label"]
         lesions.append({**{k: v for k, v in les.items() if k != "rotation"},
-                        "hu": round(float(lut_hu[les["label"]]), 2), "rotation": les["rotation"]})
+                        "hu": round(float(lut_hu[lab]), 2), "hu_native": round(float(lut_native[lab]), 2),
+                        "enhancement_hu": round(float(enh_lut[lab]), 2), "host_hu": round(float(lut_hu[host]), 2),
+                        "rotation": les["rotation"]})
+    enhancement = [{"label": int(lab),
+                    "name": T.TISSUES[lab].name if lab in T.TISSUES else f"lesion_{lab - T.LESION_BASE}",
+                    "hu_120kvp": round(float(enh_lut[lab] / iodine), 2), "hu": round(float(enh_lut[lab]), 2)}
+                   for lab in np.nonzero(enh_lut)[0]]
+    subject = {"weight_kg": subj.weight_kg, "height_scale": subj.height, "width_scale": subj.width,
+               "depth_scale": subj.depth, "subcutaneous_fat_mm": subj.fat_mm, "z_vertex_mm": subj.z_vertex,
+               "midline_xy_mm": [subj.x0, subj.y0], "myocardium_state": subj.myocardium_state, "arms": subj.arms}
+    if subj.arm_fit:
+        subject["arm_fit"] = subj.arm_fit
     study.truth = {
         "software": {"name": "petsynth", "version": __version__, "generator": "petsynth.phantom.make_torso"},
         "study_id": sid, "task": task, "seed": int(seed), "index": int(index), "preset": pre.name,
         "flavour": flv.key, "manufacturer": flv.manufacturer,
-        "subject": {"weight_kg": subj.weight_kg, "height_scale": subj.height, "width_scale": subj.width,
-                    "depth_scale": subj.depth, "subcutaneous_fat_mm": subj.fat_mm, "z_vertex_mm": subj.z_vertex,
-                    "midline_xy_mm": [subj.x0, subj.y0]},
+        "subject": subject,
         "acquisition": acq.to_dict(),
         "ct": {"kvp": kvp_val, "noise_sd_hu": noise_sd, "noise_sd_120kvp_hu": noise120,
                "noise_model": "sd(kVp) = sd_120 * (120/kVp)^1, NPS ~ f exp(-(f/0.35/mm)^2)",
-               "hu_to_mu_method": hu_to_mu_method},
+               "hu_to_mu_method": hu_to_mu_method, "fov_mm": round(float(ct_fov_mm), 2),
+               "extended_fov": bool(ct_fov_mm > flv.ct_fov_mm + 1e-6),
+               "contrast": subj.contrast, "iodine_factor": round(iodine, 4) if subj.contrast == "venous" else None,
+               "iodine_model": f"enhancement(kVp) = enhancement_120 * (120/kVp)^{ctmod.IODINE_KVP_EXPONENT}",
+               "enhancement": enhancement,
+               "mu_from": "unenhanced CT numbers (same voxels and noise, iodine enhancement removed)"},
         "pet": {"sim": sim.to_dict(), "stats": stats, "dose_fractions": [1.0, *fractions],
                 "truth_supersample_inplane": ss,
                 "suv_truth": "noise-free SUVbw on the PET grid: mean over each voxel (partial volume), before "

@@ -135,6 +135,8 @@ def _ct_header(study: PhantomStudy, img: Image, rng: np.random.Generator) -> dic
         "FilterType": "BODY FILTER",
         "WindowCenter": "40",
         "WindowWidth": "400",
+        **({"ContrastBolusAgent": "IODINATED CONTRAST (PHANTOM)", "ContrastBolusRoute": "IV"}
+           if study.truth.get("ct", {}).get("contrast") == "venous" else {}),
     }
 
 
@@ -386,13 +388,25 @@ def _check_brain_options(task: str, **options) -> None:
         raise ValueError(f"{', '.join(given)} apply to the brain phantom ({', '.join(brain)}) only, not {task!r}")
 
 
+def _check_torso_options(task: str, **options) -> None:
+    """ValueError when a torso-only option (arms, contrast) is set for a task whose phantom is not the torso."""
+    given = [k for k, v in options.items() if v is not None]
+    if given and get_task(task).phantom != "torso":
+        torso = [t for t in TASK_NAMES if get_task(t).phantom == "torso"]
+        raise ValueError(f"{', '.join(given)} apply to the torso phantom ({', '.join(torso)}) only, not {task!r}")
+
+
 def make_study(task: str, seed: int, index: int, *, preset="default", dose_fractions=DEFAULT_DOSE_FRACTIONS,
                flavour: str | None = None, sim=None, pattern: str | None = None,
-               pet_displacement: dict | str | None = None) -> PhantomStudy:
+               pet_displacement: dict | str | None = None, arms: str | None = None,
+               contrast: str | None = None) -> PhantomStudy:
     """Simulate one study of ``task`` in memory (the task's ``phantom``: make_torso or make_brain).
-    ``pattern`` and ``pet_displacement``: see :func:`~petsynth.phantom.brain.make_brain` (brain only)."""
+    ``pattern`` and ``pet_displacement``: see :func:`~petsynth.phantom.brain.make_brain` (brain only);
+    ``arms`` (default "random") and ``contrast`` (default "none"): see
+    :func:`~petsynth.phantom.torso.make_torso` (torso only)."""
     spec = get_task(task)
     _check_brain_options(task, pattern=pattern, pet_displacement=pet_displacement)
+    _check_torso_options(task, arms=arms, contrast=contrast)
     if spec.phantom == "brain":
         from petsynth.phantom.brain import make_brain
 
@@ -401,14 +415,16 @@ def make_study(task: str, seed: int, index: int, *, preset="default", dose_fract
     from petsynth.phantom.torso import make_torso
 
     return make_torso(seed, index=index, task=task, preset=preset, flavour=flavour,
-                      dose_fractions=dose_fractions if spec.low_dose_source else (), sim=sim)
+                      dose_fractions=dose_fractions if spec.low_dose_source else (), sim=sim,
+                      arms=arms or "random", contrast=contrast or "none")
 
 
 def write_studies(out_dir: str | Path, task: str = DEFAULT_TASK, studies: int = 1, seed: int = 0, *,
                   fmt: str = "dicom", preset="default", dose_fractions: Sequence[float] = DEFAULT_DOSE_FRACTIONS,
                   flavour: str | None = None, start_index: int = 0, overwrite: bool = False, sim=None,
                   progress: Callable[[int, int, str], None] | None = None, fields: Sequence[float] = (3.0,),
-                  pattern: str | None = None, pet_displacement: dict | str | None = None) -> list[Path]:
+                  pattern: str | None = None, pet_displacement: dict | str | None = None,
+                  arms: str | None = None, contrast: str | None = None) -> list[Path]:
     """Simulate and write ``studies`` studies of ``task`` into ``out_dir``; returns the study folders.
 
     Study ``i`` (``start_index`` <= i < ``start_index + studies``) is fully determined by (``seed``, i) and
@@ -419,7 +435,9 @@ def write_studies(out_dir: str | Path, task: str = DEFAULT_TASK, studies: int = 
     subject as above; any other list writes each subject once per field, ``<task>-s<seed>-<i:04d>-<f>T``
     (``mr2pet-s7-0000-1.5T``), each a complete study (MR at that field, the same PET and truth) with the same
     PatientID and its own StudyInstanceUID (``progress`` then counts subjects). ``pattern``,
-    ``pet_displacement``: see :func:`~petsynth.phantom.brain.make_brain`.
+    ``pet_displacement``: see :func:`~petsynth.phantom.brain.make_brain`. Torso (ct2pet, lpet2spet) only:
+    ``arms`` ("raised", "sides", "random"; default random) and ``contrast`` ("none", "venous", "random";
+    default none), see :func:`~petsynth.phantom.torso.make_torso`.
     """
     spec = get_task(task)
     from petsynth.phantom.mr_field import check_field, field_name
@@ -430,6 +448,13 @@ def write_studies(out_dir: str | Path, task: str = DEFAULT_TASK, studies: int = 
     per_field = field_list != [3.0]
     _check_brain_options(task, fields=list(fields) if per_field else None, pattern=pattern,
                          pet_displacement=pet_displacement)
+    _check_torso_options(task, arms=arms, contrast=contrast)
+    from petsynth.phantom.torso import ARMS_CHOICES, CONTRAST_CHOICES
+
+    if arms is not None and arms not in ARMS_CHOICES:
+        raise ValueError(f"arms must be one of {ARMS_CHOICES}, got {arms!r}")
+    if contrast is not None and contrast not in CONTRAST_CHOICES:
+        raise ValueError(f"contrast must be one of {CONTRAST_CHOICES}, got {contrast!r}")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     if studies < 1:
@@ -465,7 +490,7 @@ def write_studies(out_dir: str | Path, task: str = DEFAULT_TASK, studies: int = 
                                       pattern=pattern, pet_displacement=pet_displacement)
         else:
             batch = [make_study(task, seed, i, preset=preset, dose_fractions=fractions, flavour=flavour, sim=sim,
-                                pattern=pattern, pet_displacement=pet_displacement)]
+                                pattern=pattern, pet_displacement=pet_displacement, arms=arms, contrast=contrast)]
         for study in batch:
             path = write_study(study, out, fmt=fmt, overwrite=overwrite, index=i)
             paths.append(path)
