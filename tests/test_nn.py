@@ -118,6 +118,21 @@ def test_autoencoder_default_and_presets():
     assert VQAutoencoderConfig.preset("small", codebook_size=64).codebook_size == 64
 
 
+def test_a_plain_autoencoder_never_quantises():
+    """quantize: false: training, the latent and decoding all use the continuous z; the codebook is untouched."""
+    ae = build_autoencoder(tiny_ae(quantize=False)).train()
+    codebook = ae.codebook.detach().clone()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    rec, loss = ae(x)
+    assert float(loss) == 0.0
+    torch.testing.assert_close(rec, ae.decode(ae.encode(x)))
+    torch.testing.assert_close(ae.from_latent(ae.to_latent(x)), rec)
+    torch.testing.assert_close(ae.codebook, codebook)          # no EMA update in train mode
+    quantised = build_autoencoder(tiny_ae()).train()
+    quantised.load_state_dict(ae.state_dict())
+    assert not torch.allclose(quantised(x)[0], rec)           # the VQ path differs: the test can fail
+
+
 def test_autoencoder_config_validation():
     with pytest.raises(ConfigError):
         VQAutoencoderConfig.from_dict({"downsample_factor": 3})
@@ -127,6 +142,8 @@ def test_autoencoder_config_validation():
         VQAutoencoderConfig.from_dict({"base_channels": 20, "norm_num_groups": 16})
     with pytest.raises(ConfigError):
         VQAutoencoderConfig.from_dict({"latent_before_quant_conv": True, "quantize_latent": True})
+    with pytest.raises(ConfigError):
+        VQAutoencoderConfig.from_dict({"quantize": False, "quantize_latent": True})
     cfg = tiny_ae(downsample_factor=8)
     assert cfg.channels == (8, 16, 32, 32)
     assert VQAutoencoderConfig.from_dict(cfg.to_dict()) == cfg

@@ -241,7 +241,9 @@ def test_a_trained_bridge_keeps_the_suv_under_the_stochastic_sampler(tiny_datase
     the bridge's noise (std up to 0.71) drowned it: the network's x0 estimates on the noisy states of
     Algorithm 2 (eta 1) fell towards air, the deterministic sampler's nearly noise-free states did not. On
     this tiny run (120 steps) the linear window gave body SUVmean 0.44 (eta 0) against 0.32 (eta 1), truth
-    0.82; the default log transform gives 0.74 and 0.72."""
+    0.82; the default log transform gives 0.74 and 0.72. On the phantoms with lesion classes, arms and the
+    myocardium's fasting states (issue 16; the same seed draws other subjects): linear 0.37 and 0.19, log 0.517
+    and 0.514, truth 0.885 (the tiny run fits these subjects less well, so the floor is half the truth)."""
     assert get_task("ct2pet").default_transforms()["target"].kind == "log"
     cfg = {**PIXEL, "use_attenuation_map": False}
     torch.manual_seed(0)
@@ -259,4 +261,39 @@ def test_a_trained_bridge_keeps_the_suv_under_the_stochastic_sampler(tiny_datase
         pred = torch.cat([p for _, p in predict_items(method, items, options=options)])[:, 0].numpy()
         means[eta] = float(pred[body].mean())
     assert abs(means[1.0] - means[0.0]) < 0.1 * means[0.0], means
-    assert min(means.values()) > 0.75 * truth, (means, truth)
+    assert min(means.values()) > 0.5 * truth, (means, truth)
+
+
+def test_cpdm_ct_windows_condition_on_the_windowed_ct(tiny_dataset):
+    """Each (low, high) HU window adds one conditioning map: clip(CT, low, high) mapped to [0, 1], encoded like
+    M_sigma and M_mu (bilinear downsampling + its own 1x1 conv)."""
+    torch.manual_seed(0)
+    method = build_method("cpdm", {**PIXEL, "use_attenuation_map": True, "ct_windows": [[-160, 240], [-1000, -500]]})
+    first = next(m for m in method.denoiser.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 1 + 3 * 3                # the image + 3 maps x 3 channels (M_mu, two windows)
+    items = [open_dataset(tiny_dataset)[i] for i in (0, 7)]
+    batch = Collate("ct2pet", mu_map=True)(items)
+    with torch.no_grad():
+        got = method._conditioning(batch)
+    assert got.shape == (2, 9, 32, 32)
+    ct = batch["source"].numpy()
+    w = method.map_encoder.proj.weight.detach().numpy()[:, 0, 0, 0]  # grouped 1x1 conv: one weight per channel
+    soft = np.clip((ct - -160) / 400, 0, 1)
+    np.testing.assert_allclose(got[:, 3:6].numpy(), soft * w[3:6, None, None], rtol=1e-5, atol=1e-6)
+    lung = np.clip((ct + 1000) / 500, 0, 1)
+    np.testing.assert_allclose(got[:, 6:9].numpy(), lung * w[6:9, None, None], rtol=1e-5, atol=1e-6)
+    with pytest.raises(MethodError, match="low < high"):
+        build_method("cpdm", {**PIXEL, "ct_windows": [[240, -160]]})
+
+
+def test_ct_windows_reach_the_pixel_space_baselines(tiny_dataset):
+    """unet and pix2pix take the windows as input channels after the source (source_with_maps)."""
+    method = build_method("unet", {"unet": {"features": [4, 8, 16, 32, 64, 4]}, "ct_windows": [[-160, 240]]})
+    items = [open_dataset(tiny_dataset)[i] for i in (3,)]
+    batch = Collate("ct2pet")(items)
+    x = method.source_with_maps(batch)
+    assert x.shape == (1, 2, 32, 32)
+    ct = batch["source"][0, 0].numpy()
+    np.testing.assert_allclose(x[0, 1].numpy(), np.clip((ct + 160) / 400, 0, 1), rtol=1e-6)
+    with pytest.raises(MethodError, match="ct_windows"):
+        build_method("unet", {"ct_windows": [[-160, 240]]}, task="mr2pet")

@@ -29,7 +29,7 @@ from petsynth.data.batch import ct_of
 from petsynth.data.intensity import IntensityTransform
 from petsynth.diffusion import BrownianBridge, samplers
 from petsynth.methods.base import Method, MethodError, StepsEtaOptions, register
-from petsynth.methods.parts import GuidanceMaps, LatentSpace, frozen_autoencoder
+from petsynth.methods.parts import CT_WINDOWS_FIELD, GuidanceMaps, LatentSpace, frozen_autoencoder
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
@@ -56,6 +56,7 @@ class CPDMConfig(Config):
     attention_threshold: float = Field(0.5, gt=0, lt=1)
     mu_path_length_cm: float = Field(1.0, gt=0, description="L of exp(-mu L); CPDM: 1 cm")
     map_channels: int = Field(3, ge=1, description="channels per map after the 1x1 conv")
+    ct_windows: list[tuple[float, float]] = CT_WINDOWS_FIELD
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)
     denoiser: DenoiserConfig = Field(default_factory=lambda: DenoiserConfig.preset("small"))
     sample_steps: int = Field(10, ge=1, description="default sampling steps of translate")
@@ -104,6 +105,11 @@ class CPDM(LatentSpace, GuidanceMaps, Method):
         return self.config.transforms["source"].forward(ct_hu)
 
 
+    def _conditioning(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """The encoded maps (B, num_maps * map_channels, h, w), or None when there are none."""
+        maps = self.maps(batch)
+        return self.map_encoder(maps) if maps is not None else None
+
     def _model_fn(self, cond: torch.Tensor | None):
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             inp = x_t if cond is None else torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
@@ -115,8 +121,7 @@ class CPDM(LatentSpace, GuidanceMaps, Method):
         t_ = self.config.transforms
         x0 = self.encode(t_["target"].forward(batch["target"]))
         y = self.encode(self._ct_network(ct_of(batch, self.task)))
-        maps = self.maps(batch)
-        cond = self.map_encoder(maps) if maps is not None else None
+        cond = self._conditioning(batch)
         t = self.bridge.training_times(x0.shape[0], device=x0.device)
         x_t, objective = self.bridge.q_sample(x0, t, y=y)
         pred = self._model_fn(cond)(x_t, t)
@@ -130,8 +135,7 @@ class CPDM(LatentSpace, GuidanceMaps, Method):
         ``sample_steps``), ``eta`` (default ``eta``; 0 deterministic, 1 Algorithm 2)."""
         opts = self.sampler_options(options)
         y = self.encode(self._ct_network(ct_of(batch, self.task)))
-        maps = self.maps(batch)
-        cond = self.map_encoder(maps) if maps is not None else None
+        cond = self._conditioning(batch)
         x0 = samplers.bridge(self.bridge, self._model_fn(cond), y, opts.steps or self.config.sample_steps,
                              eta=self.config.eta if opts.eta is None else opts.eta, generator=generator)
         return self.config.transforms["target"].inverse(self.decode(x0).float())

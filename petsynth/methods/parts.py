@@ -65,6 +65,13 @@ def frozen_autoencoder(method: str, config: Any, load_parts: bool) -> VQAutoenco
     return frozen(autoencoder)
 
 
+#: The ``ct_windows`` config field of every method with guidance maps.
+CT_WINDOWS_FIELD = Field(
+    default_factory=list, description="extra maps (not in the CPDM paper): the CT clipped to each (low, high) HU "
+                                      "window and mapped to [0, 1], e.g. [[-160, 240]] for soft tissue, whose organs "
+                                      "differ by 10-30 HU (0.005-0.015 of the source window's 2 network units)")
+
+
 class GuidanceMapsConfig(Config):
     """Config fields of the two maps (baselines: both off by default)."""
 
@@ -74,6 +81,7 @@ class GuidanceMapsConfig(Config):
     segmenter: SegmenterConfig | None = Field(None, description="filled in from the checkpoint")
     segmenter_ct_transform: IntensityTransform | None = Field(None, description="filled in from the checkpoint")
     attention_threshold: float = Field(0.5, gt=0, lt=1)
+    ct_windows: list[tuple[float, float]] = CT_WINDOWS_FIELD
 
 
 class GuidanceMaps:
@@ -82,9 +90,14 @@ class GuidanceMaps:
 
     def _build_maps(self, config: Any, load_parts: bool) -> None:
         """Load the frozen segmenter (when the attention map is on) and set ``needs_mu_map``."""
-        if (config.use_attention_map or config.use_attenuation_map) and not get_task(self.task).has_ct:
-            raise MethodError(f"{self.name}: the attention and attenuation maps are computed from a CT; "
-                              f"task {self.task} has none (use_attention_map / use_attenuation_map: false)")
+        if (config.use_attention_map or config.use_attenuation_map or config.ct_windows) \
+                and not get_task(self.task).has_ct:
+            raise MethodError(f"{self.name}: the attention and attenuation maps and ct_windows are computed from a "
+                              f"CT; task {self.task} has none (use_attention_map / use_attenuation_map: false, "
+                              "ct_windows: [])")
+        for low, high in config.ct_windows:
+            if not high > low:
+                raise MethodError(f"{self.name}: ct_windows needs low < high, got ({low}, {high})")
         self.needs_mu_map = config.use_attenuation_map
         if config.use_attention_map:
             weights = None
@@ -105,12 +118,12 @@ class GuidanceMaps:
 
     @property
     def num_maps(self) -> int:
-        return int(self.config.use_attention_map) + int(self.config.use_attenuation_map)
+        return int(self.config.use_attention_map) + int(self.config.use_attenuation_map) + len(self.config.ct_windows)
 
     @torch.no_grad()
     def maps(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
-        """The guidance maps (B, num_maps, H, W): M_sigma (segmenter on the CT) then M_mu (from the batch);
-        None when both are off."""
+        """The guidance maps (B, num_maps, H, W): M_sigma (segmenter on the CT), M_mu (from the batch), then the
+        CT under each of ``ct_windows`` in [0, 1]; None when there are none."""
         maps = []
         if self.config.use_attention_map:
             ct = ct_of(batch, self.task)
@@ -121,6 +134,9 @@ class GuidanceMaps:
                 raise ValueError("the batch has no 'mu_map': build batches with petsynth.data.batch.Collate"
                                  "(task, mu_map=True) or add_mu_map()")
             maps.append(batch["mu_map"].to(ct_of(batch, self.task).dtype))
+        for low, high in self.config.ct_windows:
+            ct = ct_of(batch, self.task)
+            maps.append(((ct - low) / (high - low)).clamp(0.0, 1.0))
         return torch.cat(maps, dim=1) if maps else None
 
 

@@ -16,6 +16,11 @@ public BBDM / CPDM code, by default the *continuous pre-quantisation* latent z (
 sampling, :meth:`from_latent` snaps it to the codebook and decodes. Flags: ``latent_before_quant_conv``
 (take h, before the 1x1 ``quant_conv``, as the public option of that name), ``quantize_latent`` (take the
 quantised zq instead), ``quantize_on_decode`` (snap before decoding; True in the public code).
+
+``quantize: false`` makes it a plain autoencoder: no codebook in the path (training reconstructs from z, the
+decoder decodes z, no commitment loss). On CPU-length trainings of phantom PET the EMA codebook collapsed (8 of
+512 codes used after 400 steps) and the decoder, having only ever seen those codes, could not give back the
+brain, heart or bladder (SUVmean -40 to -60 %; README "The ct2pet recipe").
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class VQAutoencoderConfig(Config):
     latent_before_quant_conv: bool = False
     quantize_latent: bool = False
     quantize_on_decode: bool = True
+    quantize: bool = Field(True, description="false: a plain autoencoder, no vector quantisation anywhere")
 
     @model_validator(mode="after")
     def _check(self) -> VQAutoencoderConfig:
@@ -77,6 +83,8 @@ class VQAutoencoderConfig(Config):
             raise ValueError(f"attention_levels needs {levels} entries for downsample_factor {f}")
         if self.latent_before_quant_conv and self.quantize_latent:
             raise ValueError("latent_before_quant_conv and quantize_latent exclude each other")
+        if not self.quantize and self.quantize_latent:
+            raise ValueError("quantize_latent needs quantize: true")
         bad = [c for c in self.channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(f"channels {bad} are not divisible by norm_num_groups={self.norm_num_groups}")
@@ -185,8 +193,11 @@ class VQAutoencoder(nn.Module):
         return self.decoder(self.post_quant_conv(zq))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruction (B, Cout, H, W) and commitment loss (scalar)."""
-        zq, loss, _ = self.quantize(self.encode(x))
+        """Reconstruction (B, Cout, H, W) and commitment loss (scalar; 0 without quantisation)."""
+        z = self.encode(x)
+        if not self.cfg.quantize:
+            return self.decode(z), z.new_zeros(())
+        zq, loss, _ = self.quantize(z)
         return self.decode(zq), loss
 
     # -- the latent a diffusion model works on -------------------------------------------------------------
@@ -205,7 +216,7 @@ class VQAutoencoder(nn.Module):
         ``quantize_on_decode``, as the public BBDM/CPDM decode)."""
         if self.cfg.latent_before_quant_conv:
             z = self.quant_conv(z)
-        if self.cfg.quantize_on_decode:
+        if self.cfg.quantize and self.cfg.quantize_on_decode:
             z = self.quantize(z)[0]
         return self.decode(z)
 

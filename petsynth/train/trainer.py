@@ -40,6 +40,7 @@ import torch.distributed as dist
 from pydantic import Field
 
 from petsynth.config import Config
+from petsynth.data.balance import balance_weights, slice_uptake, weighted_indices
 from petsynth.data.batch import as_slices, to_device
 from petsynth.data.slabs import StudySlabs
 from petsynth.data.store import DatasetError, open_dataset
@@ -82,6 +83,9 @@ class TrainConfig(Config):
     log_every: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     seed: int = 0
+    slice_balance: Literal["none", "uptake"] = Field(
+        "none", description="none: every training slice equally often; uptake: every PET uptake bin equally "
+                            "often (petsynth.data.balance)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
 
 
@@ -113,14 +117,19 @@ def sample_indices(n: int, seed: int, start: int, count: int) -> list[int]:
 class _StepBatches(torch.utils.data.Sampler):
     """Batch sampler yielding this rank's micro-batches from ``start_step`` on."""
 
-    def __init__(self, n: int, cfg: TrainConfig, start_step: int, rank: int, world: int):
+    def __init__(self, n: int, cfg: TrainConfig, start_step: int, rank: int, world: int,
+                 weights: torch.Tensor | None = None):
         self.n, self.cfg, self.start, self.rank, self.world = n, cfg, start_step, rank, world
         self.micro = cfg.batch_size // (cfg.grad_accum * world)
+        self.weights = weights
 
     def __iter__(self) -> Iterator[list[int]]:
         per_step = self.cfg.batch_size
         for step in range(self.start, self.cfg.steps):
-            indices = sample_indices(self.n, self.cfg.seed, step * per_step, per_step)
+            if self.weights is None:
+                indices = sample_indices(self.n, self.cfg.seed, step * per_step, per_step)
+            else:
+                indices = weighted_indices(self.weights, self.cfg.seed, step * per_step, per_step)
             for a in range(self.cfg.grad_accum):
                 base = (a * self.world + self.rank) * self.micro
                 yield indices[base:base + self.micro]
@@ -377,7 +386,8 @@ class Trainer:
 
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
         collate = self.method.collate()
-        sampler = _StepBatches(len(self.train_data), self.cfg, start, self.rank, self.world)
+        sampler = _StepBatches(len(self.train_data), self.cfg, start, self.rank, self.world,
+                               self._slice_weights())
         return torch.utils.data.DataLoader(self.train_data, batch_sampler=sampler, collate_fn=collate,
                                            num_workers=self.cfg.num_workers,
                                            persistent_workers=False, pin_memory=self.device.type == "cuda",
@@ -385,6 +395,17 @@ class Trainer:
                                            # global RNG, or a resumed run would take other noise
                                            generator=torch.Generator().manual_seed(self.cfg.seed),
                                            multiprocessing_context="spawn" if self.cfg.num_workers else None)
+
+    def _slice_weights(self) -> torch.Tensor | None:
+        """The training slices' sampling weights under ``slice_balance`` (None: uniform)."""
+        if self.cfg.slice_balance == "none":
+            return None
+        if self.method.slab_depth:
+            raise TrainError(f"slice_balance {self.cfg.slice_balance!r} weights slices; {self.run.method} "
+                             "learns from slabs: use slice_balance: none")
+        if getattr(self, "_weights", None) is None:
+            self._weights = torch.as_tensor(balance_weights(slice_uptake(self.train_data)), dtype=torch.float64)
+        return self._weights
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def _card(self, training: dict[str, Any] | None = None) -> ModelCard:
