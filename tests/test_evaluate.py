@@ -421,4 +421,5 @@ def test_cli_tables_fit_80_columns_and_bundled_models_are_named(tiny_dataset, tm
     for label in ("MAE", "PSNR", "SSIM", "(paper)"):
         assert label in text
     assert "phantom-cpdm is bundled with petsynth and knows digital phantoms only" in text
-    assert "trained on pixels of 5.92 mm" in text  # the bundled model's scale, not the 32 px slices'
+    spacing = load_model("phantom-cpdm").card.data["spacing_mm"][0]
+    assert f"trained on pixels of {spacing:.3g} mm" in text  # the bundled model's scale, not the 32 px slices'
