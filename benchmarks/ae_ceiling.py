@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{float(stat(v[mask])):.2f} | {100 * (float(stat(v[mask])) / truth - 1):+.0f} %" for v in images.values()]
         print(f"| {name}{' (SUVmax)' if name == 'lesions' else ''} | {truth:.2f} | " + " | ".join(cells) + " |")
     body = labels > 0
-    print(f"| body MAE (SUV) | | " + " | ".join(f"{np.abs(v - ref)[body].mean():.3f} | " for v in images.values()) + "|")
+    print("| body MAE (SUV) | | " + " | ".join(f"{np.abs(v - ref)[body].mean():.3f} | " for v in images.values()) + "|")
 
 
 if __name__ == "__main__":

@@ -403,9 +403,7 @@ class Trainer:
         if self.method.slab_depth:
             raise TrainError(f"slice_balance {self.cfg.slice_balance!r} weights slices; {self.run.method} "
                              "learns from slabs: use slice_balance: none")
-        if getattr(self, "_weights", None) is None:
-            self._weights = torch.as_tensor(balance_weights(slice_uptake(self.train_data)), dtype=torch.float64)
-        return self._weights
+        return torch.as_tensor(balance_weights(slice_uptake(self.train_data)), dtype=torch.float64)
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def _card(self, training: dict[str, Any] | None = None) -> ModelCard:
