@@ -77,7 +77,7 @@ import torch
 
 import petsynth
 from petsynth.data.store import SPLITS, PreparedDataset, open_dataset
-from petsynth.data.batch import Collate
+from petsynth.data.batch import CONTEXT_KEY, Collate
 from petsynth.inference import (BUNDLED_MODELS_DIR, PHANTOMS_ONLY_NOTICE, ModelScale, PredictOptions,
                                 bundled_models, cached_model, load_model, model_name, model_scales,
                                 model_spacing_mm, predict_items)
@@ -350,6 +350,7 @@ def _predict(method: Method, items: list[dict[str, Any]], job: _PredictJob, task
 
 def _local_predictions(method: Method, dataset: PreparedDataset, indices: list[int], job: _PredictJob,
                        progress) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    dataset = dataset.with_context(method.context_slices)
     items = [{**dataset[i], "_position": pos} for pos, i in enumerate(indices)]
     yield from _predict(method, items, job, dataset.task, progress)
 
@@ -364,6 +365,7 @@ def _predict_study(positions: list[int], indices: list[int], job: _PredictJob) -
         _DATASETS[key] = _open(job.data, job.split)
     dataset = _DATASETS[key]
     method = cached_model(job.spec, job.device)
+    dataset = dataset.with_context(method.context_slices)
     items = [{**dataset[indices[p]], "_position": p} for p in positions]
     return torch.cat([pred for _, pred in _predict(method, items, job, dataset.task)]).numpy()
 
@@ -399,6 +401,8 @@ def _at_model_scale(item: dict[str, Any], scale: ModelScale, task: str) -> dict[
     for role, fill in fills.items():
         if role in item:
             out[role] = scale.to_model(item[role], fill)
+    if CONTEXT_KEY in item:  # the neighbouring source slices, each as the source
+        out[CONTEXT_KEY] = np.stack([scale.to_model(s, fills["source"]) for s in item[CONTEXT_KEY]])
     return out
 
 

@@ -221,6 +221,12 @@ def model_spacing_mm(method: Method) -> float | None:
     return float(np.mean(spacing))
 
 
+def model_slice_spacing_mm(method: Method) -> float | None:
+    """The slice spacing (mm) of the model's training data, from its card (None when not recorded)."""
+    data = getattr(getattr(method, "card", None), "data", None) or {}
+    return float(data["slice_spacing_mm"]) if data.get("slice_spacing_mm") else None
+
+
 def model_size(method: Method) -> int | None:
     """The slice size (pixels) the model was trained at, from its card (None when not recorded)."""
     data = getattr(getattr(method, "card", None), "data", None) or {}
@@ -368,5 +374,7 @@ def predict_dataset(method: Method, dataset: torch.utils.data.Dataset, options: 
     task = getattr(dataset, "task", None)
     if task is not None and task != method.task:
         raise MethodError(f"the model is for {method.task!r} but the dataset is a {task!r} dataset")
+    if method.context_slices and hasattr(dataset, "with_context"):  # 2.5-D: each slice with its neighbours
+        dataset = dataset.with_context(method.context_slices)
     items = (dataset[i] for i in range(len(dataset)))
     return predict_items(method, items, total=len(dataset), options=options, progress=progress)

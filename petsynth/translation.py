@@ -60,16 +60,17 @@ import torch
 import torch.nn.functional as F
 
 import petsynth
-from petsynth.data.batch import DEFAULT_KVP
+from petsynth.data.batch import CONTEXT_KEY, DEFAULT_KVP
 from petsynth.data.dicom_index import SeriesInfo, StudyInfo, scan_dicom
 from petsynth.data.dicom_series import SeriesError, load_series
 from petsynth.data.geometry import Geometry, resample
 from petsynth.data.nifti_layouts import load_nifti_volume
 from petsynth.data.prepare import by_frame_duration, corrected_pets, dose_ratio, largest_series
+from petsynth.data.slabs import context_stack
 from petsynth.data.store import DATASET_FILE, open_dataset
 from petsynth.data.suv import SUVError
-from petsynth.inference import (GRID_MULTIPLE, PredictOptions, load_model, model_name, model_size, model_spacing_mm,
-                                predict_dataset, predict_items, set_threads)
+from petsynth.inference import (GRID_MULTIPLE, PredictOptions, load_model, model_name, model_size,
+                                model_slice_spacing_mm, model_spacing_mm, predict_dataset, predict_items, set_threads)
 from petsynth.io.nifti import write_nifti
 from petsynth.methods.base import Method, MethodError
 from petsynth.physics.constants import HU_AIR, KVP_RANGE
@@ -730,6 +731,13 @@ def _brain_masked(method: Method, inputs: TranslateInput, say: Say) -> np.ndarra
     return mask
 
 
+def _context_step(method: Method, grid: Geometry) -> float:
+    """A 2.5-D model's neighbours in slices of ``grid``: its training slice spacing over the grid's (1 when its
+    card records none)."""
+    trained = model_slice_spacing_mm(method)
+    return trained / abs(float(grid.spacing[0])) if trained else 1.0
+
+
 def translate_inputs(method: Method, model_info: dict[str, Any], inputs: TranslateInput, where: Path, out: Path,
                      opts: StudyOptions, *, overwrite: bool = False, start: float | None = None,
                      progress: Progress | None = None, say: Say | None = None) -> TranslateResult:
@@ -757,8 +765,12 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
     if fraction_source is not None:
         say(f"dose fraction {fraction:.3g} ({fraction_source})")
     say(f"translating {grid.shape[0]} slices")
+    context = method.context_slices
+    step = _context_step(method, grid) if context else None  # neighbours at the training data's distance
     items = ({"kvp": kvp_used, "spacing_mm": (spacing, spacing), "dose_fraction": fraction,
-              **{role: v[k] for role, v in on_grid.items()}} for k in range(grid.shape[0]))
+              **{role: v[k] for role, v in on_grid.items()},
+              **({CONTEXT_KEY: context_stack(on_grid["source"], k, context, step)} if context else {})}
+             for k in range(grid.shape[0]))
     suv = np.empty(grid.shape, dtype=np.float32)
     k = 0
     predict = opts.predict
@@ -804,6 +816,8 @@ def translate_inputs(method: Method, model_info: dict[str, Any], inputs: Transla
                         "batch_size": opts.batch_size, "bf16": opts.bf16, "seed": opts.seed,
                         "threads": torch.get_num_threads()},
             "kvp": kvp_used, "kvp_source": kvp_source, "mask_body": opts.mask_body,
+            "context": ({"slices": context, "spacing_mm": round(step * abs(float(grid.spacing[0])), 4)}
+                        if context else None),
             "brain_mask": "auto" if brain is not None else None,
             "dose_fraction": fraction, "dose_fraction_source": fraction_source,
             "grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing)},

@@ -1,7 +1,8 @@
 """Batches for training and translation: prepared-dataset items -> tensors, plus derived physical maps.
 
 A batch is a dict of tensors in physical units: "source", "target" (and "guidance", "truth", "labels"
-where present), each (B, 1, H, W) float32; "kvp" (B,) in kV; and, when asked for, "mu_map" (B, 1, H, W):
+where present), each (B, 1, H, W) float32; "source_context" (B, 2c, H, W) where the items have it (the
+2.5-D context, :mod:`petsynth.data.slabs`); "kvp" (B,) in kV; and, when asked for, "mu_map" (B, 1, H, W):
 CPDM's attenuation map exp(-mu L) computed here, in the data pipeline (DataLoader workers), never inside
 a network's forward(). Metadata ("study", "index", "z_mm", ...) stay as lists.
 """
@@ -21,6 +22,8 @@ from petsynth.tasks import get_task
 #: kVp assumed for a CT whose header gave none (NIfTI inputs); a warning says so.
 DEFAULT_KVP = 120.0
 IMAGE_KEYS = ("source", "target", "guidance", "truth", "labels", "mask")
+#: The items' neighbouring source slices, (2c, H, W) each: stacked to (B, 2c, H, W), their channels.
+CONTEXT_KEY = "source_context"
 
 
 def ct_of(batch: Mapping[str, Any], task: str) -> torch.Tensor | None:
@@ -58,6 +61,9 @@ class Collate:
             if key in items[0]:
                 stacked = np.stack([np.asarray(it[key], dtype=np.float32) for it in items])
                 batch[key] = torch.from_numpy(stacked)[:, None]
+        if CONTEXT_KEY in items[0]:
+            batch[CONTEXT_KEY] = torch.from_numpy(np.stack([np.asarray(it[CONTEXT_KEY], dtype=np.float32)
+                                                            for it in items]))
         batch["kvp"] = kvp_tensor([it.get("kvp") for it in items]) if get_task(self.task).has_ct else None
         for key in items[0]:
             if key not in batch and key != "kvp":

@@ -22,6 +22,7 @@ background and has no row. Studies written before tables were stored have none (
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ import yaml
 import zarr
 
 import petsynth
+from petsynth.data.slabs import context_stack
 from petsynth.utils.files import atomic_directory, atomic_file, atomic_write_text
 
 STORE_VERSION = 1
@@ -271,11 +273,15 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     Keys: "source", "target" (and "guidance", "truth", "labels", "mask" where stored), each (H, W); "study",
     "split", "index" (slice index within the study), "z_mm", "spacing_mm", "kvp", "vendor", "units",
-    "dose_fraction"; "plane" ("axial", "coronal", "sagittal") in mr2pet datasets.
+    "dose_fraction"; "plane" ("axial", "coronal", "sagittal") in mr2pet datasets. With ``context_slices`` c > 0
+    also "source_context" (2c, H, W): the source slices around it (:func:`petsynth.data.slabs.context_stack`).
     :meth:`label_table` names a study's labels.
     """
 
-    def __init__(self, root: str | Path, split: str | None = None):
+    def __init__(self, root: str | Path, split: str | None = None, context_slices: int = 0):
+        if context_slices < 0:
+            raise ValueError(f"context_slices must be >= 0, got {context_slices}")
+        self.context_slices = int(context_slices)
         self.root = Path(root)
         meta = self.root / DATASET_FILE
         if not meta.is_file():
@@ -307,8 +313,17 @@ class PreparedDataset(torch.utils.data.Dataset):
         return not self.info.get(STANDARD_DOSE_ONLY, False)
 
     def split(self, name: str) -> "PreparedDataset":
-        """The studies of one split ("train", "val" or "test")."""
-        return PreparedDataset(self.root, split=name)
+        """The studies of one split ("train", "val" or "test"), with this dataset's ``context_slices``."""
+        return PreparedDataset(self.root, split=name, context_slices=self.context_slices)
+
+    def with_context(self, context_slices: int) -> "PreparedDataset":
+        """This dataset (the same studies and open handles) with items carrying ``context_slices`` neighbouring
+        source slices on each side (0: none)."""
+        if context_slices < 0:
+            raise ValueError(f"context_slices must be >= 0, got {context_slices}")
+        view = copy.copy(self)
+        view.context_slices = int(context_slices)
+        return view
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -322,6 +337,10 @@ class PreparedDataset(torch.utils.data.Dataset):
         """The study's label table: rows ``{"label", "name", "kind"}`` naming its labels ([] when it has none);
         lesion rows may have ``"class"`` and ``"lesion_kind"`` (tables written before them have neither)."""
         return [dict(row) for row in self._attrs[study]["study_meta"].get(LABEL_TABLE, [])]
+
+    def slice_z_mm(self, study: str) -> list[float]:
+        """The z (mm) of a study's slices, in slice order (from its metadata: no array is read)."""
+        return [float(z) for z in self._attrs[study]["slice_meta"].get("z_mm", [])]
 
     def study_slices(self, study: str) -> range:
         """Dataset indices of one study's slices, in slice order."""
@@ -367,6 +386,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         for name in ARRAY_NAMES:
             if name in group:
                 item[name] = np.asarray(group[name][rows])
+        if self.context_slices and depth is None and "source" in group:
+            item["source_context"] = context_stack(group["source"], k, self.context_slices)
         item["study"] = study
         item["split"] = self.splits.get(study, "")
         for key, values in attrs["slice_meta"].items():
@@ -376,6 +397,6 @@ class PreparedDataset(torch.utils.data.Dataset):
         return item
 
 
-def open_dataset(path: str | Path, split: str | None = None) -> PreparedDataset:
-    """Open a prepared dataset (all studies, or one split)."""
-    return PreparedDataset(path, split=split)
+def open_dataset(path: str | Path, split: str | None = None, context_slices: int = 0) -> PreparedDataset:
+    """Open a prepared dataset (all studies, or one split; items with ``context_slices`` neighbours on each side)."""
+    return PreparedDataset(path, split=split, context_slices=context_slices)

@@ -88,6 +88,12 @@ class Method(torch.nn.Module):
         (:func:`petsynth.inference.predict_items` hands it a study's slices in order, (S, 1, H, W))."""
         return None
 
+    @property
+    def context_slices(self) -> int:
+        """Neighbouring source slices on each side the method sees with each slice (2.5-D context; 0: none): its
+        items need "source_context" (2c, H, W) (:mod:`petsynth.data.slabs`)."""
+        return 0
+
     def __init__(self, config: Config, task: str = DEFAULT_TASK, load_parts: bool = True):
         super().__init__()
         get_task(task)  # an unknown name is a TaskError listing the known ones

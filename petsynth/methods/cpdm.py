@@ -29,7 +29,8 @@ from petsynth.data.batch import ct_of
 from petsynth.data.intensity import IntensityTransform
 from petsynth.diffusion import BrownianBridge, samplers
 from petsynth.methods.base import Method, MethodError, StepsEtaOptions, register
-from petsynth.methods.parts import CT_WINDOWS_FIELD, GuidanceMaps, LatentSpace, frozen_autoencoder
+from petsynth.methods.parts import (CONTEXT_SLICES_FIELD, CT_WINDOWS_FIELD, GuidanceMaps, LatentSpace,
+                                   frozen_autoencoder)
 from petsynth.nn.autoencoder import VQAutoencoderConfig
 from petsynth.nn.conditioning import MapEncoder
 from petsynth.nn.denoiser import DenoiserConfig, build_denoiser
@@ -57,6 +58,7 @@ class CPDMConfig(Config):
     mu_path_length_cm: float = Field(1.0, gt=0, description="L of exp(-mu L); CPDM: 1 cm")
     map_channels: int = Field(3, ge=1, description="channels per map after the 1x1 conv")
     ct_windows: list[tuple[float, float]] = CT_WINDOWS_FIELD
+    context_slices: int = CONTEXT_SLICES_FIELD
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)
     denoiser: DenoiserConfig = Field(default_factory=lambda: DenoiserConfig.preset("small"))
     sample_steps: int = Field(10, ge=1, description="default sampling steps of translate")

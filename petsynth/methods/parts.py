@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from petsynth.config import Config
-from petsynth.data.batch import ct_of
+from petsynth.data.batch import CONTEXT_KEY, ct_of
 from petsynth.data.intensity import IntensityTransform
 from petsynth.methods.base import MethodError, frozen
 from petsynth.nn.autoencoder import VQAutoencoder, VQAutoencoderConfig
@@ -72,6 +72,14 @@ CT_WINDOWS_FIELD = Field(
                                       "differ by 10-30 HU (0.005-0.015 of the source window's 2 network units)")
 
 
+#: The ``context_slices`` config field of every method with guidance maps.
+CONTEXT_SLICES_FIELD = Field(
+    0, ge=0, le=8, description="2.5-D context (not in the CPDM paper): the source's c neighbouring slices on each "
+                               "side as 2c more maps (each in the source's network units, then under each of "
+                               "ct_windows); translate takes them at the training data's slice spacing, "
+                               "interpolated between a study's slices")
+
+
 class GuidanceMapsConfig(Config):
     """Config fields of the two maps (baselines: both off by default)."""
 
@@ -82,6 +90,7 @@ class GuidanceMapsConfig(Config):
     segmenter_ct_transform: IntensityTransform | None = Field(None, description="filled in from the checkpoint")
     attention_threshold: float = Field(0.5, gt=0, lt=1)
     ct_windows: list[tuple[float, float]] = CT_WINDOWS_FIELD
+    context_slices: int = CONTEXT_SLICES_FIELD
 
 
 class GuidanceMaps:
@@ -118,12 +127,19 @@ class GuidanceMaps:
 
     @property
     def num_maps(self) -> int:
-        return int(self.config.use_attention_map) + int(self.config.use_attenuation_map) + len(self.config.ct_windows)
+        windows = len(self.config.ct_windows)
+        return (int(self.config.use_attention_map) + int(self.config.use_attenuation_map) + windows
+                + 2 * self.context_slices * (1 + windows))
+
+    @property
+    def context_slices(self) -> int:
+        return int(getattr(self.config, "context_slices", 0))
 
     @torch.no_grad()
     def maps(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
-        """The guidance maps (B, num_maps, H, W): M_sigma (segmenter on the CT), M_mu (from the batch), then the
-        CT under each of ``ct_windows`` in [0, 1]; None when there are none."""
+        """The guidance maps (B, num_maps, H, W): M_sigma (segmenter on the CT), M_mu (from the batch), the CT
+        under each of ``ct_windows`` in [0, 1], then the 2c neighbouring source slices ("source_context") in
+        the source's network units and under each window; None when there are none."""
         maps = []
         if self.config.use_attention_map:
             ct = ct_of(batch, self.task)
@@ -137,6 +153,17 @@ class GuidanceMaps:
         for low, high in self.config.ct_windows:
             ct = ct_of(batch, self.task)
             maps.append(((ct - low) / (high - low)).clamp(0.0, 1.0))
+        if self.context_slices:
+            context = batch.get(CONTEXT_KEY)
+            want = 2 * self.context_slices
+            if context is None or context.shape[1] != want:
+                found = "none" if context is None else f"{context.shape[1]} slices"
+                raise ValueError(f"{self.name} takes {self.context_slices} neighbouring slices on each side "
+                                 f"('{CONTEXT_KEY}', {want} channels), the batch has {found}: read items with "
+                                 f"open_dataset(..., context_slices={self.context_slices}) or translate whole "
+                                 "studies (petsynth.translate)")
+            maps.append(self.config.transforms["source"].forward(context))
+            maps += [((context - low) / (high - low)).clamp(0.0, 1.0) for low, high in self.config.ct_windows]
         return torch.cat(maps, dim=1) if maps else None
 
 

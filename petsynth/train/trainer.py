@@ -207,8 +207,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def training_geometry(dataset: Any) -> dict[str, Any]:
-    """Slice size (pixels) and median in-plane pixel spacing (mm, [dy, dx]) of a prepared dataset's slices:
-    saved in the model card so that ``translate`` resamples a CT to the scale the model was trained at."""
+    """Slice size (pixels), median in-plane pixel spacing (mm, [dy, dx]) and median slice spacing (mm, from
+    the slices' z_mm) of a prepared dataset: saved in the model card so that ``translate`` resamples a CT to the
+    scale the model was trained at (and warns a 2.5-D model of slices spaced otherwise)."""
     info = getattr(dataset, "info", {}) or {}
     spacings = [dataset.study_meta(s).get("spacing_mm") for s in getattr(dataset, "studies", [])]
     spacings = [s for s in spacings if s]
@@ -217,6 +218,10 @@ def training_geometry(dataset: Any) -> dict[str, Any]:
         out["size"] = int(info["size"])
     if spacings:
         out["spacing_mm"] = [round(float(v), 4) for v in np.median(np.asarray(spacings, dtype=np.float64), axis=0)]
+    steps = [float(np.median(np.abs(np.diff(z)))) for z in map(dataset.slice_z_mm, getattr(dataset, "studies", []))
+             if len(z) > 1] if hasattr(dataset, "slice_z_mm") else []
+    if steps:
+        out["slice_spacing_mm"] = round(float(np.median(steps)), 4)
     masks = {dataset.study_meta(s).get("brain_mask") for s in getattr(dataset, "studies", [])} - {None, "none"}
     if masks:  # mr2pet trained on brain-masked MR: translate masks its MR the same way
         out["brain_mask"] = sorted(masks)[0]
@@ -270,6 +275,9 @@ class Trainer:
             raise TrainError(f"{self.run.data} holds only standard-dose PET (prepared with --standard-dose-only): "
                              f"{run.method} learns from low-dose/standard-dose pairs; only methods trained on "
                              "standard-dose PET alone (upete) can learn from it")
+        if self.method.context_slices:  # 2.5-D: each slice with its neighbours (petsynth.data.slabs)
+            self.train_data, self.val_data = (d.with_context(self.method.context_slices)
+                                              for d in (self.train_data, self.val_data))
         if self.method.slab_depth:  # a volumetric method learns from slabs of slices (petsynth.data.slabs)
             try:
                 self.train_data, self.val_data = (StudySlabs(d, self.method.slab_depth)
