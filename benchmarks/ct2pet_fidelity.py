@@ -11,7 +11,13 @@ table), organ SUVmean bias ((synthetic - truth) / truth per organ, :func:`petsyn
 SUVmax recovery (synthetic / truth SUVmax per lesion, by class), false-positive hot spots (components of
 synthetic > 4 SUV outside labelled uptake, :mod:`petsynth.metrics.lesions`) and the translation's seconds per
 slice (the whole ``translate`` call: reading, resampling, sampling, writing). The scanner's own reconstruction
-is scored the same way as the row "scanner".
+is scored the same way as the column "scanner".
+
+The column "ct-only floor" is what the best possible CT -> PET model would give: the phantom draws each
+subject's organ SUVs independently of its CT numbers (uniformly in each tissue's range), so from a CT no model
+can know more of an organ's SUVmean than the population mean (:func:`petsynth.phantom.tissues.expected_suv`).
+It is the blurred truth with each organ's voxels scaled by expected / drawn SUV (lesion voxels kept): its
+organ bias is the part of a model's bias that no training removes.
 
 Written to ``--out``: ``fidelity.md`` (organ table: mean truth, each model's mean SUVmean and mean bias over
 the studies; lesion classes; MAE, hot spots, speed), ``organs.csv``, ``lesions.csv``, ``studies.csv`` and
@@ -49,6 +55,21 @@ NOT_BODY = (T.AIR.label, T.TABLE.label, T.TABLE_CORE.label)
 #: The organs of the issue's targets, in the order of the table.
 TARGET_ORGANS = ("liver", "spleen", "kidney", "bladder", "brain", "blood_pool", "lung", "muscle", "fat",
                  "cortical_bone", "bone_marrow", "myocardium")
+
+
+#: The name of the best possible CT -> PET image (module docstring).
+FLOOR = "ct-only floor"
+
+
+def ct_only_floor(truth: np.ndarray, labels: np.ndarray, study_truth: dict) -> np.ndarray:
+    """The blurred ``truth`` (SUV) with each organ's voxels scaled by the tissue's population mean SUV over the
+    subject's drawn SUV (``study_truth["labels"]``, truth.json); lesion and background voxels unchanged."""
+    ratio = np.ones(int(labels.max()) + 1, dtype=np.float32)
+    for row in study_truth["labels"]:
+        tissue = T.TISSUES.get(row["label"])
+        if tissue is not None and row["label"] < ratio.size and row.get("suv", 0) > 0:
+            ratio[row["label"]] = T.expected_suv(tissue) / row["suv"]
+    return truth * ratio[labels]
 
 
 def score_study(images: dict[str, np.ndarray], truth: np.ndarray, labels: np.ndarray, table: list[dict],
@@ -96,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{study.study_id}: simulated in {time.perf_counter() - t0:.0f} s "
                   f"(arms {study.truth['subject'].get('arms')}, contrast {study.truth['ct'].get('contrast')})",
                   flush=True)
-            images = {"scanner": pet.volume.astype(np.float32)}
+            images = {"scanner": pet.volume.astype(np.float32), FLOOR: ct_only_floor(truth, labels, study.truth)}
             seconds = {}
             for spec, name in zip(args.models, names):
                 t0 = time.perf_counter()
@@ -119,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                              "rel_bias": row[f"{image}_rel_bias"]}
                     (lesion_rows if row["kind"] == "lesion" else organ_rows).append(entry)
 
-    images = ["scanner", *names]
+    images = ["scanner", FLOOR, *names]
     _write_csv(args.out / "organs.csv", organ_rows)
     _write_csv(args.out / "lesions.csv", lesion_rows)
     _write_csv(args.out / "studies.csv", study_rows)

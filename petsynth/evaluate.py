@@ -902,11 +902,11 @@ def _runs(indices: Sequence[int], planes: Sequence[str], by_slice: bool) -> list
 
 def _voxel_ml(dataset: PreparedDataset, study: str) -> float | None:
     """A voxel's volume in mL: the in-plane pixel spacing times the distance of the study's first two slices."""
-    r = dataset.study_slices(study)
+    z = dataset.slice_z_mm(study)
     spacing = dataset.study_meta(study).get("spacing_mm")
-    if len(r) < 2 or not spacing:
+    if len(z) < 2 or not spacing:
         return None
-    dz = abs(float(dataset[r[1]]["z_mm"]) - float(dataset[r[0]]["z_mm"]))
+    dz = abs(z[1] - z[0])
     return float(np.prod(spacing[-2:])) * dz / 1000.0 if dz > 0 else None
 
 

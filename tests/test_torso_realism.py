@@ -329,3 +329,25 @@ def test_cli_arms_and_contrast(tmp_path):
     assert runner.invoke(app, ["phantom", str(tmp_path / "b"), "--contrast", "arterial"]).exit_code != 0
     assert runner.invoke(app, ["phantom", str(tmp_path / "b"), "--task", "mr2pet", "--arms", "sides"]).exit_code != 0
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_expected_suv_is_the_mean_of_the_subjects_draws_and_the_ct_does_not_tell_it():
+    """The floor of CT -> PET organ fidelity: each subject's organ SUV is drawn independently of its CT number,
+    so the population mean (:func:`tissues.expected_suv`) is the best a CT can tell. Closed form (the range's
+    midpoint; the myocardium's states 0.35 x 2 + 0.35 x 3.75 + 0.30 x 8.5) against 600 subjects' draws."""
+    from petsynth.phantom import tissues as T
+    from petsynth.phantom.torso import sample_subject_state, sample_torso_subject
+
+    assert T.expected_suv(T.LIVER) == pytest.approx(2.5)
+    assert T.expected_suv(T.MYOCARDIUM) == pytest.approx(0.35 * 2.0 + 0.35 * 3.75 + 0.30 * 8.5)
+    subjects = []
+    for i in range(600):
+        rng = np.random.default_rng([3, i])
+        s = sample_torso_subject(rng, [3, i])
+        sample_subject_state(s, rng)
+        subjects.append(s)
+    for tissue in (T.LIVER, T.KIDNEY, T.BLADDER, T.MUSCLE, T.MYOCARDIUM):
+        suv = np.array([s.suv[tissue.label] for s in subjects])
+        hu = np.array([s.hu[tissue.label] for s in subjects])
+        assert suv.mean() == pytest.approx(T.expected_suv(tissue), rel=0.05), tissue.name
+        assert abs(np.corrcoef(suv, hu)[0, 1]) < 0.15, tissue.name  # 600 draws: |r| of independent ones < 0.11 (3 sd)

@@ -244,6 +244,16 @@ GM_WM_RATIO: tuple[float, float] = (2.8, 4.0)
 HYPOMETABOLISM_FRACTION: tuple[float, float] = (0.5, 0.8)
 
 
+def expected_suv(tissue: Tissue) -> float:
+    """The torso phantom's population mean SUV of ``tissue``: the midpoint of its range (drawn uniformly per
+    subject), for the myocardium the mean over :data:`MYOCARDIUM_STATES`. Each subject's SUVs are drawn
+    independently of its CT numbers, so no CT -> PET model can know more of a subject's organ SUVmean than
+    this (the floor of ``benchmarks/ct2pet_fidelity.py``)."""
+    if tissue.label == MYOCARDIUM.label:
+        return float(sum(p * (lo + hi) / 2 for p, (lo, hi) in MYOCARDIUM_STATES.values()))
+    return float(sum(tissue.suv) / 2)
+
+
 def label_table() -> list[dict]:
     """The table as plain dicts (for truth.json and the docs)."""
     return [{"label": t.label, "name": t.name, "hu_range_120kvp": list(t.hu), "suv_range": list(t.suv),
