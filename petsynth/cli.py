@@ -482,7 +482,7 @@ def train(
 @_command()
 def evaluate(
     models: list[str] = typer.Argument(..., help="Models to compare: run folders, model folders (RUN/model) or "
-                                       "bundled model names (phantom-cpdm)."),
+                                       "bundled model names (phantom-cpdm, phantom-unet)."),
     data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (from `petsynth prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.csv, per_slice.csv, table.md, "
                              "figure.png and evaluation.json."),
@@ -590,7 +590,7 @@ def methods() -> None:
 @_command()
 def translate(
     model: str = typer.Argument(..., help="A trained model: run folder, RUN/model folder, checkpoint folder, or "
-                                "the bundled 'phantom-cpdm' (phantoms only)."),
+                                "a bundled one: 'phantom-cpdm' or 'phantom-unet' (phantoms only)."),
     input: Path = typer.Argument(..., help="What the model's task reads: " + "; ".join(
         f"for {t.name}, {t.translate_reads}" for t in TASKS.values()) + "; or a prepared dataset of its task."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder to create (NIfTI, DICOM series, JSON)."),

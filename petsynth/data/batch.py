@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from petsynth.data.slabs import CONTEXT_KEY  # the items' neighbouring source slices: stacked to (B, 2c, H, W)
 from petsynth.physics.attenuation import attenuation_map
 from petsynth.tasks import get_task
 
 #: kVp assumed for a CT whose header gave none (NIfTI inputs); a warning says so.
 DEFAULT_KVP = 120.0
 IMAGE_KEYS = ("source", "target", "guidance", "truth", "labels", "mask")
-#: The items' neighbouring source slices, (2c, H, W) each: stacked to (B, 2c, H, W), their channels.
-CONTEXT_KEY = "source_context"
 
 
 def ct_of(batch: Mapping[str, Any], task: str) -> torch.Tensor | None:

@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # the store reads its items' context through this module
     from petsynth.data.store import PreparedDataset
 
 
+#: The item key of a slice's neighbouring source slices, (2c, H, W).
+CONTEXT_KEY = "source_context"
+
+
 def context_rows(k: int, count: int, context: int) -> list[int]:
     """Indices of the ``context`` neighbours on each side of slice ``k`` of ``count`` slices, in the order
     k - context .. k - 1, k + 1 .. k + context, clamped to 0 .. count - 1 (the end slices repeated)."""

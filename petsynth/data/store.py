@@ -36,7 +36,7 @@ import yaml
 import zarr
 
 import petsynth
-from petsynth.data.slabs import context_stack
+from petsynth.data.slabs import CONTEXT_KEY, context_stack
 from petsynth.utils.files import atomic_directory, atomic_file, atomic_write_text
 
 STORE_VERSION = 1
@@ -387,7 +387,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             if name in group:
                 item[name] = np.asarray(group[name][rows])
         if self.context_slices and depth is None and "source" in group:
-            item["source_context"] = context_stack(group["source"], k, self.context_slices)
+            item[CONTEXT_KEY] = context_stack(group["source"], k, self.context_slices)
         item["study"] = study
         item["split"] = self.splits.get(study, "")
         for key, values in attrs["slice_meta"].items():

@@ -209,7 +209,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def training_geometry(dataset: Any) -> dict[str, Any]:
     """Slice size (pixels), median in-plane pixel spacing (mm, [dy, dx]) and median slice spacing (mm, from
     the slices' z_mm) of a prepared dataset: saved in the model card so that ``translate`` resamples a CT to the
-    scale the model was trained at (and warns a 2.5-D model of slices spaced otherwise)."""
+    scale the model was trained at (and takes a 2.5-D model's neighbouring slices at that distance)."""
     info = getattr(dataset, "info", {}) or {}
     spacings = [dataset.study_meta(s).get("spacing_mm") for s in getattr(dataset, "studies", [])]
     spacings = [s for s in spacings if s]
