@@ -93,6 +93,11 @@ class GuidanceMapsConfig(Config):
     context_slices: int = CONTEXT_SLICES_FIELD
 
 
+def _windowed(hu: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """A CT (HU) clipped to the window low..high and mapped to [0, 1] (a ``ct_windows`` map)."""
+    return ((hu - low) / (high - low)).clamp(0.0, 1.0)
+
+
 class GuidanceMaps:
     """Mixin for a :class:`~petsynth.methods.base.Method` whose config has the :class:`GuidanceMapsConfig`
     fields and a ``transforms`` dict: call :meth:`_build_maps` in ``__init__``, then :meth:`maps`."""
@@ -133,7 +138,7 @@ class GuidanceMaps:
 
     @property
     def context_slices(self) -> int:
-        return int(getattr(self.config, "context_slices", 0))
+        return self.config.context_slices
 
     @torch.no_grad()
     def maps(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
@@ -150,9 +155,7 @@ class GuidanceMaps:
                 raise ValueError("the batch has no 'mu_map': build batches with petsynth.data.batch.Collate"
                                  "(task, mu_map=True) or add_mu_map()")
             maps.append(batch["mu_map"].to(ct_of(batch, self.task).dtype))
-        for low, high in self.config.ct_windows:
-            ct = ct_of(batch, self.task)
-            maps.append(((ct - low) / (high - low)).clamp(0.0, 1.0))
+        maps += [_windowed(ct_of(batch, self.task), low, high) for low, high in self.config.ct_windows]
         if self.context_slices:
             context = batch.get(CONTEXT_KEY)
             want = 2 * self.context_slices
@@ -163,7 +166,7 @@ class GuidanceMaps:
                                  f"open_dataset(..., context_slices={self.context_slices}) or translate whole "
                                  "studies (petsynth.translate)")
             maps.append(self.config.transforms["source"].forward(context))
-            maps += [((context - low) / (high - low)).clamp(0.0, 1.0) for low, high in self.config.ct_windows]
+            maps += [_windowed(context, low, high) for low, high in self.config.ct_windows]
         return torch.cat(maps, dim=1) if maps else None
 
 
